@@ -1,0 +1,1 @@
+"""actors/model_runtime package."""

@@ -1,0 +1,1 @@
+"""actors/provider_agents package."""

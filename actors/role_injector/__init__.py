@@ -1,0 +1,1 @@
+"""actors/role_injector package."""

@@ -1,0 +1,1 @@
+"""actors/trace_sink package."""

@@ -1,0 +1,1 @@
+"""supervisors package."""
