@@ -1,1 +1,112 @@
-"""schemas package."""
+"""TRINITY contracts as msgspec Structs: events, requests, results and the Sakana artifact schemas.
+
+Rule: this package imports nothing but msgspec and the standard library, and does no I/O.
+"""
+
+from schemas.common import HIDDEN_SIZE, NUM_AGENTS, NUM_ROLES, ROLE_ORDER, Message, Role
+from schemas.coordination import (
+    AgentCallIntent,
+    AgentCallReceipt,
+    AgentFailure,
+    Budget,
+    BudgetSnapshot,
+    CoordinationRequest,
+    CoordinationResult,
+    RoleAssignment,
+    RoleSource,
+    RunStatus,
+    StopReason,
+    TurnRecord,
+    Usage,
+    Verdict,
+    VerifierVerdict,
+)
+from schemas.errors import SchemaError
+from schemas.fingerprint import route_hash
+from schemas.fleet import InstanceLimits, InstanceSpec, RuntimeHeartbeat
+from schemas.routing import Confidence, RouteDecision, RouteLogits, RouteRequest, decide
+from schemas.sakana import (
+    BASE_ADAPTER_TOKEN,
+    SVF_FORMULA,
+    TRINITY_SVF_TENSORS,
+    AdapterRef,
+    ArtifactPin,
+    HeadSpec,
+    PinnedFile,
+    RuntimeProfile,
+    SakanaManifest,
+    SelectedTensor,
+)
+from schemas.trace import (
+    TRACE_KINDS,
+    AgentCallFailed,
+    AgentCallFinished,
+    AgentCallStarted,
+    BudgetRecorded,
+    RoleAssigned,
+    RouteDecided,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    TraceEvent,
+    VerdictRecorded,
+)
+from schemas.wire import ErrorCode, ErrorReply
+
+__all__ = [
+    "BASE_ADAPTER_TOKEN",
+    "HIDDEN_SIZE",
+    "NUM_AGENTS",
+    "NUM_ROLES",
+    "ROLE_ORDER",
+    "SVF_FORMULA",
+    "TRACE_KINDS",
+    "TRINITY_SVF_TENSORS",
+    "AdapterRef",
+    "AgentCallFailed",
+    "AgentCallFinished",
+    "AgentCallIntent",
+    "AgentCallReceipt",
+    "AgentCallStarted",
+    "AgentFailure",
+    "ArtifactPin",
+    "Budget",
+    "BudgetRecorded",
+    "BudgetSnapshot",
+    "Confidence",
+    "CoordinationRequest",
+    "CoordinationResult",
+    "ErrorCode",
+    "ErrorReply",
+    "HeadSpec",
+    "InstanceLimits",
+    "InstanceSpec",
+    "Message",
+    "PinnedFile",
+    "Role",
+    "RoleAssigned",
+    "RoleAssignment",
+    "RoleSource",
+    "RouteDecided",
+    "RouteDecision",
+    "RouteLogits",
+    "RouteRequest",
+    "RunFailed",
+    "RunFinished",
+    "RunStarted",
+    "RunStatus",
+    "RuntimeHeartbeat",
+    "RuntimeProfile",
+    "SakanaManifest",
+    "SchemaError",
+    "SelectedTensor",
+    "StopReason",
+    "TraceEvent",
+    "TurnRecord",
+    "Usage",
+    "Verdict",
+    "VerdictRecorded",
+    "VerifierVerdict",
+    "decide",
+    "route_hash",
+]
