@@ -74,7 +74,11 @@ class RoleSource(enum.StrEnum):
 
 
 class RoleAssignment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The role a turn's agent plays, where it came from, and the role-pack version used."""
+    """The role a turn's agent plays, where it came from, and the role-pack version used.
+
+    ``suggestion`` is the raw text of the previous Thinker's ``<suggested_role>`` tag, if any (applied when
+    ``source`` is ``thinker_suggestion``; otherwise ignored, with ``note`` saying why).
+    """
 
     request_id: RequestId
     turn: NonNegInt
@@ -83,6 +87,8 @@ class RoleAssignment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     source: RoleSource = RoleSource.ROUTER
     routed_role: Role | None = None
     role_pack: str = "trinity-default/1"
+    suggestion: str | None = None
+    note: str = ""
 
 
 class AgentCallIntent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -172,6 +178,7 @@ class StopReason(enum.StrEnum):
     DEADLINE = "deadline"
     NO_AGENT_AVAILABLE = "no_agent_available"
     ROUTE_FAILED = "route_failed"
+    ROLE_INJECT_FAILED = "role_inject_failed"
     CANCELLED = "cancelled"
 
 
