@@ -1,0 +1,222 @@
+"""Role packs: the versioned system prompts and instructions each TRINITY role is given.
+
+TRINITY's own role prompts are not published; :data:`DEFAULT_PACK` (``trinity-default/1``) is ours. A pack
+is identified as ``name/version`` and recorded in every :class:`~schemas.RoleAssignment`, so a trace says
+exactly which prompts an agent saw. Custom packs load from TOML or JSON with the same shape::
+
+    name = "my-pack"
+    version = 2
+    history_style = "messages"          # or "inline"
+    reply_header = "[turn {turn} | {role} | agent {agent_id}]"
+
+    [roles.worker]
+    system = "..."
+    instruction = "..."
+    [roles.thinker]       # must mention <suggested_role>
+    ...
+    [roles.verifier]      # must mention ACCEPT and REVISE
+    ...
+
+Rules checked on load (the coordinator's parsing relies on them): all three roles present with non-empty
+prompts; the Thinker's prompt mentions ``<suggested_role>``; the Verifier's mentions ``ACCEPT`` and
+``REVISE``; ``reply_header`` only uses the fields ``turn``, ``role`` and ``agent_id``.
+
+Example:
+    >>> DEFAULT_PACK.pack_id
+    'trinity-default/1'
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from actors.role_injector.errors import RolePackFileError, RolePackInvalid, UnknownRolePack
+from schemas.common import Role
+
+HistoryStyle = Literal["messages", "inline"]
+_NAME = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
+
+
+class RolePrompt(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What one role is told: a system prompt, and the closing instruction sent after the transcript."""
+
+    system: str
+    instruction: str
+
+
+class RolePack(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A named, versioned set of role prompts.
+
+    ``history_style``: ``"messages"`` sends each earlier reply as its own ``assistant`` message;
+    ``"inline"`` folds query, replies and instruction into one ``user`` message (for chat templates that
+    insist on strict user/assistant alternation).
+    """
+
+    name: str
+    version: int
+    roles: dict[str, RolePrompt]
+    reply_header: str = "[turn {turn} | {role} | agent {agent_id}]"
+    history_style: HistoryStyle = "messages"
+    description: str = ""
+
+    @property
+    def pack_id(self) -> str:
+        """``name/version``, as recorded in role assignments."""
+        return f"{self.name}/{self.version}"
+
+    def prompt(self, role: Role) -> RolePrompt:
+        """The prompts of ``role``."""
+        return self.roles[role.name.lower()]
+
+    def validate(self, source: str = "") -> RolePack:
+        """Check the pack's rules (see the module docstring); return it or raise :class:`RolePackInvalid`."""
+        where = source or repr(self.pack_id)
+        if not _NAME.match(self.name):
+            raise RolePackInvalid(where, f"name {self.name!r} must be 1-64 of A-Z a-z 0-9 _ - .")
+        if self.version < 1:
+            raise RolePackInvalid(where, f"version must be >= 1, got {self.version}")
+        expected = {r.name.lower() for r in Role}
+        if set(self.roles) != expected:
+            raise RolePackInvalid(where, f"roles must be exactly {sorted(expected)}, got {sorted(self.roles)}")
+        for name, p in self.roles.items():
+            if not p.system.strip() or not p.instruction.strip():
+                raise RolePackInvalid(where, f"roles.{name} needs a non-empty system prompt and instruction")
+        thinker = self.prompt(Role.THINKER)
+        if "<suggested_role>" not in thinker.system + thinker.instruction:
+            raise RolePackInvalid(where, "the thinker prompt must ask for <suggested_role>...</suggested_role>")
+        verifier = self.prompt(Role.VERIFIER)
+        text = verifier.system + verifier.instruction
+        if "ACCEPT" not in text or "REVISE" not in text:
+            raise RolePackInvalid(where, "the verifier prompt must ask for a reply starting with ACCEPT or REVISE")
+        try:
+            self.reply_header.format(turn=0, role="Worker", agent_id=0)
+        except (KeyError, IndexError, ValueError) as e:
+            raise RolePackInvalid(where, f"reply_header {self.reply_header!r} may only use "
+                                         f"{{turn}}, {{role}} and {{agent_id}} ({e!r})") from None
+        return self
+
+
+_TEAM = (
+    "You are one member of a team of AI agents that answer a user's request together over several turns. "
+    "A coordinator picks, at each turn, which agent acts and in which role: Thinker (analyses and plans), "
+    "Worker (writes the answer) or Verifier (checks the latest answer). Earlier replies from the team are "
+    "shown to you with a header naming their turn and role."
+)
+
+DEFAULT_PACK = RolePack(
+    name="trinity-default",
+    version=1,
+    description="Project-written prompts for TRINITY's Thinker, Worker and Verifier roles.",
+    roles={
+        "worker": RolePrompt(
+            system=(
+                f"{_TEAM}\n\nYour role: Worker. Write the complete answer to the user's request. Use the "
+                "analysis, plans and critiques in earlier replies where they help, and fix every problem a "
+                "Verifier or Thinker pointed out. Show the reasoning the request needs, then state the final "
+                "answer clearly. Do not talk about the team, the roles or this instruction: your reply is "
+                "what the user reads."
+            ),
+            instruction="Write your answer to the user's request now.",
+        ),
+        "thinker": RolePrompt(
+            system=(
+                f"{_TEAM}\n\nYour role: Thinker. Do not write the final answer. Work out what the request "
+                "really asks, the facts and constraints that matter, likely pitfalls, and a short step-by-"
+                "step plan for the Worker. If earlier replies contain mistakes, name them precisely. Be "
+                "brief. End your reply with exactly one tag naming the role that should act next:\n"
+                "<suggested_role>Worker</suggested_role> to have an answer written or revised,\n"
+                "<suggested_role>Verifier</suggested_role> to have the latest answer checked, or\n"
+                "<suggested_role>Thinker</suggested_role> if more analysis is needed first."
+            ),
+            instruction=(
+                "Give your analysis and plan now, and end with one <suggested_role>...</suggested_role> tag."
+            ),
+        ),
+        "verifier": RolePrompt(
+            system=(
+                f"{_TEAM}\n\nYour role: Verifier. Check the most recent Worker answer against the user's "
+                "request: is it correct, complete, and does it follow every instruction in the request? "
+                "The first word of your reply must be ACCEPT or REVISE, in capitals, with nothing before "
+                "it. Write ACCEPT only when the answer can be given to the user as it is. Otherwise write "
+                "REVISE, then list the specific problems the Worker must fix."
+            ),
+            instruction=(
+                "Review the latest Worker answer now. Start your reply with ACCEPT or REVISE."
+            ),
+        ),
+    },
+).validate("built-in trinity-default/1")
+
+
+def parse_pack(data: bytes, *, fmt: Literal["toml", "json"], source: str = "") -> RolePack:
+    """Decode a pack from TOML or JSON bytes and validate it."""
+    where = source or f"<{fmt}>"
+    try:
+        raw: object = tomllib.loads(data.decode()) if fmt == "toml" else json.loads(data)
+        pack = msgspec.convert(raw, RolePack)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RolePackInvalid(where, f"not valid {fmt.upper()}: {e}") from None
+    except msgspec.ValidationError as e:
+        raise RolePackInvalid(where, str(e)) from None
+    return pack.validate(where)
+
+
+def load_pack(path: str | Path) -> RolePack:
+    """Load and validate a pack from a ``.toml`` or ``.json`` file."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        raise RolePackFileError(p, f"unknown extension {suffix!r}")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise RolePackFileError(p, e.strerror or str(e)) from None
+    return parse_pack(data, fmt="toml" if suffix == ".toml" else "json", source=str(p))
+
+
+class PackRegistry:
+    """The packs an injector holds, by ``name/version``, and the one used when a request names none.
+
+    Example:
+        >>> reg = PackRegistry([DEFAULT_PACK])
+        >>> reg.resolve(None).pack_id
+        'trinity-default/1'
+    """
+
+    def __init__(self, packs: list[RolePack], default: str | None = None) -> None:
+        if not packs:
+            raise RolePackInvalid("registry", "needs at least one role pack")
+        self._packs: dict[str, RolePack] = {}
+        for pack in packs:
+            if pack.pack_id in self._packs:
+                raise RolePackInvalid(pack.pack_id, "is loaded twice; give each pack file a distinct name/version")
+            self._packs[pack.pack_id] = pack
+        self.default_id = default or packs[0].pack_id
+        if self.default_id not in self._packs:
+            raise UnknownRolePack(self.default_id, self.known())
+
+    @classmethod
+    def from_files(cls, files: list[str], default: str | None = None, *,
+                   include_builtin: bool = True) -> PackRegistry:
+        """Load packs from files (the built-in pack first when ``include_builtin``)."""
+        packs = [DEFAULT_PACK] if include_builtin else []
+        packs += [load_pack(f) for f in files]
+        return cls(packs, default)
+
+    def known(self) -> list[str]:
+        """Ids of the packs held."""
+        return sorted(self._packs)
+
+    def resolve(self, pack_id: str | None) -> RolePack:
+        """The pack ``pack_id`` (the default for ``None`` or empty); :class:`UnknownRolePack` otherwise."""
+        key = pack_id or self.default_id
+        try:
+            return self._packs[key]
+        except KeyError:
+            raise UnknownRolePack(key, self.known()) from None
