@@ -1,0 +1,417 @@
+"""TRINITY's coordination loop as pure logic: no I/O, every effect goes through injected ports.
+
+One run, for at most ``Budget.max_turns`` turns (K = 5 by default):
+
+1. **route** — ask the runtime for :class:`~schemas.RouteLogits` over the transcript (the user query, then
+   every agent reply as ``assistant``) and interpret them with :func:`schemas.routing.decide` under the
+   agent mask (the request's mask intersected with the deployment's ``Policy.agent_mask``).
+2. **role** — the decision's role, overridden by the previous turn's Thinker ``<suggested_role>`` tag
+   (see :mod:`.suggestions`; unknown names are ignored and recorded in ``RoleAssignment.suggestion/note``).
+   Then the Verifier-before-Worker policy: with ``verifier_before_worker="worker"`` (default) a Verifier
+   chosen while no Worker reply exists becomes a Worker, recorded as ``RoleSource.VERIFIER_BEFORE_WORKER``;
+   with ``"allow"`` the Verifier runs (it has no answer to check; an ACCEPT then ends the run with no answer).
+3. **inject** — the role injector builds the agent's messages (role pack recorded in the assignment).
+4. **call** — call the chosen agent. If it fails, fall back to the next agent of
+   ``decision.agent_ranking`` (masked agents are never in it), recording an :class:`~schemas.AgentFailure`
+   and an ``agent_call_failed`` event each time; if every candidate fails the run stops with
+   ``NO_AGENT_AVAILABLE``.
+5. **append** the reply to the transcript. A Worker reply becomes the answer; a Thinker reply may carry a
+   suggestion for the next turn; a Verifier reply is parsed (:mod:`.verdict`) and ACCEPT ends the run.
+
+Budgets (turns, agent calls, tokens, cost, deadline) are checked before every turn and every agent
+attempt (:mod:`.budget`). The answer is the latest Worker reply; ``status`` is ``ok`` exactly when there is
+one, ``failed`` otherwise (``error`` then says why). ``error`` is also set when a port failure stopped
+the run (route, role injection, no agent), even if an earlier Worker answer exists.
+
+Every step is published as a trace event through ``Ports.emit``; each event's ``causation_id`` is the id
+of the event before it (the first one's is the request id), so the chain reads
+``request -> run_started -> route_decided -> role_assigned -> agent_call_started -> agent_call_finished
+-> [verdict_recorded] -> budget_recorded -> route_decided ... -> run_finished | run_failed``.
+Contents (query, prompts, replies, answer) are recorded as sha256 unless ``Policy.trace_content``.
+``Ports.emit`` must not block or raise (the actor's sink is a bounded, non-blocking buffer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+from actors.coordinator.budget import BudgetTracker
+from actors.coordinator.errors import AgentCallFailed, PortError, RoleInjectFailed, RouteFailed
+from actors.coordinator.suggestions import Suggestion, parse_suggestion
+from actors.coordinator.verdict import parse_verdict
+from schemas.common import Message, Role
+from schemas.coordination import (
+    AgentCallIntent,
+    AgentCallReceipt,
+    AgentFailure,
+    CoordinationRequest,
+    CoordinationResult,
+    RoleAssignment,
+    RoleSource,
+    RunStatus,
+    StopReason,
+    TurnRecord,
+    Verdict,
+    VerifierVerdict,
+)
+from schemas.errors import SchemaError
+from schemas.roles import RoleInjectReply, RoleInjectRequest, TranscriptEntry
+from schemas.routing import RouteDecision, RouteLogits, RouteRequest, decide
+from schemas.sakana import RuntimeProfile
+from schemas.trace import AgentCallFailed as AgentCallFailedEvent
+from schemas.trace import (
+    AgentCallFinished,
+    AgentCallStarted,
+    BudgetRecorded,
+    RoleAssigned,
+    RouteDecided,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    TraceEvent,
+    VerdictRecorded,
+)
+
+VerifierBeforeWorker = Literal["worker", "allow"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How the coordinator runs: role policy, routing profile, call parameters and timeouts.
+
+    ``agent_mask``: agents this deployment serves (``None``: all); intersected with each request's mask.
+    ``max_fallbacks``: how many next-best agents to try after a failed call (``None``: all ranked agents).
+    ``route_attempts``: tries per turn for routing when the failure is retryable (timeouts included).
+    ``role_pack``: the pack asked of the injector (``None``: its default).
+    """
+
+    verifier_before_worker: VerifierBeforeWorker = "worker"
+    profile: RuntimeProfile = field(default_factory=RuntimeProfile)
+    agent_mask: tuple[int, ...] | None = None
+    agent_max_tokens: int = 1024
+    temperature: float = 0.0
+    route_timeout_s: float = 10.0
+    role_inject_timeout_s: float = 5.0
+    agent_timeout_s: float = 120.0
+    route_attempts: int = 2
+    max_fallbacks: int | None = None
+    role_pack: str | None = None
+    trace_content: bool = False
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What a port call carries besides its payload: provenance and the time it may take."""
+
+    request_id: str
+    turn: int
+    causation_id: str
+    timeout_s: float
+
+
+RoutePort = Callable[[RouteRequest, CallContext], Awaitable[RouteLogits]]
+InjectPort = Callable[[RoleInjectRequest, CallContext], Awaitable[RoleInjectReply]]
+AgentPort = Callable[[AgentCallIntent, CallContext], Awaitable[AgentCallReceipt]]
+EmitPort = Callable[[TraceEvent], Awaitable[None]]
+
+
+def _uuid() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The effects a run may have. Ports raise :class:`RouteFailed`, :class:`RoleInjectFailed` and
+    :class:`AgentCallFailed`; ``emit`` never raises. ``clock`` is monotonic seconds (budgets), ``wall`` is
+    epoch seconds (event timestamps), ``new_id`` makes event ids."""
+
+    route: RoutePort
+    inject: InjectPort
+    call_agent: AgentPort
+    emit: EmitPort
+    clock: Callable[[], float]
+    wall: Callable[[], float]
+    new_id: Callable[[], str] = _uuid
+
+
+def sha256_text(text: str) -> str:
+    """Hex sha256 of UTF-8 text."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def resolve_role(
+    routed: Role, suggestion: Suggestion | None, has_worker_reply: bool, policy: VerifierBeforeWorker,
+) -> tuple[Role, RoleSource, str]:
+    """The role a turn plays, why, and a note on anything overridden or ignored.
+
+    Example:
+        >>> resolve_role(Role.WORKER, Suggestion("verifier", Role.VERIFIER), True, "worker")
+        (<Role.VERIFIER: 2>, <RoleSource.THINKER_SUGGESTION: 'thinker_suggestion'>, '')
+        >>> resolve_role(Role.VERIFIER, None, False, "worker")[1]
+        <RoleSource.VERIFIER_BEFORE_WORKER: 'verifier_before_worker_fallback'>
+    """
+    role, source, notes = routed, RoleSource.ROUTER, []
+    if suggestion is not None:
+        if suggestion.role is None:
+            notes.append(f"ignored unknown suggested role {suggestion.raw!r}")
+        else:
+            role, source = suggestion.role, RoleSource.THINKER_SUGGESTION
+    if role is Role.VERIFIER and not has_worker_reply and policy == "worker":
+        notes.append(f"Verifier ({source.value}) chosen before any Worker reply; ran as Worker")
+        role, source = Role.WORKER, RoleSource.VERIFIER_BEFORE_WORKER
+    return role, source, "; ".join(notes)
+
+
+def effective_mask(request_mask: list[int] | None, policy_mask: tuple[int, ...] | None) -> list[int] | None:
+    """The request's agent mask intersected with the deployment's (``None``: no restriction)."""
+    if request_mask is None and policy_mask is None:
+        return None
+    if request_mask is None:
+        return sorted(set(policy_mask or ()))
+    if policy_mask is None:
+        return sorted(set(request_mask))
+    return sorted(set(request_mask) & set(policy_mask))
+
+
+class _Stop(Exception):
+    def __init__(self, reason: StopReason, error: str | None = None, code: str | None = None) -> None:
+        self.reason, self.error, self.code = reason, error, code
+        super().__init__(reason.value)
+
+
+class Run:
+    """One coordination run. Use :func:`coordinate`."""
+
+    def __init__(self, request: CoordinationRequest, ports: Ports, policy: Policy) -> None:
+        self.request = request
+        self.ports = ports
+        self.policy = policy
+        self.budget = BudgetTracker(request.budget, ports.clock)
+        self.transcript: list[Message] = [Message(role="user", content=request.query)]
+        self.history: list[TranscriptEntry] = []
+        self.turns: list[TurnRecord] = []
+        self.answer: str | None = None
+        self.answer_turn: int | None = None
+        self.pending: Suggestion | None = None
+        self.mask = effective_mask(request.agent_mask, policy.agent_mask)
+        self._cause = request.request_id
+        self._route_hash = ""
+
+    # -- tracing -----------------------------------------------------------------------------------------
+    def _base(self, turn: int = -1) -> dict[str, Any]:
+        return {"request_id": self.request.request_id, "event_id": self.ports.new_id(),
+                "causation_id": self._cause, "ts": self.ports.wall(), "turn": turn,
+                "adapter": self.request.adapter, "route_hash": self._route_hash}
+
+    async def _emit(self, event: TraceEvent) -> None:
+        self._cause = event.event_id
+        await self.ports.emit(event)
+
+    def _ctx(self, turn: int, timeout_s: float) -> CallContext:
+        remaining = self.budget.remaining_s()
+        if remaining is not None:
+            timeout_s = min(timeout_s, remaining)
+        return CallContext(self.request.request_id, turn, self._cause, max(timeout_s, 0.001))
+
+    def _deadline_ms(self) -> int | None:
+        remaining = self.budget.remaining_s()
+        return None if remaining is None else max(1, int(remaining * 1000))
+
+    # -- steps -------------------------------------------------------------------------------------------
+    async def _route(self, turn: int) -> RouteDecision:
+        req = RouteRequest(request_id=self.request.request_id, turn=turn, messages=list(self.transcript),
+                           backend=self.request.backend, adapter=self.request.adapter,
+                           run_id=self.request.request_id, deadline_ms=self._deadline_ms())
+        attempts = max(1, self.policy.route_attempts)
+        for attempt in range(1, attempts + 1):
+            if (reason := self.budget.check_deadline()) is not None:
+                raise _Stop(reason, None)
+            try:
+                logits = await self.ports.route(req, self._ctx(turn, self.policy.route_timeout_s))
+                break
+            except RouteFailed as e:
+                if not e.retryable or attempt == attempts:
+                    raise _Stop(StopReason.ROUTE_FAILED, f"routing turn {turn} failed: {e}", e.code) from None
+        try:
+            decision = decide(logits, self.policy.profile, self.mask)
+        except SchemaError as e:
+            raise _Stop(StopReason.ROUTE_FAILED, f"cannot interpret routing logits of turn {turn}: {e}",
+                        "invalid") from None
+        self._route_hash = decision.route_hash
+        await self._emit(RouteDecided(**self._base(turn), decision=decision, token_count=logits.token_count,
+                                      cached_tokens=logits.cached_tokens, route_latency_ms=logits.latency_ms,
+                                      runtime_id=logits.runtime_id))
+        return decision
+
+    async def _inject(self, turn: int, agent_id: int, role: Role) -> RoleInjectReply:
+        req = RoleInjectRequest(request_id=self.request.request_id, turn=turn, agent_id=agent_id, role=role,
+                                query=self.request.query, history=list(self.history),
+                                role_pack=self.policy.role_pack)
+        try:
+            reply = await self.ports.inject(req, self._ctx(turn, self.policy.role_inject_timeout_s))
+        except RoleInjectFailed as e:
+            raise _Stop(StopReason.ROLE_INJECT_FAILED, f"role injection for turn {turn} failed: {e}",
+                        e.code) from None
+        if reply.turn != turn or reply.role is not role:
+            raise _Stop(StopReason.ROLE_INJECT_FAILED,
+                        f"role injector answered turn {reply.turn} as {reply.role.label}, "
+                        f"asked turn {turn} as {role.label}", "upstream")
+        return reply
+
+    def _intent(self, turn: int, agent_id: int, role: Role, messages: list[Message]) -> AgentCallIntent:
+        max_tokens = self.policy.agent_max_tokens
+        left = self.budget.remaining_tokens()
+        if left is not None:
+            max_tokens = max(1, min(max_tokens, left))
+        return AgentCallIntent(request_id=self.request.request_id, turn=turn, agent_id=agent_id, role=role,
+                               messages=messages, max_tokens=max_tokens, temperature=self.policy.temperature,
+                               deadline_ms=self._deadline_ms())
+
+    async def _call(self, turn: int, decision: RouteDecision, role: Role, inject: RoleInjectReply,
+                    failures: list[AgentFailure]) -> tuple[AgentCallIntent | None, AgentCallReceipt | None,
+                                                          StopReason | None]:
+        ranking = decision.agent_ranking
+        if self.policy.max_fallbacks is not None:
+            ranking = ranking[: 1 + self.policy.max_fallbacks]
+        intent: AgentCallIntent | None = None
+        for i, agent_id in enumerate(ranking):
+            if (reason := self.budget.check_call()) is not None:
+                return intent, None, reason
+            intent = self._intent(turn, agent_id, role, inject.messages)
+            encoded = msgspec.json.encode(inject.messages)
+            prompt_text = encoded.decode() if self.policy.trace_content else None
+            await self._emit(AgentCallStarted(**self._base(turn), agent_id=agent_id, role=role.label,
+                                              prompt_sha256=inject.prompt_sha256 or hashlib.sha256(encoded).hexdigest(),
+                                              prompt_text=prompt_text))
+            self.budget.start_call()
+            try:
+                receipt = await self.ports.call_agent(intent, self._ctx(turn, self.policy.agent_timeout_s))
+                if (receipt.request_id, receipt.turn, receipt.agent_id) != (self.request.request_id, turn, agent_id):
+                    raise AgentCallFailed("upstream", f"agent {agent_id} answered for request "
+                                          f"{receipt.request_id!r} turn {receipt.turn} agent {receipt.agent_id}")
+            except AgentCallFailed as e:
+                nxt = ranking[i + 1] if i + 1 < len(ranking) else None
+                failures.append(AgentFailure(agent_id=agent_id, error_code=e.code, message=e.message,
+                                             fallback_agent_id=nxt))
+                await self._emit(AgentCallFailedEvent(**self._base(turn), agent_id=agent_id, error_code=e.code,
+                                                      message=e.message, fallback_agent_id=nxt))
+                continue
+            self.budget.record_receipt(receipt)
+            shown = receipt if self.policy.trace_content else msgspec.structs.replace(
+                receipt, content=f"sha256:{sha256_text(receipt.content)}")
+            await self._emit(AgentCallFinished(**self._base(turn), receipt=shown))
+            return intent, receipt, None
+        return intent, None, None
+
+    async def _turn(self, turn: int) -> None:
+        self.budget.start_turn()
+        decision = await self._route(turn)
+        suggestion, self.pending = self.pending, None
+        role, source, note = resolve_role(decision.role, suggestion, self.answer is not None,
+                                          self.policy.verifier_before_worker)
+        inject = await self._inject(turn, decision.agent_id, role)
+        assignment = RoleAssignment(request_id=self.request.request_id, turn=turn, agent_id=decision.agent_id,
+                                    role=role, source=source, routed_role=decision.role,
+                                    role_pack=inject.role_pack,
+                                    suggestion=suggestion.raw if suggestion else None, note=note)
+        await self._emit(RoleAssigned(**self._base(turn), assignment=assignment))
+        failures: list[AgentFailure] = []
+        intent, receipt, budget_stop = await self._call(turn, decision, role, inject, failures)
+        if receipt is None:
+            self.turns.append(TurnRecord(turn=turn, decision=decision, assignment=assignment, intent=intent,
+                                         failures=failures, budget=self.budget.snapshot()))
+            if budget_stop is not None:
+                raise _Stop(budget_stop)
+            tried = ", ".join(str(f.agent_id) for f in failures) or "none"
+            raise _Stop(StopReason.NO_AGENT_AVAILABLE,
+                        f"every candidate agent failed at turn {turn} (tried {tried})", "unavailable")
+        if receipt.agent_id != assignment.agent_id:
+            assignment = msgspec.structs.replace(assignment, agent_id=receipt.agent_id)
+        self.transcript.append(Message(role="assistant", content=receipt.content))
+        self.history.append(TranscriptEntry(turn=turn, agent_id=receipt.agent_id, role=role,
+                                            content=receipt.content))
+        verdict: VerifierVerdict | None = None
+        if role is Role.WORKER:
+            self.answer, self.answer_turn = receipt.content, turn
+        elif role is Role.THINKER:
+            self.pending = parse_suggestion(receipt.content)
+        else:
+            parsed = parse_verdict(receipt.content)
+            verdict = VerifierVerdict(request_id=self.request.request_id, turn=turn, verdict=parsed.verdict,
+                                      parsed=parsed.parsed, excerpt=parsed.excerpt)
+            await self._emit(VerdictRecorded(**self._base(turn), verdict=verdict))
+        snapshot = self.budget.snapshot()
+        await self._emit(BudgetRecorded(**self._base(turn), budget=snapshot))
+        self.turns.append(TurnRecord(turn=turn, decision=decision, assignment=assignment, intent=intent,
+                                     receipt=receipt, verdict=verdict, failures=failures, budget=snapshot))
+        if verdict is not None and verdict.verdict is Verdict.ACCEPT:
+            raise _Stop(StopReason.ACCEPTED)
+
+    async def execute(self) -> CoordinationResult:
+        """Run to completion and return the full record."""
+        q = self.request.query
+        await self._emit(RunStarted(**self._base(), query_sha256=sha256_text(q),
+                                    query_text=q if self.policy.trace_content else None,
+                                    attrs={"verifier_before_worker": self.policy.verifier_before_worker,
+                                           "agent_mask": ",".join(map(str, self.mask))
+                                           if self.mask is not None else "all"}))
+        stop: _Stop
+        if self.mask is not None and not self.mask:
+            stop = _Stop(StopReason.NO_AGENT_AVAILABLE,
+                         "the request's agent_mask and this deployment's agents do not overlap", "invalid")
+        else:
+            turn = 0
+            while True:
+                if (reason := self.budget.check_turn()) is not None:
+                    stop = _Stop(reason)
+                    break
+                try:
+                    await self._turn(turn)
+                except _Stop as s:
+                    stop = s
+                    break
+                turn += 1
+        return await self._finish(stop)
+
+    async def _finish(self, stop: _Stop) -> CoordinationResult:
+        self._route_hash = ""
+        error = stop.error
+        if self.answer is None and error is None:
+            error = f"no Worker reply before the run stopped ({stop.reason.value})"
+        status = RunStatus.OK if self.answer is not None else RunStatus.FAILED
+        n = len(self.turns)
+        answer = self.answer
+        if answer is not None:
+            await self._emit(RunFinished(
+                **self._base(), stop_reason=stop.reason, answer_sha256=sha256_text(answer),
+                answer_text=answer if self.policy.trace_content else None, answer_turn=self.answer_turn,
+                turns=n, attrs={"error": error} if error else {}))
+        else:
+            await self._emit(RunFailed(**self._base(), error_code=stop.code or "no_answer",
+                                       message=error or "", stop_reason=stop.reason))
+        return CoordinationResult(request_id=self.request.request_id, status=status, answer=self.answer,
+                                  stop_reason=stop.reason, turns=self.turns, budget=self.budget.snapshot(),
+                                  error=error, answer_turn=self.answer_turn)
+
+
+async def coordinate(request: CoordinationRequest, ports: Ports, policy: Policy | None = None) -> CoordinationResult:
+    """Run TRINITY's loop for ``request`` through ``ports`` (see the module docstring)."""
+    return await Run(request, ports, policy or Policy()).execute()
+
+
+__all__ = [
+    "CallContext",
+    "Policy",
+    "PortError",
+    "Ports",
+    "Run",
+    "coordinate",
+    "effective_mask",
+    "resolve_role",
+]

@@ -1,0 +1,155 @@
+"""Role packs and the message builder (pure; the bus actor is tested in test_actors_bus.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from actors.role_injector.builder import build, build_messages, prompt_sha256
+from actors.role_injector.errors import RolePackFileError, RolePackInvalid, UnknownRolePack
+from actors.role_injector.packs import DEFAULT_PACK, PackRegistry, RolePack, RolePrompt, load_pack, parse_pack
+from schemas import Role
+from schemas.errors import SchemaError
+from schemas.roles import RoleInjectReply, RoleInjectRequest, TranscriptEntry
+
+HISTORY = [TranscriptEntry(turn=0, agent_id=3, role=Role.THINKER, content="plan it"),
+           TranscriptEntry(turn=1, agent_id=1, role=Role.WORKER, content="42")]
+
+TOML_PACK = """
+name = "custom"
+version = 2
+history_style = "inline"
+reply_header = "## {role} (turn {turn})"
+
+[roles.worker]
+system = "You write answers."
+instruction = "Answer."
+
+[roles.thinker]
+system = "You plan. End with <suggested_role>Worker</suggested_role>."
+instruction = "Plan."
+
+[roles.verifier]
+system = "Start with ACCEPT or REVISE."
+instruction = "Check."
+"""
+
+
+def request(role: Role, history: list[TranscriptEntry] | None = None, pack: str | None = None) -> RoleInjectRequest:
+    return RoleInjectRequest(request_id="q1", turn=2, agent_id=5, role=role, query="What is 6 x 7?",
+                             history=history or [], role_pack=pack)
+
+
+def test_default_pack_prompts_follow_the_protocol() -> None:
+    assert DEFAULT_PACK.pack_id == "trinity-default/1"
+    thinker = DEFAULT_PACK.prompt(Role.THINKER)
+    assert "<suggested_role>Worker</suggested_role>" in thinker.system
+    assert "<suggested_role>" in thinker.instruction
+    verifier = DEFAULT_PACK.prompt(Role.VERIFIER)
+    assert "ACCEPT or REVISE" in verifier.system and "Start your reply with ACCEPT or REVISE" in verifier.instruction
+    assert "Your role: Worker" in DEFAULT_PACK.prompt(Role.WORKER).system
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_build_messages_layout(role: Role) -> None:
+    msgs = build_messages(DEFAULT_PACK, request(role, HISTORY))
+    assert [m.role for m in msgs] == ["system", "user", "assistant", "assistant", "user"]
+    assert msgs[0].content == DEFAULT_PACK.prompt(role).system
+    assert msgs[1].content == "What is 6 x 7?"
+    assert msgs[2].content == "[turn 0 | Thinker | agent 3]\nplan it"
+    assert msgs[3].content == "[turn 1 | Worker | agent 1]\n42"
+    assert msgs[4].content == DEFAULT_PACK.prompt(role).instruction
+
+
+def test_build_without_history() -> None:
+    msgs = build_messages(DEFAULT_PACK, request(Role.WORKER))
+    assert [m.role for m in msgs] == ["system", "user", "user"]
+
+
+def test_build_reply_records_pack_and_hash() -> None:
+    reply = build(DEFAULT_PACK, request(Role.VERIFIER, HISTORY))
+    assert (reply.request_id, reply.turn, reply.role, reply.role_pack) == ("q1", 2, Role.VERIFIER,
+                                                                           "trinity-default/1")
+    assert reply.prompt_sha256 == prompt_sha256(reply.messages)
+    assert len(reply.prompt_sha256) == 64
+    # round-trips as a bus contract
+    assert msgspec.json.decode(msgspec.json.encode(reply), type=RoleInjectReply) == reply
+
+
+def test_inline_style_from_toml(tmp_path: Path) -> None:
+    p = tmp_path / "custom.toml"
+    p.write_text(TOML_PACK)
+    pack = load_pack(p)
+    assert pack.pack_id == "custom/2"
+    msgs = build_messages(pack, request(Role.WORKER, HISTORY))
+    assert [m.role for m in msgs] == ["system", "user"]
+    assert msgs[1].content == ("User request:\nWhat is 6 x 7?\n\nReplies so far:\n\n## Thinker (turn 0)\nplan it"
+                               "\n\n## Worker (turn 1)\n42\n\nAnswer.")
+
+
+def test_json_pack_round_trip(tmp_path: Path) -> None:
+    p = tmp_path / "pack.json"
+    p.write_bytes(msgspec.json.encode(msgspec.structs.replace(DEFAULT_PACK, name="copy", version=3)))
+    pack = load_pack(p)
+    assert pack.pack_id == "copy/3" and pack.roles == DEFAULT_PACK.roles
+
+
+def _with_role(role: str, prompt: RolePrompt) -> RolePack:
+    roles = dict(DEFAULT_PACK.roles)
+    roles[role] = prompt
+    return msgspec.structs.replace(DEFAULT_PACK, roles=roles)
+
+
+@pytest.mark.parametrize(("pack", "problem"), [
+    (_with_role("verifier", RolePrompt(system="Check it.", instruction="Say yes or no.")), "ACCEPT or REVISE"),
+    (_with_role("thinker", RolePrompt(system="Think.", instruction="Plan.")), "<suggested_role>"),
+    (_with_role("worker", RolePrompt(system=" ", instruction="x")), "non-empty"),
+    (msgspec.structs.replace(DEFAULT_PACK, roles={"worker": DEFAULT_PACK.roles["worker"]}), "roles must be exactly"),
+    (msgspec.structs.replace(DEFAULT_PACK, reply_header="{speaker}"), "reply_header"),
+    (msgspec.structs.replace(DEFAULT_PACK, name="has space"), "name"),
+    (msgspec.structs.replace(DEFAULT_PACK, version=0), "version"),
+])
+def test_invalid_packs_are_rejected(pack: RolePack, problem: str) -> None:
+    with pytest.raises(RolePackInvalid, match="role pack") as e:
+        pack.validate()
+    assert problem in str(e.value)
+
+
+def test_pack_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(RolePackFileError, match="unknown extension"):
+        load_pack(tmp_path / "pack.yaml")
+    with pytest.raises(RolePackFileError, match="No such file"):
+        load_pack(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = ")
+    with pytest.raises(RolePackInvalid, match="not valid TOML"):
+        load_pack(bad)
+    with pytest.raises(RolePackInvalid, match="Object missing required field `roles`"):
+        parse_pack(json.dumps({"name": "x", "version": 1}).encode(), fmt="json")
+
+
+def test_registry(tmp_path: Path) -> None:
+    p = tmp_path / "custom.toml"
+    p.write_text(TOML_PACK)
+    reg = PackRegistry.from_files([str(p)])
+    assert reg.known() == ["custom/2", "trinity-default/1"]
+    assert reg.resolve(None).pack_id == "trinity-default/1"
+    assert reg.resolve("custom/2").pack_id == "custom/2"
+    with pytest.raises(UnknownRolePack, match="unknown role pack 'nope/1'; this injector holds custom/2"):
+        reg.resolve("nope/1")
+    assert PackRegistry.from_files([str(p)], default="custom/2").resolve("").pack_id == "custom/2"
+    with pytest.raises(RolePackInvalid, match="loaded twice"):
+        PackRegistry([DEFAULT_PACK, DEFAULT_PACK])
+    with pytest.raises(UnknownRolePack):
+        PackRegistry([DEFAULT_PACK], default="other/1")
+
+
+def test_inject_request_invariants() -> None:
+    with pytest.raises(SchemaError, match="history"):
+        RoleInjectRequest(request_id="q", turn=1, agent_id=0, role=Role.WORKER, query="x",
+                          history=[TranscriptEntry(turn=1, agent_id=0, role=Role.WORKER, content="y")])
+    with pytest.raises(SchemaError, match="query"):
+        RoleInjectRequest(request_id="q", turn=0, agent_id=0, role=Role.WORKER, query="  ")
