@@ -1,0 +1,245 @@
+"""The routing engine: Qwen3 decoder up to the final-norm state at position -2, then the TRINITY head.
+
+Causal attention makes the state at position -2 depend only on tokens ``0..n-2``, so the engine feeds
+``input_ids[:-1]`` and reads the last fed position; it never computes the last token nor the LM head.
+
+Work is synchronous and meant for a single worker thread (see :mod:`actors.model_runtime.batcher`):
+
+* fresh transcripts of a batch run as one right-padded forward pass (attention mask, positions from 0),
+  split into sub-batches so that ``count * longest <= max_batch_tokens``;
+* transcripts of a run whose K/V is in the :class:`PrefixCache` crop it to the longest common prefix of
+  token ids and compute only the rest.
+
+Example:
+    >>> engine = RouterEngine.load(ModelRuntimeSettings(checkpoint_preset="qwen3-tiny-synthetic"))
+    ... # doctest: +SKIP
+    >>> engine.route(RouteRequest("r1", 0, [Message("user", "2 + 2?")])).agent_logits  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache, Qwen3Model
+from transformers.utils import logging as hf_logging
+
+from actors.model_runtime.checkpoints import resolve_checkpoint
+from actors.model_runtime.errors import (
+    AdapterNotServed,
+    CheckpointError,
+    ContextTooLong,
+    EmptyTranscript,
+    HeadShapeMismatch,
+    ModelRuntimeError,
+    TranscriptTooShort,
+)
+from actors.model_runtime.formatting import format_transcript, transcript_hash
+from actors.model_runtime.head import RoutingHead
+from actors.model_runtime.prefix_cache import PrefixCache, common_prefix_len, crop_to
+from actors.model_runtime.tokenizer import RouterTokenizer
+from config.model_runtime import ModelRuntimeSettings
+from schemas.routing import RouteLogits, RouteRequest
+from schemas.sakana import HeadSpec
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def pick_device(name: str) -> torch.device:
+    """``"auto"``: CUDA where present, else CPU; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class PreparedRoute:
+    """A validated, tokenized request waiting for the worker (``feed`` = ``ids[:-1]``)."""
+
+    request: RouteRequest
+    ids: list[int]
+    transcript_hash: str
+    received: float = field(default_factory=time.perf_counter)
+
+    @property
+    def feed(self) -> list[int]:
+        """The tokens the decoder runs: all but the last."""
+        return self.ids[:-1]
+
+
+@dataclass
+class HiddenResult:
+    """The final-norm state at position -2 of one transcript (never leaves this package)."""
+
+    hidden: torch.Tensor
+    cached_tokens: int
+
+
+class RouterEngine:
+    """Qwen3 backbone + routing head + tokenizer + prefix cache; synchronous, single-threaded use."""
+
+    def __init__(self, model: Qwen3Model, tokenizer: RouterTokenizer, head: RoutingHead,
+                 settings: ModelRuntimeSettings, *, max_batch_tokens: int = 8192) -> None:
+        hidden = int(model.config.hidden_size)
+        if head.spec.cols != hidden:
+            raise HeadShapeMismatch((head.spec.rows, head.spec.cols), (head.spec.rows, hidden), head.source)
+        if tokenizer.vocab_size > int(model.config.vocab_size):
+            raise CheckpointError("model", f"tokenizer {tokenizer.source} has {tokenizer.vocab_size} ids but the "
+                                           f"model's vocabulary is {model.config.vocab_size}")
+        model.train(False)
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.tokenizer = tokenizer
+        self.head = head.to(self.device)
+        self.settings = settings
+        self.max_batch_tokens = max_batch_tokens
+        self.max_context_tokens = min(settings.max_context_tokens, int(model.config.max_position_embeddings) + 1)
+        self.cache = PrefixCache(settings.cache_max_tokens, settings.cache_max_bytes)
+
+    @classmethod
+    def load(cls, settings: ModelRuntimeSettings, *, checkpoint_dir: str | Path | None = None,
+             head: RoutingHead | None = None, tokenizer: RouterTokenizer | None = None) -> RouterEngine:
+        """Load backbone, tokenizer and head as ``settings`` say (explicit arguments take precedence)."""
+        s = settings.expanded()
+        if s.num_threads is not None:
+            torch.set_num_threads(s.num_threads)
+        path = Path(checkpoint_dir) if checkpoint_dir is not None else resolve_checkpoint(s)
+        if not (path / "config.json").is_file():
+            raise CheckpointError(str(path), "no config.json; point checkpoint_dir at a Qwen3 checkpoint folder")
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        model = Qwen3Model.from_pretrained(str(path), dtype=_DTYPES[s.dtype], attn_implementation="sdpa")
+        if model.config.model_type != "qwen3":
+            raise CheckpointError(str(path), f"model_type is {model.config.model_type!r}, expected 'qwen3'")
+        model.to(pick_device(s.device))  # type: ignore[arg-type]  # transformers' stub misses devices
+        tok = tokenizer or RouterTokenizer.load(s.tokenizer_path, path)
+        spec = HeadSpec(cols=int(model.config.hidden_size))
+        if head is None:
+            head = RoutingHead.load(s.head_path, spec) if s.head_path else RoutingHead.random(spec, s.head_seed)
+        return cls(model, tok, head, s)
+
+    # -- preparation (any thread) -------------------------------------------------------------------------
+
+    def prepare(self, request: RouteRequest) -> PreparedRoute:
+        """Check labels, format, tokenize and bound-check a request; raises a :class:`ModelRuntimeError`."""
+        if request.backend != self.settings.backend or request.adapter != self.settings.adapter:
+            raise AdapterNotServed(f"{request.backend}.{request.adapter}",
+                                   f"{self.settings.backend}.{self.settings.adapter}")
+        if not request.messages:
+            raise EmptyTranscript()
+        ids = self.tokenizer.encode(format_transcript(request.messages))
+        if len(ids) < 2:
+            raise TranscriptTooShort(len(ids))
+        if len(ids) > self.max_context_tokens:
+            raise ContextTooLong(len(ids), self.max_context_tokens)
+        return PreparedRoute(request, ids, transcript_hash(request.messages))
+
+    # -- worker-thread work ---------------------------------------------------------------------------------
+
+    def route(self, request: RouteRequest) -> RouteLogits:
+        """Prepare and run one request (raises :class:`ModelRuntimeError` on bad input)."""
+        result = self.run([self.prepare(request)])[0]
+        if isinstance(result, ModelRuntimeError):
+            raise result
+        return result
+
+    def run(self, batch: Sequence[PreparedRoute]) -> list[RouteLogits | ModelRuntimeError]:
+        """Route prepared requests together; one answer (or error) per request, in order."""
+        hidden = self._hidden(batch)
+        out: list[RouteLogits | ModelRuntimeError] = []
+        ok = [i for i, h in enumerate(hidden) if isinstance(h, HiddenResult)]
+        logits = self.head.apply(torch.stack([hidden[i].hidden for i in ok])) if ok else None  # type: ignore[union-attr]
+        agents, roles = self.head.split(logits) if logits is not None else ([], [])
+        row = {i: k for k, i in enumerate(ok)}
+        done = time.perf_counter()
+        for i, (p, h) in enumerate(zip(batch, hidden, strict=True)):
+            if not isinstance(h, HiddenResult):
+                out.append(h)
+                continue
+            out.append(RouteLogits(
+                request_id=p.request.request_id, turn=p.request.turn, agent_logits=agents[row[i]],
+                role_logits=roles[row[i]], token_count=len(p.ids), transcript_hash=p.transcript_hash,
+                backend=self.settings.backend, profile=self.settings.profile, adapter=self.settings.adapter,
+                cached_tokens=h.cached_tokens, latency_ms=(done - p.received) * 1000.0,
+                runtime_id=self.settings.runtime_id,
+            ))
+        return out
+
+    @torch.inference_mode()
+    def _hidden(self, batch: Sequence[PreparedRoute]) -> list[HiddenResult | ModelRuntimeError]:
+        """Test hook (package-internal): the final-norm state at position -2 of each prepared request."""
+        results: list[HiddenResult | ModelRuntimeError | None] = [None] * len(batch)
+        fresh: list[int] = []
+        for i, p in enumerate(batch):
+            entry = None
+            run_id = p.request.run_id
+            if run_id is not None and self.cache.enabled:
+                entry = self.cache.take(run_id)
+            if entry is None:
+                fresh.append(i)
+                continue
+            feed = p.feed
+            reuse = min(common_prefix_len(entry.token_ids, feed), len(feed) - 1)
+            if reuse <= 0:
+                fresh.append(i)
+                continue
+            crop_to(entry.cache, reuse)
+            state = self._forward_one(feed[reuse:], reuse, entry.cache)
+            self.cache.note_reuse(reuse)
+            results[i] = HiddenResult(state, reuse)
+            self.cache.put(run_id, feed, entry.cache)  # type: ignore[arg-type]
+        for group in self._groups(batch, fresh):
+            for i, state in zip(group, self._forward_fresh([batch[i] for i in group]), strict=True):
+                results[i] = HiddenResult(state, 0)
+        return [r for r in results if r is not None]
+
+    def _groups(self, batch: Sequence[PreparedRoute], idx: list[int]) -> list[list[int]]:
+        order = sorted(idx, key=lambda i: len(batch[i].feed))
+        groups: list[list[int]] = []
+        for i in order:
+            n = len(batch[i].feed)
+            if groups and (len(groups[-1]) + 1) * n <= self.max_batch_tokens \
+                    and len(groups[-1]) < self.settings.max_batch:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        return groups
+
+    def _forward_one(self, new_ids: list[int], past: int, cache: DynamicCache) -> torch.Tensor:
+        ids = torch.tensor([new_ids], dtype=torch.long, device=self.device)
+        pos = torch.arange(past, past + len(new_ids), device=self.device).unsqueeze(0)
+        out = self.model(input_ids=ids, position_ids=pos, cache=cache, use_cache=True)
+        state: torch.Tensor = out.last_hidden_state[0, -1]
+        return state
+
+    def _forward_fresh(self, items: list[PreparedRoute]) -> list[torch.Tensor]:
+        keep = [p.request.run_id is not None and self.cache.enabled for p in items]
+        lengths = [len(p.feed) for p in items]
+        width = max(lengths)
+        ids = torch.zeros((len(items), width), dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for r, p in enumerate(items):
+            ids[r, :lengths[r]] = torch.tensor(p.feed, dtype=torch.long)
+            mask[r, :lengths[r]] = 1
+        pos = torch.arange(width).unsqueeze(0).expand(len(items), width)
+        cache = DynamicCache(config=self.model.config) if any(keep) else None
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device) if min(lengths) < width
+                         else None, position_ids=pos.to(self.device), cache=cache, use_cache=cache is not None)
+        states = [out.last_hidden_state[r, lengths[r] - 1] for r in range(len(items))]
+        if cache is not None:
+            for r, p in enumerate(items):
+                if keep[r]:
+                    self.cache.put(p.request.run_id, p.feed, self._slice_cache(cache, r, lengths[r]))  # type: ignore[arg-type]
+        return states
+
+    def _slice_cache(self, cache: DynamicCache, row: int, length: int) -> DynamicCache:
+        data = []
+        for layer in cache.layers:
+            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+            if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
+                raise CheckpointError("model", "has cache layers without key/value tensors; only full-attention "
+                                               "Qwen3 models are supported")
+            data.append((keys[row:row + 1, :, :length].clone(), values[row:row + 1, :, :length].clone()))
+        return DynamicCache(ddp_cache_data=data, config=self.model.config)
