@@ -1,0 +1,130 @@
+"""Idempotent request handling: one run per request id, its result shared by every duplicate.
+
+Semantics (per coordinator process):
+
+- The first request with a given id starts the run.
+- A duplicate arriving **while it runs** waits for the same run and gets the same result.
+- A duplicate arriving **after it finished** gets the cached result, for ``ttl_s`` seconds, among the
+  ``capacity`` most recently finished ids (LRU); older ids are forgotten and would run again.
+- A duplicate whose payload differs (another query or budget under a reused id) is refused with
+  :class:`~actors.coordinator.errors.DuplicateRequestConflict`, in flight or cached.
+- A run that raised is not cached: every waiter gets the exception and the next duplicate runs afresh.
+- A waiter that is cancelled (its caller went away) does not cancel the shared run.
+
+Scope: the cache lives in one coordinator process. Coordinators in a queue group each see a share of
+the requests, so a duplicate sent to another node runs again there; cluster-wide idempotency would need a
+shared store (e.g. a JetStream key-value bucket) and is not provided.
+
+Example:
+    >>> import asyncio
+    >>> d: Deduper[str] = Deduper(capacity=10, ttl_s=60.0, clock=lambda: 0.0)
+    >>> async def work() -> str: return "result"
+    >>> asyncio.run(d.run("q1", "fp", work))
+    'result'
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from actors.coordinator.errors import DuplicateRequestConflict
+
+V = TypeVar("V")
+
+
+@dataclass
+class DedupeStats:
+    """Counters: runs started, duplicates joined in flight, served from cache, conflicts refused."""
+
+    started: int = 0
+    joined: int = 0
+    cached: int = 0
+    conflicts: int = 0
+    evicted: int = 0
+
+
+class Deduper(Generic[V]):
+    """Run each key once; share in-flight runs; cache finished results (bounded LRU with a TTL)."""
+
+    def __init__(self, capacity: int, ttl_s: float, clock: Callable[[], float]) -> None:
+        if capacity < 0 or ttl_s < 0:
+            raise ValueError(f"capacity and ttl_s must be >= 0, got {capacity} and {ttl_s}")
+        self.capacity, self.ttl_s = capacity, ttl_s
+        self._clock = clock
+        self._inflight: dict[str, tuple[str, asyncio.Future[V]]] = {}
+        self._done: OrderedDict[str, tuple[str, float, V]] = OrderedDict()
+        self._tasks: set[asyncio.Future[V]] = set()
+        self.stats = DedupeStats()
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    @property
+    def inflight(self) -> int:
+        """Runs in progress."""
+        return len(self._inflight)
+
+    def _lookup(self, key: str) -> tuple[str, V] | None:
+        entry = self._done.get(key)
+        if entry is None:
+            return None
+        fingerprint, stored_at, value = entry
+        if self._clock() - stored_at > self.ttl_s:
+            del self._done[key]
+            self.stats.evicted += 1
+            return None
+        self._done.move_to_end(key)
+        return fingerprint, value
+
+    def _store(self, key: str, fingerprint: str, value: V) -> None:
+        if self.capacity == 0:
+            return
+        self._done[key] = (fingerprint, self._clock(), value)
+        self._done.move_to_end(key)
+        while len(self._done) > self.capacity:
+            self._done.popitem(last=False)
+            self.stats.evicted += 1
+
+    async def run(self, key: str, fingerprint: str, work: Callable[[], Awaitable[V]]) -> V:
+        """The result for ``key``: joined, cached, or computed by ``work()`` (see the module docstring)."""
+        cached = self._lookup(key)
+        if cached is not None:
+            if cached[0] != fingerprint:
+                self.stats.conflicts += 1
+                raise DuplicateRequestConflict(key)
+            self.stats.cached += 1
+            return cached[1]
+        inflight = self._inflight.get(key)
+        if inflight is not None:
+            if inflight[0] != fingerprint:
+                self.stats.conflicts += 1
+                raise DuplicateRequestConflict(key)
+            self.stats.joined += 1
+            return await asyncio.shield(inflight[1])
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = (fingerprint, future)
+        self.stats.started += 1
+        task = asyncio.ensure_future(work())
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._settle(key, fingerprint, future, t))
+        return await asyncio.shield(future)
+
+    def _settle(self, key: str, fingerprint: str, future: asyncio.Future[V], task: asyncio.Future[V]) -> None:
+        self._inflight.pop(key, None)
+        self._tasks.discard(task)
+        if task.cancelled():
+            future.cancel()
+            return
+        exc = task.exception()
+        if exc is not None:
+            future.set_exception(exc)
+            # every waiter may have gone; mark the exception retrieved so asyncio does not log it
+            future.exception()
+            return
+        value = task.result()
+        self._store(key, fingerprint, value)
+        future.set_result(value)

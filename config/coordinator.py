@@ -1,0 +1,109 @@
+"""Coordinator and role-injector settings. No environment reads here (the loader in config/ fills them).
+
+Example:
+    >>> CoordinatorSettings().verifier_before_worker
+    'worker'
+    >>> RoleInjectorSettings().default_pack is None
+    True
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How a coordinator node runs TRINITY's loop and talks to the bus.
+
+    Policy:
+      ``verifier_before_worker``: ``"worker"`` (default) runs a Verifier chosen before any Worker reply as a
+        Worker (recorded as ``verifier_before_worker_fallback``); ``"allow"`` lets it run as a Verifier.
+      ``agent_mask``: agents this deployment serves (``None``: all 7); intersected with each request's mask.
+      ``max_fallbacks``: next-best agents tried after a failed agent call (``None``: every ranked agent).
+      ``agent_margin_floor`` / ``role_margin_floor``: the routing profile's margin floors (confidence bands).
+      ``agent_max_tokens`` / ``agent_temperature``: completion parameters of every agent call (capped by the
+        request's remaining token budget).
+    Bus:
+      ``route_timeout_s`` / ``role_inject_timeout_s`` / ``agent_timeout_s``: per-call deadlines (each is also
+        capped by the request's remaining ``deadline_ms``); ``route_attempts``: tries for retryable route errors.
+      ``role_inject_mode``: ``"bus"`` asks the role injector on ``trinity.role.inject`` (injectors scale and
+        upgrade their packs independently, one extra round trip per turn); ``"local"`` builds prompts
+        in-process with a builder the node wiring passes in (no hop, no extra failure mode, but the packs
+        ship with the coordinator).
+      ``role_pack``: the pack asked for (``None``: the injector's default).
+      ``max_concurrency``: coordinations one node runs at once (over it: typed ``overloaded`` replies).
+      ``max_request_bytes``: largest accepted CoordinationRequest.
+    Idempotency: ``dedupe_capacity`` finished results kept for ``dedupe_ttl_s`` seconds (0 disables caching).
+    Tracing: ``trace_buffer`` events queued for JetStream before new ones are dropped and counted;
+      ``trace_content`` records query/prompt/reply text in traces instead of sha256;
+      ``trace_publish_timeout_s`` per publish ack; ``ensure_trace_stream`` creates the stream on start.
+    """
+
+    service_name: str = "trinity-coordinator"
+    verifier_before_worker: str = "worker"
+    agent_mask: list[int] | None = None
+    max_fallbacks: int | None = None
+    agent_margin_floor: float = 0.24
+    role_margin_floor: float = 1.06
+    agent_max_tokens: int = 1024
+    agent_temperature: float = 0.0
+    route_timeout_s: float = 10.0
+    route_attempts: int = 2
+    role_inject_timeout_s: float = 5.0
+    agent_timeout_s: float = 120.0
+    role_inject_mode: str = "bus"
+    role_pack: str | None = None
+    max_concurrency: int = 2048
+    max_request_bytes: int = 1_048_576
+    dedupe_capacity: int = 10_000
+    dedupe_ttl_s: float = 600.0
+    trace_buffer: int = 100_000
+    trace_content: bool = False
+    trace_publish_timeout_s: float = 5.0
+    ensure_trace_stream: bool = True
+
+    def __post_init__(self) -> None:
+        if self.verifier_before_worker not in ("worker", "allow"):
+            raise ValueError("verifier_before_worker: must be 'worker' or 'allow', "
+                             f"got {self.verifier_before_worker!r}")
+        if self.role_inject_mode not in ("bus", "local"):
+            raise ValueError(f"role_inject_mode: must be 'bus' or 'local', got {self.role_inject_mode!r}")
+        if self.agent_mask is not None and not self.agent_mask:
+            raise ValueError("agent_mask: list at least one agent id, or null for all")
+        for name in ("route_timeout_s", "role_inject_timeout_s", "agent_timeout_s", "trace_publish_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be > 0 seconds, got {getattr(self, name)}")
+        if self.route_attempts < 1:
+            raise ValueError(f"route_attempts: must be >= 1, got {self.route_attempts}")
+        if self.max_fallbacks is not None and self.max_fallbacks < 0:
+            raise ValueError(f"max_fallbacks: must be >= 0 or null, got {self.max_fallbacks}")
+        if not 1 <= self.agent_max_tokens <= 131072:
+            raise ValueError(f"agent_max_tokens: must be in 1..131072, got {self.agent_max_tokens}")
+        if not 0.0 <= self.agent_temperature <= 2.0:
+            raise ValueError(f"agent_temperature: must be in 0..2, got {self.agent_temperature}")
+        if self.max_concurrency < 1 or self.trace_buffer < 1:
+            raise ValueError("max_concurrency and trace_buffer: must be >= 1")
+        if self.dedupe_capacity < 0 or self.dedupe_ttl_s < 0:
+            raise ValueError("dedupe_capacity and dedupe_ttl_s: must be >= 0")
+
+
+class RoleInjectorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The role injector: which packs it holds and how it serves.
+
+    ``pack_files``: extra role packs (``.toml`` / ``.json``) loaded beside the built-in
+    ``trinity-default/1``; ``default_pack``: the ``name/version`` used when a request names none
+    (``None``: the first file's pack if any, else the built-in); ``include_builtin``: keep the built-in pack.
+    """
+
+    service_name: str = "trinity-role-injector"
+    pack_files: list[str] = msgspec.field(default_factory=list)
+    default_pack: str | None = None
+    include_builtin: bool = True
+    max_concurrency: int = 4096
+    max_request_bytes: int = 4 * 1_048_576
+
+    def __post_init__(self) -> None:
+        if not self.include_builtin and not self.pack_files:
+            raise ValueError("pack_files: list at least one pack when include_builtin is false")
+        if self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency: must be >= 1, got {self.max_concurrency}")
