@@ -66,6 +66,7 @@ class _Child:
         self.last_beat = 0.0
         self.next_check = 0.0
         self.kill_reason: BaseException | None = None
+        self.timer: asyncio.Future[None] | None = None  # pending backoff before a restart
 
 
 async def _run_child(spec: ChildSpec, ctx: ChildContext) -> None:
@@ -338,11 +339,21 @@ class Supervisor:
         child.state = ChildState.STOPPED
 
     async def _shutdown(self) -> None:
+        await self._cancel_timers()
         for child in reversed(self._children):
             if child.task is not None:
                 await self._stop_child(child)
             elif child.state is ChildState.RESTARTING:
                 child.state = ChildState.STOPPED
+
+    async def _cancel_timers(self) -> None:
+        timers = {c.timer for c in self._children if c.timer is not None}
+        for child in self._children:
+            child.timer = None
+        for timer in timers:
+            timer.cancel()
+        if timers:
+            await asyncio.wait(timers)
 
     # ------------------------------------------------------------------ supervision loop
 
@@ -359,6 +370,7 @@ class Supervisor:
                 )
         except asyncio.CancelledError:
             # Forced stop (a parent killed us, or the loop is closing): cancel children, do not drain.
+            await self._cancel_timers()
             for child in reversed(self._children):
                 if child.task is not None:
                     await self._cancel(child, child.task)
@@ -383,11 +395,17 @@ class Supervisor:
         assert stop_fut is not None
         loop = asyncio.get_running_loop()
         while not stop_fut.done():
-            running: set[asyncio.Future[Any]] = {
-                c.task for c in self._children if c.state is ChildState.RUNNING and c.task is not None
-            }
+            waitables: set[asyncio.Future[Any]] = {stop_fut}
+            for c in self._children:
+                if c.state is ChildState.RUNNING and c.task is not None:
+                    waitables.add(c.task)
+                elif c.timer is not None:
+                    waitables.add(c.timer)
             timeout = self._next_deadline_in(loop.time())
-            done, _ = await asyncio.wait({*running, stop_fut}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waitables, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if stop_fut.done():
+                return False
+            self._fire_timers(done)
             for child in self._children:
                 if stop_fut.done():
                     return False
@@ -535,18 +553,25 @@ class Supervisor:
         self._state = SupervisorState.FAILED
 
     def _restart_group(self, child: _Child) -> list[_Child]:
+        """The crashed child plus the siblings the strategy restarts with it (running or already pending)."""
         if self._strategy is Strategy.ONE_FOR_ONE:
             return [child]
         first = child.index + 1 if self._strategy is Strategy.REST_FOR_ONE else 0
+        live = (ChildState.RUNNING, ChildState.RESTARTING)
         return sorted(
-            [child, *(c for c in self._children[first:] if c is not child and c.state is ChildState.RUNNING)],
+            [child, *(c for c in self._children[first:] if c is not child and c.state in live)],
             key=lambda c: c.index,
         )
 
     async def _restart(self, child: _Child, uptime: float) -> bool:
+        """Stop the strategy's siblings (reverse order), then schedule the group's restart after backoff.
+
+        The backoff runs as a timer the supervision loop waits on, so other children keep being
+        supervised meanwhile. Siblings already waiting for a restart join this group's (newer) timer.
+        """
         group = self._restart_group(child)
         for sibling in reversed(group):
-            if sibling is child:
+            if sibling is child or sibling.state is not ChildState.RUNNING:
                 continue
             await self._stop_child(sibling)
             if sibling.spec.restart is not RestartType.TEMPORARY:
@@ -556,7 +581,8 @@ class Supervisor:
             child.attempt = 0
         delay = self._backoff.delay(child.attempt)
         child.attempt += 1
-        names = [c.spec.name for c in group if c.state is ChildState.RESTARTING]
+        members = [c for c in group if c.state is ChildState.RESTARTING]
+        names = [c.spec.name for c in members]
         self._logger.info(
             "restarting %s of supervisor %s in %.3f s (attempt %d)",
             names,
@@ -565,28 +591,25 @@ class Supervisor:
             child.attempt,
             extra=self._extra(child, "child_restart", delay_s=delay, attempt=child.attempt, group=names),
         )
-        if await self._sleep_or_stop(delay):
-            for c in group:
-                if c.state is ChildState.RESTARTING:
-                    c.state = ChildState.STOPPED
-            return False
-        for c in group:
-            if c.state is ChildState.RESTARTING:
-                c.restarts += 1
-                self._start_child(c)
+        timer = asyncio.ensure_future(self._sleep(delay))
+        replaced = {c.timer for c in members if c.timer is not None}
+        for c in members:
+            c.timer = timer
+        orphans = {t for t in replaced if all(c.timer is not t for c in self._children)}
+        for old in orphans:
+            old.cancel()
+        if orphans:
+            await asyncio.wait(orphans)
         return False
 
-    async def _sleep_or_stop(self, delay: float) -> bool:
-        """Sleep ``delay`` through the injected sleep; True if stop() was requested meanwhile."""
-        stop_fut = self._stop_fut
-        assert stop_fut is not None
-        sleeper = asyncio.ensure_future(self._sleep(delay))
-        try:
-            await asyncio.wait({sleeper, stop_fut}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not sleeper.done():
-                sleeper.cancel()
-                await asyncio.wait({sleeper})
-        if not sleeper.cancelled():
-            sleeper.result()
-        return stop_fut.done()
+    def _fire_timers(self, done: set[asyncio.Future[Any]]) -> None:
+        """Start, in spec order, every child whose backoff timer just finished."""
+        for child in self._children:
+            timer = child.timer
+            if timer is None or timer not in done:
+                continue
+            child.timer = None
+            timer.result()  # surfaces an error of an injected sleep
+            if child.state is ChildState.RESTARTING:
+                child.restarts += 1
+                self._start_child(child)
