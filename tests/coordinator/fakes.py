@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+from nats.aio.client import Client
 
 from actors.coordinator.errors import AgentCallFailed, RouteFailed
 from actors.coordinator.state_machine import CallContext, Ports
 from actors.role_injector.builder import build
 from actors.role_injector.packs import DEFAULT_PACK
+from bus import subjects
+from bus.errors import Rejected
+from bus.provenance import Provenance
+from bus.service import ActorService, Endpoint, RequestContext
 from schemas.common import Role
 from schemas.coordination import AgentCallIntent, AgentCallReceipt, Usage
 from schemas.roles import RoleInjectReply, RoleInjectRequest
 from schemas.routing import RouteLogits, RouteRequest
 from schemas.trace import TraceEvent
+from schemas.wire import ErrorCode
 
 ZERO_HASH = "0" * 64
 
@@ -106,3 +114,48 @@ class FakeWorld:
 
     def kinds(self) -> list[str]:
         return [e.kind for e in self.events]
+
+
+class BusFakes:
+    """The fake runtime and agents of a :class:`FakeWorld` as ActorServices on a real NATS server.
+
+    ``served_agents`` get an endpoint each (others have no responders); ``slow_agents`` sleep that many
+    seconds before answering; ``world.failing_agents`` answer a typed ``upstream`` error.
+    """
+
+    def __init__(self, nc: Client, world: FakeWorld, *, served_agents: Iterable[int] = range(7),
+                 slow_agents: dict[int, float] | None = None, backend: str = "torch", adapter: str = "base") -> None:
+        self.world = world
+        self.slow = slow_agents or {}
+        self.route_provenance: list[Provenance] = []
+        self.agent_provenance: list[Provenance] = []
+
+        async def route(req: RouteRequest, ctx: RequestContext) -> RouteLogits:
+            self.route_provenance.append(ctx.provenance)
+            world.routes.append(req)
+            agent, role = world.route_plan(req.turn)
+            return make_logits(req.request_id, req.turn, agent, role, world.n_agents)
+
+        async def call(intent: AgentCallIntent, ctx: RequestContext) -> AgentCallReceipt:
+            self.agent_provenance.append(ctx.provenance)
+            world.calls.append(intent)
+            if intent.agent_id in self.slow:
+                await asyncio.sleep(self.slow[intent.agent_id])
+            try:
+                return world.receipt(intent)
+            except AgentCallFailed as e:
+                raise Rejected(ErrorCode.UPSTREAM, e.message, retryable=True) from None
+
+        self.runtime = ActorService(nc, name="fake-runtime", endpoints=[
+            Endpoint("route", subjects.route(backend, adapter), RouteRequest, route, queue_group="runtimes")])
+        self.agents = ActorService(nc, name="fake-agents", endpoints=[
+            Endpoint(f"agent{i}", subjects.agent_call(i), AgentCallIntent, call, queue_group="agents")
+            for i in served_agents])
+
+    async def start(self) -> None:
+        await self.runtime.start()
+        await self.agents.start()
+
+    async def drain(self) -> None:
+        await self.runtime.drain(timeout=1.0)
+        await self.agents.drain(timeout=1.0)

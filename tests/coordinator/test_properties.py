@@ -4,6 +4,7 @@ ACCEPT, and the answer is the latest Worker reply whenever one exists."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from dataclasses import dataclass
 
 from hypothesis import HealthCheck, given, settings
@@ -128,7 +129,7 @@ def test_runs_respect_budgets_accept_and_answer(sc: Scenario) -> None:
                 seen_worker = True
     # the trace is one causal chain ending in a terminal event
     assert world.events[0].causation_id == "prop"
-    for prev, ev in zip(world.events, world.events[1:], strict=False):
+    for prev, ev in itertools.pairwise(world.events):
         assert ev.causation_id == prev.event_id
     assert world.events[-1].kind in ("run_finished", "run_failed")
     assert sum(e.kind in ("run_finished", "run_failed") for e in world.events) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import pytest
 
@@ -69,7 +70,7 @@ async def test_event_chain_and_causation() -> None:
         "run_finished",
     ]
     assert world.events[0].causation_id == "q1"
-    for prev, ev in zip(world.events, world.events[1:], strict=False):
+    for prev, ev in itertools.pairwise(world.events):
         assert ev.causation_id == prev.event_id
     assert len({e.event_id for e in world.events}) == len(world.events)
     assert all(e.request_id == "q1" for e in world.events)

@@ -1,0 +1,182 @@
+"""The coordinator actor: serves ``trinity.coord.request`` and runs the pure state machine over the bus.
+
+- Consumes :class:`~schemas.CoordinationRequest` in the ``coordinators`` queue group (a nats ``micro``
+  service named ``trinity-coordinator``), replies with the full :class:`~schemas.CoordinationResult`.
+- Routing: ``trinity.route.<backend>.<adapter>`` (RouteRequest -> RouteLogits); agents:
+  ``trinity.agent.<id>.call`` (AgentCallIntent -> AgentCallReceipt); role injection:
+  ``trinity.role.inject`` (``role_inject_mode="bus"``) or an in-process builder passed by the node wiring
+  (``"local"``; this package never imports the role injector). Every call has a deadline (the setting,
+  capped by the request's remaining ``deadline_ms``) and carries provenance headers (request id, turn,
+  causation id = the trace event that led to it, and the caller's W3C trace context).
+- Bus failures become the state machine's port errors: a typed error reply keeps its code and
+  ``retryable`` flag; a timeout is ``deadline`` (retryable); nobody serving the subject is
+  ``unavailable``; an undecodable reply is ``malformed``.
+- Idempotency (:mod:`.dedupe`): a duplicate request id joins the running run or gets the cached result;
+  the same id with a different payload gets an ``invalid`` error reply.
+- Traces go through :class:`~.tracing.TracePublisher` (bounded buffer, never blocks coordination).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+from nats.aio.client import Client
+
+from actors.coordinator.dedupe import Deduper
+from actors.coordinator.errors import (
+    AgentCallFailed,
+    CoordinatorConfigError,
+    DuplicateRequestConflict,
+    PortError,
+    RoleInjectFailed,
+    RouteFailed,
+)
+from actors.coordinator.state_machine import CallContext, Policy, Ports, VerifierBeforeWorker, coordinate
+from actors.coordinator.tracing import TracePublisher
+from bus import rpc, subjects
+from bus.errors import MalformedPayload, NoResponders, PayloadTooLarge, Rejected, RemoteError, RequestTimeout
+from bus.jetstream import ensure_stream, trace_stream_spec
+from bus.provenance import Provenance
+from bus.service import ActorService, Endpoint, RequestContext
+from config.coordinator import CoordinatorSettings
+from schemas.coordination import AgentCallIntent, AgentCallReceipt, CoordinationRequest, CoordinationResult
+from schemas.roles import RoleInjectReply, RoleInjectRequest
+from schemas.routing import RouteLogits, RouteRequest
+from schemas.sakana import RuntimeProfile
+from schemas.wire import ErrorCode
+
+log = logging.getLogger(__name__)
+
+LocalInjector = Callable[[RoleInjectRequest], Awaitable[RoleInjectReply]]
+T = TypeVar("T")
+E = TypeVar("E", bound=PortError)
+
+
+def policy_from_settings(s: CoordinatorSettings) -> Policy:
+    """The state machine's policy for these settings."""
+    vbw: VerifierBeforeWorker = "allow" if s.verifier_before_worker == "allow" else "worker"
+    return Policy(
+        verifier_before_worker=vbw,
+        profile=RuntimeProfile(agent_margin_floor=s.agent_margin_floor, role_margin_floor=s.role_margin_floor),
+        agent_mask=tuple(s.agent_mask) if s.agent_mask is not None else None,
+        agent_max_tokens=s.agent_max_tokens,
+        temperature=s.agent_temperature,
+        route_timeout_s=s.route_timeout_s,
+        role_inject_timeout_s=s.role_inject_timeout_s,
+        agent_timeout_s=s.agent_timeout_s,
+        route_attempts=s.route_attempts,
+        max_fallbacks=s.max_fallbacks,
+        role_pack=s.role_pack,
+        trace_content=s.trace_content,
+    )
+
+
+def fingerprint(req: CoordinationRequest) -> str:
+    """sha256 of the request's canonical encoding (what makes two requests with one id identical)."""
+    return hashlib.sha256(msgspec.json.encode(req)).hexdigest()
+
+
+async def _call(nc: Client, subject: str, payload: msgspec.Struct, reply_type: type[T], ctx: CallContext,
+                base: Provenance, error: type[E]) -> T:
+    prov = Provenance(request_id=ctx.request_id, turn=ctx.turn, causation_id=ctx.causation_id,
+                      traceparent=base.traceparent, tracestate=base.tracestate)
+    try:
+        return await rpc.request(nc, subject, payload, reply_type, timeout=ctx.timeout_s, provenance=prov)
+    except RemoteError as e:
+        raise error(e.code.value, e.message, retryable=e.retryable) from None
+    except RequestTimeout as e:
+        raise error(ErrorCode.DEADLINE.value, str(e), retryable=True) from None
+    except NoResponders as e:
+        raise error(ErrorCode.UNAVAILABLE.value, str(e), retryable=False) from None
+    except (MalformedPayload, PayloadTooLarge) as e:
+        raise error(ErrorCode.MALFORMED.value, f"bad reply on {subject}: {e}", retryable=False) from None
+
+
+class CoordinatorActor:
+    """A coordinator node (see the module docstring).
+
+    Example:
+        >>> actor = CoordinatorActor(nc, CoordinatorSettings())      # doctest: +SKIP
+        >>> await actor.start()                                       # doctest: +SKIP
+        >>> await actor.drain()                                       # doctest: +SKIP
+    """
+
+    def __init__(self, nc: Client, settings: CoordinatorSettings | None = None, *,
+                 local_injector: LocalInjector | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        self.nc = nc
+        self.settings = settings or CoordinatorSettings()
+        if self.settings.role_inject_mode == "local" and local_injector is None:
+            raise CoordinatorConfigError("role_inject_mode is 'local' but no local_injector was passed; pass the "
+                                         "role injector's builder (run.py does) or use role_inject_mode='bus'")
+        self.local_injector = local_injector if self.settings.role_inject_mode == "local" else None
+        self.policy = policy_from_settings(self.settings)
+        self.clock, self.wall = clock, wall
+        self.dedupe: Deduper[CoordinationResult] = Deduper(self.settings.dedupe_capacity, self.settings.dedupe_ttl_s,
+                                                           clock)
+        self.traces = TracePublisher(nc.jetstream(), capacity=self.settings.trace_buffer,
+                                     publish_timeout_s=self.settings.trace_publish_timeout_s)
+        self.service = ActorService(
+            nc, name=self.settings.service_name, version="0.1.0",
+            description="TRINITY coordinator: route, inject role, call agent, verify, for up to K turns",
+            endpoints=[Endpoint(name="coordinate", subject=subjects.coord_request(), request_type=CoordinationRequest,
+                                handler=self.handle, queue_group=subjects.QUEUE_COORDINATORS,
+                                max_payload_bytes=self.settings.max_request_bytes,
+                                max_concurrency=self.settings.max_concurrency)])
+
+    async def start(self) -> None:
+        """Ensure the trace stream (if configured), start tracing, then start serving."""
+        if self.settings.ensure_trace_stream:
+            await ensure_stream(self.nc.jetstream(), trace_stream_spec())
+        await self.traces.start()
+        await self.service.start()
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Stop taking requests, finish running ones (up to ``timeout``), flush traces."""
+        await self.service.drain(timeout=timeout)
+        await self.traces.close(timeout=timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """Service, trace and dedupe counters."""
+        return {"service": self.service.stats(), "trace": self.traces.counters.as_dict(),
+                "dedupe": dict(self.dedupe.stats.__dict__), "cached_results": len(self.dedupe)}
+
+    async def handle(self, req: CoordinationRequest, ctx: RequestContext) -> CoordinationResult:
+        """Endpoint handler: one coordination run per request id."""
+        try:
+            return await self.dedupe.run(req.request_id, fingerprint(req), lambda: self.run(req, ctx.provenance))
+        except DuplicateRequestConflict as e:
+            raise Rejected(ErrorCode.INVALID, str(e)) from None
+
+    def ports(self, base: Provenance) -> Ports:
+        """Bus-backed ports for one run (``base`` carries the caller's trace context)."""
+        nc = self.nc
+
+        async def route(req: RouteRequest, ctx: CallContext) -> RouteLogits:
+            logits = await _call(nc, subjects.route(req.backend, req.adapter), req, RouteLogits, ctx, base,
+                                 RouteFailed)
+            if logits.request_id != req.request_id or logits.turn != req.turn:
+                raise RouteFailed(ErrorCode.UPSTREAM.value, f"runtime answered request {logits.request_id!r} turn "
+                                  f"{logits.turn}, asked {req.request_id!r} turn {req.turn}")
+            return logits
+
+        async def inject(req: RoleInjectRequest, ctx: CallContext) -> RoleInjectReply:
+            if self.local_injector is not None:
+                return await self.local_injector(req)
+            return await _call(nc, subjects.ROLE_INJECT, req, RoleInjectReply, ctx, base, RoleInjectFailed)
+
+        async def call_agent(intent: AgentCallIntent, ctx: CallContext) -> AgentCallReceipt:
+            return await _call(nc, subjects.agent_call(intent.agent_id), intent, AgentCallReceipt, ctx, base,
+                               AgentCallFailed)
+
+        return Ports(route=route, inject=inject, call_agent=call_agent, emit=self.traces.emit, clock=self.clock,
+                     wall=self.wall)
+
+    async def run(self, req: CoordinationRequest, base: Provenance | None = None) -> CoordinationResult:
+        """Run one coordination (no dedupe): the state machine over bus-backed ports."""
+        return await coordinate(req, self.ports(base or Provenance(request_id=req.request_id)), self.policy)

@@ -1,0 +1,136 @@
+"""Publish trace events to JetStream without ever blocking coordination.
+
+:meth:`TracePublisher.emit` only appends to a bounded in-memory queue: when the queue is full the event is
+dropped and counted (``dropped``), and coordination goes on. One background task drains the queue in
+batches, publishing each batch in order with pipelined acks (``publish_async``) on
+``trinity.trace.<request_id>.<kind>``, the event id as ``Nats-Msg-Id`` (JetStream dedupes retries) and the
+event's provenance as headers. Events of one request reach the stream in the order they were emitted.
+Publishes that fail or get no ack within ``publish_timeout_s`` are counted (``failed``) and not retried.
+
+Example:
+    >>> pub = TracePublisher(js, capacity=10_000)            # doctest: +SKIP
+    >>> await pub.start()                                    # doctest: +SKIP
+    >>> await pub.emit(event)                                # never blocks   # doctest: +SKIP
+    >>> await pub.close(timeout=5.0)                         # flush, then stop # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from bus import subjects
+from bus.codec import encode
+from bus.jetstream import MSG_ID_HEADER
+from bus.provenance import Provenance
+from schemas.trace import TraceEvent
+
+log = logging.getLogger(__name__)
+
+BATCH = 512
+
+
+@dataclass
+class TraceCounters:
+    """Events accepted into the buffer, published (acked), dropped on overflow, failed to publish."""
+
+    emitted: int = 0
+    published: int = 0
+    dropped: int = 0
+    failed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """Counters as a plain dict."""
+        return dict(self.__dict__)
+
+
+class TracePublisher:
+    """Bounded, non-blocking trace sink feeding JetStream (see the module docstring)."""
+
+    def __init__(self, js: JetStreamContext, *, capacity: int, publish_timeout_s: float = 5.0) -> None:
+        self.js = js
+        self.capacity = capacity
+        self.publish_timeout_s = publish_timeout_s
+        self.counters = TraceCounters()
+        self._queue: asyncio.Queue[TraceEvent] = asyncio.Queue(maxsize=capacity)
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def pending(self) -> int:
+        """Events waiting in the buffer."""
+        return self._queue.qsize()
+
+    async def start(self) -> None:
+        """Start the background publishing task."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="trace-publisher")
+
+    async def emit(self, event: TraceEvent) -> None:
+        """Queue ``event`` for publishing; drop and count it when the buffer is full. Never blocks."""
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.counters.dropped += 1
+            return
+        self.counters.emitted += 1
+        self._idle.clear()
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._publish(batch)
+            if self._queue.empty():
+                self._idle.set()
+
+    async def _publish(self, batch: list[TraceEvent]) -> None:
+        futures: list[asyncio.Future[PubAck]] = []
+        for ev in batch:
+            headers = Provenance(request_id=ev.request_id, turn=ev.turn, causation_id=ev.causation_id).to_headers()
+            headers[MSG_ID_HEADER] = ev.event_id
+            try:
+                fut = await self.js.publish_async(subjects.trace(ev.request_id, ev.kind), encode(ev),
+                                                  wait_stall=self.publish_timeout_s, headers=headers)
+            except (TimeoutError, nats.errors.Error, OSError) as e:
+                self.counters.failed += 1
+                log.warning("trace event %s (%s) not published: %r", ev.event_id, ev.kind, e)
+                continue
+            futures.append(fut)
+        if not futures:
+            return
+        done, pending = await asyncio.wait(futures, timeout=self.publish_timeout_s)
+        for fut in pending:
+            fut.cancel()
+        failed = len(pending) + sum(1 for f in done if f.cancelled() or f.exception() is not None)
+        self.counters.failed += failed
+        self.counters.published += len(futures) - failed
+        if failed:
+            log.warning("%d of %d trace events got no JetStream ack (is stream %s there?)", failed, len(futures),
+                        subjects.TRACE_STREAM)
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until every queued event was published (or failed); False when ``timeout`` ran out first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Flush for up to ``timeout`` seconds, then stop the task (events still queued are counted dropped)."""
+        await self.flush(timeout)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.counters.dropped += self._queue.qsize()
