@@ -34,7 +34,9 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
       ``max_concurrency``: coordinations one node runs at once (over it: typed ``overloaded`` replies).
       ``max_request_bytes``: largest accepted CoordinationRequest.
     Idempotency: ``dedupe_capacity`` finished results kept for ``dedupe_ttl_s`` seconds (0 disables caching).
-    Tracing: ``trace_buffer`` events queued for JetStream before new ones are dropped and counted;
+    Tracing: ``trace_enabled`` publishes trace events (turn it off only to measure or where no trace stream
+      exists; results still carry every TurnRecord); ``trace_buffer`` events queued for JetStream before
+      new ones are dropped and counted;
       ``trace_content`` records query/prompt/reply text in traces instead of sha256;
       ``trace_publish_timeout_s`` per publish ack; ``ensure_trace_stream`` creates the stream on start.
     """
@@ -57,6 +59,7 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     max_request_bytes: int = 1_048_576
     dedupe_capacity: int = 10_000
     dedupe_ttl_s: float = 600.0
+    trace_enabled: bool = True
     trace_buffer: int = 100_000
     trace_content: bool = False
     trace_publish_timeout_s: float = 5.0

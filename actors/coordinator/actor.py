@@ -120,7 +120,8 @@ class CoordinatorActor:
         self.dedupe: Deduper[CoordinationResult] = Deduper(self.settings.dedupe_capacity, self.settings.dedupe_ttl_s,
                                                            clock)
         self.traces = TracePublisher(nc.jetstream(), capacity=self.settings.trace_buffer,
-                                     publish_timeout_s=self.settings.trace_publish_timeout_s)
+                                     publish_timeout_s=self.settings.trace_publish_timeout_s,
+                                     enabled=self.settings.trace_enabled)
         self.service = ActorService(
             nc, name=self.settings.service_name, version="0.1.0",
             description="TRINITY coordinator: route, inject role, call agent, verify, for up to K turns",
@@ -131,10 +132,11 @@ class CoordinatorActor:
 
     async def start(self) -> None:
         """Ensure the trace stream (if configured), start tracing, then start serving."""
-        if self.settings.ensure_trace_stream:
+        if self.settings.trace_enabled and self.settings.ensure_trace_stream:
             await ensure_stream(self.nc.jetstream(), trace_stream_spec())
         await self.traces.start()
         await self.service.start()
+        await self.nc.flush()  # the server has our subscriptions before start() returns
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Stop taking requests, finish running ones (up to ``timeout``), flush traces."""

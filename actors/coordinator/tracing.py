@@ -53,8 +53,10 @@ class TraceCounters:
 class TracePublisher:
     """Bounded, non-blocking trace sink feeding JetStream (see the module docstring)."""
 
-    def __init__(self, js: JetStreamContext, *, capacity: int, publish_timeout_s: float = 5.0) -> None:
+    def __init__(self, js: JetStreamContext, *, capacity: int, publish_timeout_s: float = 5.0,
+                 enabled: bool = True) -> None:
         self.js = js
+        self.enabled = enabled
         self.capacity = capacity
         self.publish_timeout_s = publish_timeout_s
         self.counters = TraceCounters()
@@ -74,7 +76,11 @@ class TracePublisher:
             self._task = asyncio.create_task(self._run(), name="trace-publisher")
 
     async def emit(self, event: TraceEvent) -> None:
-        """Queue ``event`` for publishing; drop and count it when the buffer is full. Never blocks."""
+        """Queue ``event`` for publishing; drop and count it when the buffer is full. Never blocks.
+
+        A disabled publisher ignores events (nothing is counted)."""
+        if not self.enabled:
+            return
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:

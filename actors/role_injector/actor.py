@@ -47,6 +47,7 @@ class RoleInjectorActor:
 
     def __init__(self, nc: Client, settings: RoleInjectorSettings | None = None,
                  registry: PackRegistry | None = None) -> None:
+        self.nc = nc
         self.settings = settings or RoleInjectorSettings()
         self.registry = registry or registry_from_settings(self.settings)
         self.service = ActorService(
@@ -69,6 +70,7 @@ class RoleInjectorActor:
     async def start(self) -> None:
         """Start serving."""
         await self.service.start()
+        await self.nc.flush()  # the server has our subscriptions before start() returns
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Stop taking requests and finish the running ones."""

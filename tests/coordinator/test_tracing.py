@@ -59,3 +59,13 @@ async def test_missing_acks_are_counted_failed() -> None:
     assert await pub.flush(2.0)
     assert (pub.counters.published, pub.counters.failed) == (0, 4)
     await pub.close()
+
+
+async def test_disabled_publisher_ignores_events() -> None:
+    js = FakeJS()
+    pub = TracePublisher(js, capacity=3, enabled=False)  # type: ignore[arg-type]
+    await pub.start()
+    await pub.emit(event(0))
+    assert await pub.flush(1.0)
+    assert js.published == [] and pub.counters.emitted == 0
+    await pub.close()
