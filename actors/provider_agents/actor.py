@@ -1,0 +1,108 @@
+"""The provider agents actor: serves ``trinity.agent.<id>.call`` for every configured agent (queue group).
+
+A thin bus-facing shell over :class:`~actors.provider_agents.pool.AgentPool`: an
+:class:`~schemas.coordination.AgentCallIntent` comes in, an :class:`~schemas.coordination.AgentCallReceipt`
+goes back; every provider failure becomes a typed error reply (``bus.errors.Rejected`` with the failure's
+:class:`~schemas.wire.ErrorCode`, ``retryable`` flag and safe details). Replicas share the queue group, so
+agents scale by starting more actors.
+
+Example:
+    >>> actor = ProviderAgentsActor(nc, ProviderAgentsSettings.offline())   # doctest: +SKIP
+    >>> await actor.start()                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from nats.aio.client import Client
+
+from actors.provider_agents.errors import ProviderError, UnknownAgent
+from actors.provider_agents.pool import AgentPool
+from bus import subjects
+from bus.errors import Rejected
+from bus.service import ActorService, Endpoint, RequestContext
+from config.provider_agents import ProviderAgentsSettings
+from schemas.coordination import AgentCallIntent, AgentCallReceipt
+from schemas.wire import ErrorCode
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "trinity-provider-agents"
+
+
+class ProviderAgentsActor:
+    """Owns the agent pool and the micro service exposing it."""
+
+    def __init__(self, nc: Client, settings: ProviderAgentsSettings, *, pool: AgentPool | None = None,
+                 name: str = SERVICE_NAME) -> None:
+        self.nc = nc
+        self.settings = settings
+        self.pool = pool if pool is not None else AgentPool.from_settings(settings)
+        self.name = name
+        self._service: ActorService | None = None
+
+    @property
+    def service(self) -> ActorService:
+        """The micro service (after :meth:`start`)."""
+        if self._service is None:
+            raise RuntimeError("provider agents actor is not started; await start() first")
+        return self._service
+
+    async def start(self) -> None:
+        """Optionally warm the local model, then subscribe one endpoint per agent."""
+        if self.settings.local.preload:
+            await self.pool.start()
+        endpoints: list[Endpoint[Any]] = []
+        for agent_id in self.pool.agent_ids:
+            spec = self.pool.spec(agent_id)
+            endpoints.append(Endpoint(
+                name=f"agent-{agent_id}",
+                subject=subjects.agent_call(agent_id),
+                request_type=AgentCallIntent,
+                handler=self.handle,
+                queue_group=self.settings.queue_group,
+                max_payload_bytes=self.settings.max_payload_bytes,
+                max_concurrency=spec.max_concurrency + spec.max_waiting,
+                metadata={"agent_id": str(agent_id), "provider": spec.provider, "model": spec.model},
+            ))
+        self._service = ActorService(self.nc, name=self.name, endpoints=endpoints,
+                                     description="TRINITY provider agents: LLM calls per agent id",
+                                     metadata={"agents": ",".join(str(a) for a in self.pool.agent_ids)})
+        await self._service.start()
+        log.info("provider agents serving agents %s", self.pool.agent_ids)
+
+    async def handle(self, intent: AgentCallIntent, ctx: RequestContext) -> AgentCallReceipt:
+        """Serve one intent; provider failures become typed error replies."""
+        subject_agent = _agent_of(ctx.subject)
+        try:
+            self.pool.spec(intent.agent_id)
+        except UnknownAgent as err:
+            raise Rejected(err.code, err.message, retryable=False, details=err.details()) from err
+        if subject_agent is not None and subject_agent != intent.agent_id:
+            raise Rejected(ErrorCode.INVALID, f"intent for agent {intent.agent_id} was sent to {ctx.subject}; send it "
+                                              f"to {subjects.agent_call(intent.agent_id)}")
+        try:
+            return await self.pool.call(intent)
+        except ProviderError as err:
+            log.info("agent %d call for %s turn %d failed: %s", intent.agent_id, intent.request_id, intent.turn,
+                     type(err).__name__)
+            raise Rejected(err.code, err.message, retryable=err.retryable, details=err.details()) from err
+
+    def stats(self) -> dict[str, Any]:
+        """Endpoint counters and per-agent usage/cost/failure counters."""
+        return {"endpoints": self._service.stats() if self._service else {}, "agents": self.pool.stats()}
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Stop taking calls, let in-flight calls finish, close providers."""
+        if self._service is not None:
+            await self._service.drain(timeout=timeout)
+        await self.pool.aclose()
+
+
+def _agent_of(subject: str) -> int | None:
+    parts = subject.split(".")
+    if len(parts) == 4 and parts[1] == "agent" and parts[2].isdigit():
+        return int(parts[2])
+    return None
