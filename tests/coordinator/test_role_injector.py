@@ -153,3 +153,20 @@ def test_inject_request_invariants() -> None:
                           history=[TranscriptEntry(turn=1, agent_id=0, role=Role.WORKER, content="y")])
     with pytest.raises(SchemaError, match="query"):
         RoleInjectRequest(request_id="q", turn=0, agent_id=0, role=Role.WORKER, query="  ")
+
+
+def test_registry_from_settings(tmp_path: Path) -> None:
+    from actors.role_injector.actor import registry_from_settings
+    from config.coordinator import RoleInjectorSettings
+
+    p = tmp_path / "custom.toml"
+    p.write_text(TOML_PACK)
+    assert registry_from_settings(RoleInjectorSettings()).default_id == "trinity-default/1"
+    reg = registry_from_settings(RoleInjectorSettings(pack_files=[str(p)]))
+    assert (reg.default_id, reg.known()) == ("custom/2", ["custom/2", "trinity-default/1"])
+    reg = registry_from_settings(RoleInjectorSettings(pack_files=[str(p)], default_pack="trinity-default/1"))
+    assert reg.default_id == "trinity-default/1"
+    reg = registry_from_settings(RoleInjectorSettings(pack_files=[str(p)], include_builtin=False))
+    assert reg.known() == ["custom/2"]
+    with pytest.raises(ValueError, match="pack_files"):
+        RoleInjectorSettings(include_builtin=False)
