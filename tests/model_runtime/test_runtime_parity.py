@@ -52,7 +52,7 @@ def run_parity(checkpoint: Path, tokenizer: RouterTokenizer, reference: Referenc
     settings = ModelRuntimeSettings(max_batch=16)
     plain = RouterEngine.load(msgspec_replace(settings, cache_max_tokens=0), checkpoint_dir=checkpoint,
                               tokenizer=tokenizer)
-    cached = RouterEngine.load(settings, checkpoint_dir=checkpoint, tokenizer=tokenizer)
+    cached = RouterEngine(plain.model, tokenizer, plain.head, settings)  # same weights, prefix cache on
     head = plain.head
 
     def prep(engine: RouterEngine, msgs: list[Message], i: int, run: bool) -> PreparedRoute:
