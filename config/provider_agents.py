@@ -50,6 +50,10 @@ class Secret:
         """The secret value, for the one place that must send it (an HTTP header)."""
         return self._value
 
+    def get(self) -> str:
+        """Alias of :meth:`reveal` (the API of ``config.secrets.Secret``)."""
+        return self._value
+
     def __repr__(self) -> str:
         return "***"
 

@@ -1,0 +1,131 @@
+"""Settings of the trace sink actor: the stream and durable consumer, redaction, exports, buffers.
+
+No environment is read here; :func:`trace_sink_settings_from_env` takes the mapping explicitly.
+
+Example:
+    >>> s = TraceSinkSettings()
+    >>> (s.durable, s.redaction.store_full_text, s.otel.exporter.value)
+    ('trace-sink', False, 'none')
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from config.provider_agents import Secret
+
+
+class RedactionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What is removed before anything is stored or exported.
+
+    Built-in patterns catch OpenAI/Anthropic (``sk-...``, ``sk-ant-...``), Google (``AIza...``) keys and
+    bearer tokens; ``secrets`` are exact values (e.g. every configured provider key; at least 6 characters),
+    ``patterns`` extra regular expressions. Message content (query, prompts, replies, answers) is stored as
+    its sha256 unless ``store_full_text``.
+    """
+
+    secrets: list[Secret] = msgspec.field(default_factory=list)
+    patterns: list[str] = msgspec.field(default_factory=list)
+    builtin_patterns: bool = True
+    store_full_text: bool = False
+    marker: str = "[REDACTED]"
+
+    def __post_init__(self) -> None:
+        for s in self.secrets:
+            if len(s.reveal()) < 6:
+                raise ValueError("redaction.secrets: a secret value shorter than 6 characters would redact ordinary "
+                                 "text; use a pattern instead")
+            if s.reveal() in self.marker:
+                raise ValueError("redaction.secrets: a secret value must not occur in the redaction marker")
+
+
+class JsonlSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """JSONL export with size rotation: ``path`` -> ``path.1`` ... ``path.<keep>`` (oldest dropped)."""
+
+    enabled: bool = True
+    path: str = "~/.cache/trinity-nats/traces/trace.jsonl"
+    max_bytes: int = 64 * 1024 * 1024
+    keep: int = 5
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1024:
+            raise ValueError(f"jsonl.max_bytes: must be >= 1024, got {self.max_bytes}")
+        if self.keep < 0:
+            raise ValueError(f"jsonl.keep: must be >= 0, got {self.keep}")
+
+    def resolved_path(self) -> Path:
+        """The path with ``~`` expanded."""
+        return Path(self.path).expanduser()
+
+
+class OtelExporterKind(enum.StrEnum):
+    """Where OpenTelemetry spans go. ``otlp`` needs the ``opentelemetry-exporter-otlp`` package."""
+
+    NONE = "none"
+    CONSOLE = "console"
+    MEMORY = "in-memory"
+    OTLP = "otlp"
+
+
+class OtelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """OpenTelemetry export: a span per run and per turn, parented by the propagated ``traceparent``."""
+
+    exporter: OtelExporterKind = OtelExporterKind.NONE
+    otlp_endpoint: str | None = None
+    service_name: str = "trinity-nats"
+    max_open_runs: int = 4096
+
+
+class TraceSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The trace sink: consume ``TRINITY_TRACE`` with a durable consumer, redact, export.
+
+    ``buffer_size`` bounds each exporter's queue; when it is full the event is dropped for that exporter,
+    counted, and reported in the stats and a log line (at most every ``overflow_log_interval_s``).
+    """
+
+    stream: str = "TRINITY_TRACE"
+    filter_subject: str = "trinity.trace.>"
+    durable: str = "trace-sink"
+    fetch_batch: int = 128
+    fetch_timeout_s: float = 1.0
+    ack_wait_s: float = 30.0
+    buffer_size: int = 4096
+    max_payload_bytes: int = 4 * 1024 * 1024
+    overflow_log_interval_s: float = 10.0
+    redaction: RedactionSettings = msgspec.field(default_factory=RedactionSettings)
+    jsonl: JsonlSettings = msgspec.field(default_factory=JsonlSettings)
+    otel: OtelSettings = msgspec.field(default_factory=OtelSettings)
+
+    def __post_init__(self) -> None:
+        if self.buffer_size < 1 or self.fetch_batch < 1:
+            raise ValueError("buffer_size and fetch_batch must be >= 1")
+
+
+def trace_sink_settings_from_env(environ: Mapping[str, str], *, secrets: list[Secret] | None = None,
+                                 ) -> TraceSinkSettings:
+    """Settings from an environment mapping (pass ``os.environ``); ``secrets`` adds values to redact.
+
+    Variables: ``TRINITY_TRACE_FULL_TEXT`` (1/true), ``TRINITY_TRACE_JSONL`` (path, or ``off``),
+    ``TRINITY_TRACE_JSONL_MAX_BYTES``, ``TRINITY_TRACE_JSONL_KEEP``, ``TRINITY_TRACE_OTEL``
+    (none|console|in-memory|otlp), ``OTEL_EXPORTER_OTLP_ENDPOINT``, ``TRINITY_TRACE_REDACT_PATTERNS``
+    (regexes separated by newlines), ``TRINITY_TRACE_DURABLE``.
+    """
+    full = environ.get("TRINITY_TRACE_FULL_TEXT", "").lower() in ("1", "true", "yes", "on")
+    patterns = [p for p in environ.get("TRINITY_TRACE_REDACT_PATTERNS", "").split("\n") if p.strip()]
+    redaction = RedactionSettings(secrets=list(secrets or []), patterns=patterns, store_full_text=full)
+    jsonl = JsonlSettings()
+    if (path := environ.get("TRINITY_TRACE_JSONL")) is not None:
+        jsonl = (msgspec.structs.replace(jsonl, enabled=False) if path.lower() == "off"
+                 else msgspec.structs.replace(jsonl, path=path))
+    if mb := environ.get("TRINITY_TRACE_JSONL_MAX_BYTES"):
+        jsonl = msgspec.structs.replace(jsonl, max_bytes=int(mb))
+    if keep := environ.get("TRINITY_TRACE_JSONL_KEEP"):
+        jsonl = msgspec.structs.replace(jsonl, keep=int(keep))
+    otel = OtelSettings(exporter=OtelExporterKind(environ.get("TRINITY_TRACE_OTEL", "none")),
+                        otlp_endpoint=environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    return TraceSinkSettings(redaction=redaction, jsonl=jsonl, otel=otel,
+                             durable=environ.get("TRINITY_TRACE_DURABLE", "trace-sink"))
