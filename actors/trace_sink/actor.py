@@ -25,6 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from actors.trace_sink.sink import TraceSink
+from bus import subjects
 from bus.codec import decode
 from bus.errors import MalformedPayload, PayloadTooLarge
 from bus.jetstream import ConsumerSpec, StreamSpec, ensure_consumer, ensure_stream
@@ -55,7 +56,7 @@ class TraceSinkActor:
         try:
             await js.stream_info(s.stream)
         except NotFoundError:
-            await ensure_stream(js, StreamSpec(name=s.stream, subjects=[s.filter_subject]))
+            await ensure_stream(js, StreamSpec(name=s.stream, subjects=[subjects.TRACE_ALL]))
         await ensure_consumer(js, s.stream, ConsumerSpec(durable=s.durable, filter_subject=s.filter_subject,
                                                          ack_wait_s=s.ack_wait_s,
                                                          max_ack_pending=max(1000, 2 * s.fetch_batch)))
