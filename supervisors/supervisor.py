@@ -430,8 +430,8 @@ class Supervisor:
 
     def _exit_error(self, child: _Child, task: asyncio.Task[None]) -> BaseException | None:
         if child.kill_reason is not None:
-            if not task.cancelled():
-                task.exception()  # retrieve; the kill reason is what matters
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieve; the kill reason is what matters (abandoned tasks are not done)
             return child.kill_reason
         if task.cancelled():
             return ChildCancelledError(supervisor=self._name, child=child.spec.name)

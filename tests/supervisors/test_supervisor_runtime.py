@@ -735,13 +735,54 @@ async def test_child_that_swallows_cancellation_is_abandoned_after_kill_timeout(
 
     sup = Supervisor("s", [ChildSpec("x", stubborn, shutdown_timeout=0)], kill_timeout=0.02)
     await sup.start()
-    await until(lambda: task is not None)
-    await sup.stop()
-    assert swallowed == 1
-    assert [r.child for r in records(caplog, "child_unkillable")] == ["x"]  # type: ignore[attr-defined]
-    assert states(sup) == [("x", S, 0)]
-    release.set()
+    try:
+        await until(lambda: task is not None)
+        await sup.stop()
+        assert swallowed == 1
+        assert [r.child for r in records(caplog, "child_unkillable")] == ["x"]  # type: ignore[attr-defined]
+        assert states(sup) == [("x", S, 0)]
+    finally:
+        release.set()
     await until(lambda: task is not None and task.done())
+    assert not leaked_tasks()
+
+
+async def test_hung_child_that_swallows_cancellation_is_abandoned_and_replaced(
+    caplog: pytest.LogCaptureFixture, fake_time: FakeTime
+) -> None:
+    caplog.set_level(logging.INFO, logger="supervisors")
+    release = asyncio.Event()
+    tasks: list[asyncio.Task[object]] = []
+
+    async def child(ctx: ChildContext) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.append(task)
+        if len(tasks) == 1:
+            while not release.is_set():  # hangs (no heartbeat) and refuses to die
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    pass
+            return
+        while not ctx.is_draining:
+            ctx.heartbeat()
+            await asyncio.sleep(0.005)
+
+    spec = ChildSpec("h", child, liveness_timeout=0.05)
+    sup = make_sup("s", [spec], fake_time, kill_timeout=0.02)
+    await sup.start()
+    try:
+        await until(lambda: len(tasks) == 2, "replacement started")
+        h = sup.health().child("h")
+        assert (h.state, h.restarts) == (R, 1)
+        assert h.last_error is not None and h.last_error.startswith("ChildHangError(")
+        assert [r.child for r in records(caplog, "child_unkillable")] == ["h"]  # type: ignore[attr-defined]
+        assert not tasks[0].done()  # abandoned, still running
+        await sup.stop()
+    finally:
+        release.set()  # lets the stubborn task end even if an assertion failed
+    await until(lambda: tasks[0].done())
     assert not leaked_tasks()
 
 
@@ -794,6 +835,27 @@ async def test_request_stop_from_inside_a_child(tracker: Tracker, fake_time: Fak
     await asyncio.wait_for(sup.wait(), GUARD_S)
     assert sup.state is SupervisorState.STOPPED
     assert tr.events == ["start a", "stop a"]
+    assert not leaked_tasks()
+
+
+async def test_internal_error_fails_the_supervisor_and_stops_children(
+    tracker: Tracker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="supervisors")
+    tr = tracker
+
+    async def broken_sleep(delay: float) -> None:
+        raise RuntimeError("sleep is broken")
+
+    specs = [ChildSpec("ok", tr.child("ok")), ChildSpec("x", tr.child("x", ["raise"]))]
+    sup = Supervisor("s", specs, sleep=broken_sleep)
+    await sup.start()
+    with pytest.raises(RuntimeError, match="sleep is broken"):
+        await asyncio.wait_for(sup.wait(), GUARD_S)
+    assert sup.state is SupervisorState.FAILED
+    assert states(sup) == [("ok", S, 0), ("x", S, 0)]
+    assert "stop ok" in tr.events
+    assert len(records(caplog, "supervisor_crashed")) == 1
     assert not leaked_tasks()
 
 
