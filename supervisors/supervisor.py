@@ -16,6 +16,10 @@ Children start in spec order and stop in reverse spec order. A nested supervisor
 ``child_sup.as_child()``; when it exceeds its intensity it fails and the parent handles that like any
 child crash.
 
+Restarts: a backoff wait does not block the supervisor (other children stay supervised, hangs are still
+detected). Restarts count toward the intensity window when they are decided, so choose ``period`` with the
+backoff in mind: a long backoff spreads restarts out and may never trip a short window.
+
 Time: ``clock``/``sleep`` (injectable for tests) govern backoff sleeps, the intensity window and uptimes.
 Liveness deadlines and health-check intervals are measured on the event loop's own clock, because they
 guard against real hangs.
