@@ -1,0 +1,52 @@
+"""msgspec codec for bus payloads: JSON on the wire, strict typed decoding, bounded size.
+
+Encoders and decoders are cached per type (msgspec's fast path).
+
+Example:
+    >>> from schemas import Message
+    >>> decode(encode(Message(role="user", content="hi")), Message, max_bytes=1024)
+    Message(role='user', content='hi')
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, TypeVar
+
+import msgspec
+
+from bus.errors import MalformedPayload, PayloadTooLarge
+
+T = TypeVar("T")
+
+#: Default per-message limit for decoded payloads (NATS' own max_payload is larger).
+DEFAULT_MAX_BYTES = 1_048_576
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(value: Any) -> bytes:
+    """Encode a Struct (or any msgspec-encodable value) as JSON bytes."""
+    return _encoder.encode(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _decoder(type_: Any) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(type_)
+
+
+def decode(data: bytes, type_: type[T], *, max_bytes: int = DEFAULT_MAX_BYTES, subject: str = "") -> T:
+    """Decode ``data`` strictly as ``type_``.
+
+    Raises :class:`PayloadTooLarge` before parsing anything over ``max_bytes``, and
+    :class:`MalformedPayload` (naming the field) for bad JSON, wrong types or broken invariants.
+    """
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(len(data), max_bytes, subject)
+    try:
+        result: T = _decoder(type_).decode(data)  # type: ignore[arg-type]
+    except msgspec.ValidationError as e:
+        raise MalformedPayload(getattr(type_, "__name__", str(type_)), str(e)) from None
+    except msgspec.DecodeError as e:
+        raise MalformedPayload(getattr(type_, "__name__", str(type_)), f"not valid JSON ({e})") from None
+    return result

@@ -1,0 +1,199 @@
+"""Start and stop ``nats-server`` processes: single node or a 3-node cluster, JetStream on.
+
+Used by the test fixtures, the benchmark scripts and ``run.py`` (an embedded server when none is
+configured or reachable). Each server gets free ports and its own store directory.
+
+Example:
+    >>> srv = NatsServerProcess.start()          # doctest: +SKIP
+    >>> srv.url                                  # doctest: +SKIP
+    'nats://127.0.0.1:41873'
+    >>> srv.stop()                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bus.errors import NatsServerNotFound, NatsServerStartFailed
+
+DEFAULT_BINARY_PATHS = ("/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server")
+
+
+def find_nats_server(explicit: str | None = None) -> str:
+    """Path of the ``nats-server`` binary; raises :class:`NatsServerNotFound` with install advice."""
+    if explicit:
+        if Path(explicit).is_file():
+            return explicit
+        raise NatsServerNotFound(explicit)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    for p in DEFAULT_BINARY_PATHS:
+        if Path(p).is_file():
+            return p
+    raise NatsServerNotFound("PATH, " + ", ".join(DEFAULT_BINARY_PATHS))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free at the time of the call."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
+    return False
+
+
+@dataclass
+class NatsServerProcess:
+    """One ``nats-server`` process with JetStream. ``restart()`` keeps its ports and store."""
+
+    port: int
+    store_dir: Path
+    config_path: Path
+    binary: str
+    host: str = "127.0.0.1"
+    monitor_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    _owned_dir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """Client URL of this server."""
+        return f"nats://{self.host}:{self.port}"
+
+    @classmethod
+    def start(cls, *, binary: str | None = None, config_text: str = "", base_dir: Path | None = None,
+              port: int | None = None, name: str = "trinity-test", ready_timeout: float = 10.0) -> NatsServerProcess:
+        """Start a server on a free port with JetStream in a temporary store directory.
+
+        ``config_text`` is appended to the generated config (authorization, cluster blocks...).
+        """
+        bin_path = find_nats_server(binary)
+        owned: tempfile.TemporaryDirectory[str] | None = None
+        if base_dir is None:
+            owned = tempfile.TemporaryDirectory(prefix="trinity-nats-")
+            base_dir = Path(owned.name)
+        base_dir.mkdir(parents=True, exist_ok=True)
+        port = port or free_port()
+        store = base_dir / "jetstream"
+        conf = base_dir / "nats.conf"
+        conf.write_text(
+            f'server_name: "{name}"\nlisten: "127.0.0.1:{port}"\nmax_payload: 8MB\n'
+            f'jetstream {{\n  store_dir: "{store}"\n  max_memory_store: 256MB\n  max_file_store: 16GB\n}}\n'
+            + config_text
+        )
+        srv = cls(port=port, store_dir=store, config_path=conf, binary=bin_path, log_path=base_dir / "nats.log",
+                  _owned_dir=owned)
+        srv._spawn(ready_timeout)
+        return srv
+
+    def _spawn(self, ready_timeout: float) -> None:
+        assert self.log_path is not None
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.config_path)], stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise NatsServerStartFailed(f"nats-server exited with {self.proc.returncode}: {self.tail_log()}")
+            if _port_open(self.host, self.port):
+                return
+            time.sleep(0.02)
+        self.kill()
+        raise NatsServerStartFailed(f"nats-server not ready on {self.url} after {ready_timeout}s: {self.tail_log()}")
+
+    def tail_log(self, n: int = 2000) -> str:
+        """Last ``n`` characters of the server log."""
+        if self.log_path and self.log_path.exists():
+            return self.log_path.read_text(errors="replace")[-n:]
+        return ""
+
+    @property
+    def running(self) -> bool:
+        """True while the process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Graceful stop (SIGTERM, then SIGKILL after ``timeout``)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        """Kill the process at once (a crash, as tests need)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self, ready_timeout: float = 10.0) -> None:
+        """Start the process again with the same ports, config and store."""
+        self.stop()
+        self._spawn(ready_timeout)
+
+    def close(self) -> None:
+        """Stop the process and remove its temporary directory."""
+        self.stop()
+        if self._owned_dir is not None:
+            self._owned_dir.cleanup()
+            self._owned_dir = None
+
+
+@dataclass
+class NatsCluster:
+    """A JetStream cluster of ``n`` servers on loopback (default 3)."""
+
+    nodes: list[NatsServerProcess]
+    _owned_dir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+
+    @property
+    def urls(self) -> list[str]:
+        """Client URLs of all nodes."""
+        return [n.url for n in self.nodes]
+
+    @classmethod
+    def start(cls, n: int = 3, *, binary: str | None = None, extra_config: str = "",
+              name: str = "trinity-cluster", ready_timeout: float = 15.0) -> NatsCluster:
+        """Start ``n`` clustered servers with routes between them."""
+        owned = tempfile.TemporaryDirectory(prefix="trinity-nats-cluster-")
+        base = Path(owned.name)
+        client_ports = [free_port() for _ in range(n)]
+        route_ports = [free_port() for _ in range(n)]
+        routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in route_ports)
+        nodes: list[NatsServerProcess] = []
+        try:
+            for i in range(n):
+                cluster_conf = (f'cluster {{\n  name: "{name}"\n  listen: "127.0.0.1:{route_ports[i]}"\n'
+                                f'  routes: [{routes}]\n}}\n' + extra_config)
+                nodes.append(NatsServerProcess.start(binary=binary, config_text=cluster_conf,
+                                                     base_dir=base / f"n{i}", port=client_ports[i],
+                                                     name=f"{name}-n{i}", ready_timeout=ready_timeout))
+        except BaseException:
+            for node in nodes:
+                node.close()
+            owned.cleanup()
+            raise
+        return cls(nodes=nodes, _owned_dir=owned)
+
+    def close(self) -> None:
+        """Stop every node and remove the store directories."""
+        for node in self.nodes:
+            node.close()
+        if self._owned_dir is not None:
+            self._owned_dir.cleanup()
+            self._owned_dir = None

@@ -1,0 +1,91 @@
+"""Bus errors: one class per kind, each with a message that says what to do."""
+
+from __future__ import annotations
+
+from schemas.wire import ErrorCode, ErrorReply
+
+
+class BusError(Exception):
+    """Base class of every error raised by :mod:`bus`."""
+
+
+class NatsServerNotFound(BusError):
+    """The ``nats-server`` binary is not installed."""
+
+    def __init__(self, searched: str) -> None:
+        super().__init__(
+            f"nats-server binary not found (searched {searched}). Install Debian's package: "
+            "`apt-get install -y nats-server`, or pass the binary's path explicitly."
+        )
+
+
+class NatsServerStartFailed(BusError):
+    """An embedded ``nats-server`` did not become ready."""
+
+
+class ConnectFailed(BusError):
+    """No NATS server could be reached with the configured URLs and credentials."""
+
+
+class PayloadTooLarge(BusError):
+    """A payload exceeds the endpoint's byte limit."""
+
+    def __init__(self, size: int, limit: int, subject: str = "") -> None:
+        self.size, self.limit = size, limit
+        where = f" on {subject}" if subject else ""
+        super().__init__(f"payload of {size} bytes{where} exceeds the limit of {limit} bytes; send less "
+                         "(trim the transcript) or raise the endpoint's max_payload_bytes")
+
+
+class MalformedPayload(BusError):
+    """A payload does not decode as the expected contract."""
+
+    def __init__(self, type_name: str, detail: str) -> None:
+        self.type_name, self.detail = type_name, detail
+        super().__init__(f"payload is not a valid {type_name}: {detail}")
+
+
+class RequestTimeout(BusError):
+    """A request got no reply before its deadline."""
+
+    def __init__(self, subject: str, timeout: float) -> None:
+        self.subject, self.timeout = subject, timeout
+        super().__init__(f"no reply on {subject} within {timeout:.3f}s; the responder is slow or overloaded "
+                         "(raise the deadline or add replicas)")
+
+
+class NoResponders(BusError):
+    """Nobody subscribes to the subject a request was sent to."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+        super().__init__(f"no actor is serving {subject}; start one (e.g. `python run.py node ...`) "
+                         "or check the subject's backend/adapter/agent id")
+
+
+class RemoteError(BusError):
+    """The responder answered with a typed :class:`~schemas.wire.ErrorReply`."""
+
+    def __init__(self, reply: ErrorReply, subject: str = "") -> None:
+        self.reply = reply
+        self.code: ErrorCode = reply.code
+        self.message = reply.message
+        self.retryable = reply.retryable
+        self.subject = subject
+        super().__init__(f"{reply.code.value} from {subject or 'responder'}: {reply.message}")
+
+
+class Rejected(BusError):
+    """Raised by an endpoint handler to answer with a typed error reply instead of a result.
+
+    Example:
+        >>> raise Rejected(ErrorCode.INVALID, "transcript is empty; send at least the user query")
+        Traceback (most recent call last):
+        ...
+        bus.errors.Rejected: invalid: transcript is empty; send at least the user query
+    """
+
+    def __init__(self, code: ErrorCode, message: str, *, retryable: bool = False,
+                 details: dict[str, str] | None = None) -> None:
+        self.reply = ErrorReply(code=code, message=message, retryable=retryable, details=details or {})
+        super().__init__(f"{code.value}: {message}")

@@ -1,0 +1,92 @@
+"""Every NATS subject, queue group and stream name of the system, in one place.
+
+=================================  ======================================================
+``trinity.coord.request``          coordination requests (queue group of coordinators)
+``trinity.coord.jobs``             durable coordination work queue (JetStream)
+``trinity.route.<backend>.<ad>``   routing on a runtime holding adapter ``<ad>`` warm
+``trinity.role.inject``            role injector (build an agent's messages for a role)
+``trinity.agent.<id>.call``        provider agent ``<id>``
+``trinity.trace.<rid>.<kind>``     trace events (JetStream stream ``TRINITY_TRACE``)
+``trinity.runtime.heartbeat.<id>`` runtime heartbeats
+``trinity.runtime.control.<id>``   runtime control (ensure/evict adapters, drain)
+=================================  ======================================================
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "trinity"
+COORD_REQUEST = f"{PREFIX}.coord.request"
+COORD_JOBS = f"{PREFIX}.coord.jobs"
+ROLE_INJECT = f"{PREFIX}.role.inject"
+TRACE_ALL = f"{PREFIX}.trace.>"
+HEARTBEAT_ALL = f"{PREFIX}.runtime.heartbeat.*"
+
+TRACE_STREAM = "TRINITY_TRACE"
+JOBS_STREAM = "TRINITY_JOBS"
+
+QUEUE_COORDINATORS = "coordinators"
+QUEUE_RUNTIMES = "runtimes"
+QUEUE_AGENTS = "agents"
+QUEUE_ROLE_INJECTORS = "role-injectors"
+QUEUE_TRACE_SINKS = "trace-sinks"
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+
+
+class InvalidSubjectToken(ValueError):
+    """A value cannot be one token of a NATS subject."""
+
+    def __init__(self, what: str, value: object) -> None:
+        super().__init__(f"{what} {value!r} cannot be a subject token: use 1-128 of A-Z a-z 0-9 _ -")
+
+
+def token(what: str, value: str | int) -> str:
+    """Validate ``value`` as one subject token (no dots, spaces or wildcards)."""
+    text = str(value)
+    if not _TOKEN.match(text):
+        raise InvalidSubjectToken(what, value)
+    return text
+
+
+def coord_request() -> str:
+    """Subject of coordination requests."""
+    return COORD_REQUEST
+
+
+def route(backend: str, adapter: str) -> str:
+    """Routing subject served by runtimes of ``backend`` holding ``adapter`` (``"base"`` for none)."""
+    return f"{PREFIX}.route.{token('backend', backend)}.{token('adapter', adapter)}"
+
+
+def route_all() -> str:
+    """Wildcard over every routing subject."""
+    return f"{PREFIX}.route.*.*"
+
+
+def agent_call(agent_id: int | str) -> str:
+    """Subject of provider agent ``agent_id``."""
+    return f"{PREFIX}.agent.{token('agent_id', agent_id)}.call"
+
+
+def trace(request_id: str, kind: str) -> str:
+    """Trace subject of one event kind of one request."""
+    return f"{PREFIX}.trace.{token('request_id', request_id)}.{token('kind', kind)}"
+
+
+def trace_filter(request_id: str | None = None, kind: str | None = None) -> str:
+    """Trace subject filter; ``None`` parts become wildcards."""
+    rid = token("request_id", request_id) if request_id else "*"
+    k = token("kind", kind) if kind else "*"
+    return f"{PREFIX}.trace.{rid}.{k}"
+
+
+def runtime_heartbeat(runtime_id: str) -> str:
+    """Heartbeat subject of one runtime."""
+    return f"{PREFIX}.runtime.heartbeat.{token('runtime_id', runtime_id)}"
+
+
+def runtime_control(runtime_id: str) -> str:
+    """Control subject of one runtime."""
+    return f"{PREFIX}.runtime.control.{token('runtime_id', runtime_id)}"

@@ -1,0 +1,49 @@
+"""NATS connection settings (servers, credentials, TLS, reconnect policy). No environment reads here."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class NatsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How actors connect to NATS.
+
+    Credentials: ``user``/``password``, ``token``, an nkeys seed file (``nkeys_seed``) or a ``.creds`` file
+    (``creds_file``). TLS: set ``tls_ca`` (and ``tls_cert``/``tls_key`` for mutual TLS).
+    ``embedded``: ``auto`` starts a local nats-server when none is reachable, ``always`` / ``never``.
+    Secrets are stored as plain strings here and wrapped by the loader; use :meth:`redacted` to print.
+    """
+
+    servers: list[str] = msgspec.field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    name: str = "trinity"
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    nkeys_seed: str | None = None
+    creds_file: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    connect_timeout_s: float = 2.0
+    reconnect_wait_s: float = 0.5
+    max_reconnect_attempts: int = -1
+    ping_interval_s: float = 20.0
+    max_outstanding_pings: int = 3
+    embedded: str = "auto"
+    nats_server_binary: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.servers:
+            raise ValueError("servers: list at least one nats:// URL")
+        if self.embedded not in ("auto", "always", "never"):
+            raise ValueError(f"embedded: must be auto, always or never, got {self.embedded!r}")
+        if (self.user is None) != (self.password is None):
+            raise ValueError("user/password: set both or neither")
+
+    def redacted(self) -> dict[str, object]:
+        """The settings as a dict with every secret replaced by ``'***'``."""
+        out = msgspec.structs.asdict(self)
+        for k in ("password", "token"):
+            if out[k] is not None:
+                out[k] = "***"
+        return out
