@@ -61,8 +61,9 @@ async def test_trace_events_round_trip_with_provenance_and_dedupe(nc: Client) ->
     assert decode(msg.data, TraceEvent) == ev  # type: ignore[arg-type]
     assert Provenance.from_headers(msg.headers) == prov
     await msg.ack()
-    with pytest.raises(nats.errors.TimeoutError):
+    with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
         await sub.fetch(1, timeout=0.3)
+    await sub.unsubscribe()
 
 
 async def test_durable_consumer_resumes_where_it_left_off(nc: Client) -> None:
@@ -81,6 +82,7 @@ async def test_durable_consumer_resumes_where_it_left_off(nc: Client) -> None:
     sub2 = await js.pull_subscribe(f"{prefix}.>", durable="d1", stream=name)
     rest = await sub2.fetch(10, timeout=1)
     assert [decode(m.data, RunStarted).ts for m in rest] == [2.0, 3.0, 4.0]
+    await sub2.unsubscribe()
 
 
 async def test_work_queue_delivers_each_job_once_across_consumers(nc: Client) -> None:
@@ -99,13 +101,15 @@ async def test_work_queue_delivers_each_job_once_across_consumers(nc: Client) ->
         while True:
             try:
                 msgs = await sub.fetch(5, timeout=0.5)  # type: ignore[attr-defined]
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 return
             for m in msgs:
                 got.append(int(m.data))
                 await m.ack()
 
     await asyncio.gather(*(worker(s) for s in subs))
+    for s in subs:
+        await s.unsubscribe()
     assert sorted(got) == list(range(40))
     assert (await js.stream_info(spec.name)).state.messages == 0
 
@@ -125,24 +129,26 @@ async def test_cluster_replicated_stream_survives_a_node_kill(nats_cluster: Nats
     victim = next(n for n in nats_cluster.nodes if n.url != client.connected_url.geturl()  # type: ignore[union-attr]
                   and (leader is None or leader.endswith(n.config_path.parent.name)))
     victim.kill()
+    transient = (nats.errors.TimeoutError, asyncio.TimeoutError, nats.js.errors.APIError,
+                 nats.errors.NoRespondersError)
     try:
-        for i in range(10, 20):
-            for _ in range(50):
+        for i in range(10, 20):  # publishes retry while the stream elects a new leader (bounded: 150 x 0.2 s)
+            for _ in range(150):
                 try:
                     await publish_event(js, f"{prefix}.r.run_started", _event("r", i), msg_id=f"c{i}")
                     break
-                except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError,
-                        nats.js.errors.ServiceUnavailableError):
+                except transient:
                     await asyncio.sleep(0.2)
-        for _ in range(50):
+        messages = -1
+        for _ in range(150):
             try:
-                state = (await js.stream_info(name)).state
-                if state.messages == 20:
+                messages = (await js.stream_info(name)).state.messages
+                if messages == 20:
                     break
-            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+            except transient:
                 pass
             await asyncio.sleep(0.2)
-        assert state.messages == 20
+        assert messages == 20
     finally:
         victim.restart()
         await client.close()
