@@ -101,7 +101,7 @@ async def test_work_queue_delivers_each_job_once_across_consumers(nc: Client) ->
         while True:
             try:
                 msgs = await sub.fetch(5, timeout=0.5)  # type: ignore[attr-defined]
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 return
             for m in msgs:
                 got.append(int(m.data))
