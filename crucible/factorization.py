@@ -155,7 +155,7 @@ def _row_blocks(w: Matrix, block_rows: int, *, transpose: bool) -> Iterator[tupl
     for start in range(0, total, block_rows):
         stop = min(start + block_rows, total)
         raw = read(start, stop)
-        block = raw.to(torch.float64)
+        block = raw.detach().to(torch.float64)  # factors never carry autograd history
         if not bool(torch.isfinite(block).all()):
             axis = "columns" if transpose else "rows"
             raise InvalidMatrix(f"matrix holds NaN/inf in {axis} {start}..{stop}")
