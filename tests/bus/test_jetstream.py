@@ -130,7 +130,7 @@ async def test_cluster_replicated_stream_survives_a_node_kill(nats_cluster: Nats
                   and (leader is None or leader.endswith(n.config_path.parent.name)))
     victim.kill()
     transient = (nats.errors.TimeoutError, asyncio.TimeoutError, nats.js.errors.APIError,
-                 nats.errors.NoRespondersError)
+                 nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError)
     try:
         for i in range(10, 20):  # publishes retry while the stream elects a new leader (bounded: 150 x 0.2 s)
             for _ in range(150):
