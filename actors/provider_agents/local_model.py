@@ -9,7 +9,9 @@ first start converts it once to a safetensors checkpoint under ``~/.cache/trinit
 (written to a temporary directory and renamed into place), and later starts load that directly.
 Prompts go through the tokenizer's chat template; decoding is greedy at temperature 0, else seeded
 sampling; stop sequences end generation and are cut from the reply. Generation runs in a worker thread,
-one call at a time, so the event loop never blocks.
+one call at a time, so the event loop never blocks; a call's deadline also caps decoding time.
+
+Measure load and decode speed with ``python -m actors.provider_agents.local_model``.
 
 Example:
     >>> # provider = LocalModelProvider(LocalModelSettings()); await provider.start()
@@ -179,8 +181,12 @@ class LocalModel:
         return str(text)
 
     def generate(self, messages: list[Message], *, max_tokens: int, temperature: float, seed: int | None,
-                 stop: list[str]) -> ChatResult:
-        """Generate a reply: greedy at ``temperature == 0``, else sampling seeded with ``seed``."""
+                 stop: list[str], max_time_s: float | None = None) -> ChatResult:
+        """Generate a reply: greedy at ``temperature == 0``, else sampling seeded with ``seed``.
+
+        ``max_time_s`` stops decoding after that many seconds (the call's deadline), so an abandoned
+        generation does not keep the model busy.
+        """
         self.load()
         assert self._model is not None
         tok, model = self._tok, self._model
@@ -196,6 +202,8 @@ class LocalModel:
             kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=tok)
+        if max_time_s is not None:
+            kwargs["max_time"] = max(max_time_s, 0.0)
         with self._lock, torch.inference_mode():
             if temperature > 0:
                 torch.manual_seed(self.settings.default_seed if seed is None else seed)
@@ -238,14 +246,15 @@ class LocalModelProvider:
                                       provider=self.name) from exc
 
     async def complete(self, request: ChatRequest) -> ChatResult:
-        """Generate a reply in a worker thread; ``request.deadline`` bounds the wait (generation runs on)."""
+        """Generate a reply in a worker thread; ``request.deadline`` bounds both the wait and the decoding."""
         await self.start()
+        remaining = None if request.deadline is None else max(request.deadline - time.monotonic(), 0.0)
         coro = asyncio.to_thread(self.model.generate, list(request.messages), max_tokens=request.max_tokens,
-                                 temperature=request.temperature, seed=request.seed, stop=list(request.stop))
+                                 temperature=request.temperature, seed=request.seed, stop=list(request.stop),
+                                 max_time_s=remaining)
         try:
-            if request.deadline is not None:
-                remaining = request.deadline - time.monotonic()
-                async with asyncio.timeout(max(remaining, 0.0)):
+            if remaining is not None:
+                async with asyncio.timeout(remaining):
                     return await coro
             return await coro
         except TimeoutError as exc:
@@ -257,3 +266,39 @@ class LocalModelProvider:
 
     async def aclose(self) -> None:
         """Nothing to release beyond garbage collection."""
+
+
+def bench(*, cache_dir: str, max_tokens: int = 64, repeats: int = 3) -> dict[str, float]:
+    """Measure first load (GGUF -> safetensors conversion) vs cached load, and greedy decode tokens/s.
+
+    ``cache_dir`` should be empty for a true first load. Returns the numbers (also printed by ``__main__``).
+    """
+    settings = LocalModelSettings(cache_dir=cache_dir)
+    first = LocalModel(settings)
+    r1 = first.load()
+    second = LocalModel(settings)
+    r2 = second.load()
+    msgs = [Message(role="user", content="Explain in two sentences why the sky is blue.")]
+    second.generate(msgs, max_tokens=8, temperature=0.0, seed=None, stop=[])  # warm-up
+    toks, secs = 0, 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = second.generate(msgs, max_tokens=max_tokens, temperature=0.0, seed=None, stop=[])
+        secs += time.perf_counter() - t0
+        toks += res.usage.completion_tokens
+    return {"first_load_s": r1.load_seconds, "convert_s": r1.convert_seconds, "cached_load_s": r2.load_seconds,
+            "load_speedup": r1.load_seconds / max(r2.load_seconds, 1e-9), "decode_tokens_per_s": toks / secs,
+            "threads": float(torch.get_num_threads())}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="local model load/generation benchmark")
+    ap.add_argument("--cache-dir", default=None, help="cache dir (default: a fresh temporary directory)")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="trinity-smollm2-bench-") as tmp:
+        out = bench(cache_dir=args.cache_dir or tmp, max_tokens=args.max_tokens)
+    for k, v in out.items():
+        print(f"{k:>20}: {v:.3f}")

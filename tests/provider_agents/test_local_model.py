@@ -5,11 +5,12 @@ The first run in a fresh cache converts the GGUF (~15 s on 2 cores); later runs 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from actors.provider_agents.errors import LocalModelError
+from actors.provider_agents.errors import LocalModelError, ProviderTimeout
 from actors.provider_agents.local_model import LocalModel, LocalModelProvider, checkpoint_dir, locate_gguf
 from actors.provider_agents.pool import AgentPool
 from actors.provider_agents.types import ChatRequest
@@ -67,18 +68,18 @@ async def test_greedy_answer_is_real_and_deterministic(model: LocalModel) -> Non
 async def test_seeded_sampling_repeats_and_max_tokens_bounds(model: LocalModel) -> None:
     provider = LocalModelProvider(SETTINGS, model=model)
     msgs = [Message(role="user", content="Write a short poem about the sea.")]
-    a = await provider.complete(ChatRequest(model="m", messages=msgs, max_tokens=12, temperature=0.9, seed=11))
-    b = await provider.complete(ChatRequest(model="m", messages=msgs, max_tokens=12, temperature=0.9, seed=11))
+    a = await provider.complete(ChatRequest(model="m", messages=msgs, max_tokens=8, temperature=0.9, seed=11))
+    b = await provider.complete(ChatRequest(model="m", messages=msgs, max_tokens=8, temperature=0.9, seed=11))
     assert a.content == b.content
-    assert a.usage.completion_tokens == 12 and a.finish_reason == "length"
+    assert a.usage.completion_tokens == 8 and a.finish_reason == "length"
 
 
 async def test_stop_sequences_cut_the_reply(model: LocalModel) -> None:
     provider = LocalModelProvider(SETTINGS, model=model)
     msgs = [Message(role="user", content="Count from 1 to 10, one number per line.")]
-    full = await provider.complete(ChatRequest(model="m", messages=msgs, max_tokens=40))
+    full = await provider.complete(ChatRequest(model="m", messages=msgs, max_tokens=24))
     assert "4" in full.content
-    cut = await provider.complete(ChatRequest(model="m", messages=msgs, max_tokens=40, stop=["4"]))
+    cut = await provider.complete(ChatRequest(model="m", messages=msgs, max_tokens=24, stop=["4"]))
     assert "4" not in cut.content
     assert full.content.startswith(cut.content)
     assert cut.usage.completion_tokens < full.usage.completion_tokens
@@ -101,3 +102,14 @@ def test_missing_package_is_a_typed_error(tmp_path: Path) -> None:
         locate_gguf(LocalModelSettings(package="no_such_pkg_trinity"))
     with pytest.raises(LocalModelError, match="not found"):
         locate_gguf(LocalModelSettings(gguf_path=str(tmp_path / "x.gguf")))
+
+
+async def test_deadline_stops_generation(model: LocalModel) -> None:
+    provider = LocalModelProvider(SETTINGS, model=model)
+    msgs = [Message(role="user", content="Write a long story about a dragon.")]
+    with pytest.raises(ProviderTimeout):
+        await provider.complete(ChatRequest(model="m", messages=msgs, max_tokens=500,
+                                            deadline=time.monotonic() + 0.05))
+    # decoding was capped by the deadline too, so the model is free again for the next call
+    res = await provider.complete(ChatRequest(model="m", messages=FRANCE, max_tokens=24))
+    assert "Paris" in res.content
