@@ -14,6 +14,8 @@ from schemas.errors import require
 NUM_AGENTS = 7
 NUM_ROLES = 3
 HIDDEN_SIZE = 1024
+#: Upper bound on agents a head may route over (keeps RouteLogits small: no hidden vector fits).
+MAX_AGENTS = 64
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 #: Identifiers that travel in NATS subject tokens: no dots, spaces or wildcards.

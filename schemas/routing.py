@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import msgspec
 
 from schemas.common import (
+    MAX_AGENTS,
     NUM_AGENTS,
     NUM_ROLES,
     Message,
@@ -88,7 +89,8 @@ class RouteLogits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     runtime_id: str = ""
 
     def __post_init__(self) -> None:
-        require(len(self.agent_logits) >= 2, "agent_logits", f"need >= 2 agents, got {len(self.agent_logits)}")
+        require(2 <= len(self.agent_logits) <= MAX_AGENTS, "agent_logits",
+                f"must hold 2..{MAX_AGENTS} agent logits, got {len(self.agent_logits)}")
         require(len(self.role_logits) == NUM_ROLES, "role_logits",
                 f"must hold {NUM_ROLES} logits (worker, thinker, verifier), got {len(self.role_logits)}")
         check_finite(self.agent_logits, "agent_logits")
