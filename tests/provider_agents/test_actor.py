@@ -108,3 +108,18 @@ async def test_micro_service_is_discoverable(nc: Client, actor: ProviderAgentsAc
     msg = await nc.request("$SRV.INFO.trinity-provider-agents", b"", timeout=5.0)
     info = msgspec.json.decode(msg.data)
     assert sorted(e["subject"] for e in info["endpoints"]) == ["trinity.agent.1.call", "trinity.agent.2.call"]
+
+
+async def test_offline_roster_answers_over_the_bus(nc: Client) -> None:
+    """The whole offline path: NATS request -> actor -> in-process SmolLM2 -> receipt."""
+    actor = ProviderAgentsActor(nc, ProviderAgentsSettings.offline(), name="trinity-provider-agents-offline")
+    await actor.start()  # preload: the model is loaded before the first call
+    try:
+        q = AgentCallIntent(request_id="req-off", turn=0, agent_id=5, role=Role.WORKER, max_tokens=16,
+                            messages=[Message(role="user", content="What is the capital of France?")])
+        receipt = await request(nc, subjects.agent_call(5), q, AgentCallReceipt, timeout=120.0)
+    finally:
+        await actor.drain(timeout=5.0)
+    assert "Paris" in receipt.content
+    assert (receipt.agent_id, receipt.provider, receipt.cost_usd) == (5, "local", 0.0)
+    assert receipt.usage.completion_tokens > 0
