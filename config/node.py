@@ -1,0 +1,26 @@
+"""Settings of one node process: which actors it runs and how it drains."""
+
+from __future__ import annotations
+
+import msgspec
+
+#: Every actor a node can run, in start order (the runtime before those that call it).
+ALL_ACTORS: tuple[str, ...] = ("trace_sink", "model_runtime", "provider_agents", "role_injector", "coordinator")
+
+
+class NodeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A node: the actors it starts (all of them for single-node), its id, and supervision limits."""
+
+    actors: list[str] = msgspec.field(default_factory=lambda: list(ALL_ACTORS))
+    node_id: str = "node-1"
+    drain_timeout_s: float = 10.0
+    max_restarts: int = 5
+    restart_period_s: float = 60.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.actors if a not in ALL_ACTORS]
+        if unknown:
+            raise ValueError(f"actors: unknown {unknown}; choose from {', '.join(ALL_ACTORS)}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")

@@ -1,0 +1,147 @@
+"""A node: the actors named in the settings, each on its own NATS connection, under one supervisor.
+
+Each actor is a supervised child (one-for-one, exponential backoff, restart intensity from
+``node.max_restarts`` per ``node.restart_period_s``). A child connects, starts its actor, waits until the
+node drains, then drains its actor (stop taking work, finish in-flight) and its connection. An actor that
+crashes is restarted with a fresh connection.
+
+Example:
+    >>> node = Node(load_settings())                      # doctest: +SKIP
+    >>> await node.run_until_signal()                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nats.aio.client import Client
+
+from bus.connection import connect
+from config.settings import Settings
+from supervisors import Backoff, ChildContext, ChildSpec, Intensity, Strategy, Supervisor, SupervisorHealth
+from supervisors.signals import run_until_signal
+
+log = logging.getLogger(__name__)
+
+
+class Actor(Protocol):
+    """What every actor offers a node."""
+
+    async def start(self) -> None: ...
+
+    async def drain(self, timeout: float = ...) -> None: ...
+
+
+ActorFactory = Callable[[Client, Settings], Actor]
+
+
+def _trace_sink(nc: Client, s: Settings) -> Actor:
+    from actors.trace_sink.actor import TraceSinkActor
+
+    return TraceSinkActor(nc, s.trace_sink)
+
+
+def _model_runtime(nc: Client, s: Settings) -> Actor:
+    from actors.model_runtime.actor import ModelRuntimeActor
+
+    return _DrainAdapter(ModelRuntimeActor(nc, s.model_runtime))
+
+
+def _provider_agents(nc: Client, s: Settings) -> Actor:
+    from actors.provider_agents.actor import ProviderAgentsActor
+
+    return ProviderAgentsActor(nc, s.provider_agents)
+
+
+def _role_injector(nc: Client, s: Settings) -> Actor:
+    from actors.role_injector.actor import RoleInjectorActor
+
+    return RoleInjectorActor(nc, s.role_injector)
+
+
+def _coordinator(nc: Client, s: Settings) -> Actor:
+    from actors.coordinator.actor import CoordinatorActor
+
+    return CoordinatorActor(nc, s.coordinator)
+
+
+@dataclass
+class _DrainAdapter:
+    """Gives an actor whose ``drain()`` takes no timeout the common signature."""
+
+    inner: Any
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        await self.inner.drain()
+
+
+#: Actor name -> factory. Imports are deferred so a node loads only the actors it runs (a coordinator-only
+#: node never imports torch).
+FACTORIES: dict[str, ActorFactory] = {
+    "trace_sink": _trace_sink,
+    "model_runtime": _model_runtime,
+    "provider_agents": _provider_agents,
+    "role_injector": _role_injector,
+    "coordinator": _coordinator,
+}
+
+
+class Node:
+    """The supervised actors of one process."""
+
+    def __init__(self, settings: Settings, factories: dict[str, ActorFactory] | None = None,
+                 on_started: Callable[[str], Awaitable[None]] | None = None) -> None:
+        self.settings = settings
+        self.factories = factories or FACTORIES
+        self.on_started = on_started
+        n = settings.node
+        children = [ChildSpec(name, self._child(name), shutdown_timeout=n.drain_timeout_s + 5.0)
+                    for name in n.actors]
+        self.supervisor = Supervisor(
+            f"node-{n.node_id}", children, strategy=Strategy.ONE_FOR_ONE,
+            intensity=Intensity(max_restarts=n.max_restarts, period=n.restart_period_s),
+            backoff=Backoff(base=0.5, factor=2.0, max_delay=15.0),
+        )
+
+    def _child(self, name: str) -> Callable[[ChildContext], Awaitable[None]]:
+        factory = self.factories[name]
+        s = self.settings
+
+        async def run(ctx: ChildContext) -> None:
+            nc = await connect(s.nats, name=f"{s.node.node_id}.{name}")
+            try:
+                actor = factory(nc, s)
+                await actor.start()
+                ctx.logger.info("actor %s serving (restart %d)", name, ctx.restart_count)
+                if self.on_started is not None:
+                    await self.on_started(name)
+                await ctx.wait_draining()
+                await actor.drain(timeout=s.node.drain_timeout_s)
+            finally:
+                if not nc.is_closed:
+                    await nc.drain()
+
+        return run
+
+    async def start(self) -> None:
+        """Start every actor's child."""
+        await self.supervisor.start()
+
+    async def stop(self) -> None:
+        """Drain every actor (reverse start order) and stop."""
+        await self.supervisor.stop()
+
+    def health(self) -> SupervisorHealth:
+        """Health snapshot of the node's actors."""
+        return self.supervisor.health()
+
+    async def run_until_signal(self) -> None:
+        """Start, serve until SIGINT/SIGTERM, then drain gracefully."""
+        await self.start()
+        await run_until_signal(self.supervisor)

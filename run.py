@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""TRINITY over NATS: the command line.
+
+Commands:
+  node     run actors under supervision (all of them for single-node, or the ones named by --actors)
+  submit   publish a coordination request to a running deployment and print the result
+  tail     follow trace events live, filtered by request id or kind, or replay a finished run
+
+Every command takes --config FILE (TOML), --set section.field=value (repeatable) and --nats URL; see
+README.md for the settings reference. Exit status: 0 on success, 1 on a failed request, 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML settings file (also TRINITY_CONFIG)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one setting (repeatable; values parsed as JSON when they parse)")
+    p.add_argument("--nats", metavar="URL[,URL]", help="NATS server URL(s); overrides nats.servers")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(prog="run.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    node = sub.add_parser("node", help="run actors under supervision until SIGINT/SIGTERM")
+    _common(node)
+    node.add_argument("--actors", metavar="A,B", help="comma-separated actors (default: all): trace_sink, "
+                      "model_runtime, provider_agents, role_injector, coordinator")
+    node.add_argument("--node-id", help="node id (names connections and services)")
+
+    submit = sub.add_parser("submit", help="submit a question and wait for the coordinated answer")
+    _common(submit)
+    submit.add_argument("query", help="the question")
+    submit.add_argument("--request-id", help="request id (default: random); resubmitting one is idempotent")
+    submit.add_argument("--max-turns", type=int, default=5, help="turn budget K (default 5)")
+    submit.add_argument("--deadline", type=float, default=120.0, metavar="SECONDS", help="run deadline")
+    submit.add_argument("--agents", metavar="0,1,..", help="agent mask: only these agent ids may be chosen")
+    submit.add_argument("--adapter", default="base", help="adapter token of the routing runtime")
+    submit.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+    tail = sub.add_parser("tail", help="follow or replay trace events")
+    _common(tail)
+    tail.add_argument("--request-id", help="only this request's events")
+    tail.add_argument("--kind", action="append", default=[], help="only these kinds (repeatable or a,b)")
+    tail.add_argument("--replay", action="store_true", help="start from the first stored event")
+    tail.add_argument("--follow", action="store_true", help="keep following (default: stop when idle)")
+    tail.add_argument("--until-finished", action="store_true",
+                      help="stop after the request's run_finished/run_failed (needs --request-id)")
+    tail.add_argument("--idle", type=float, default=2.0, metavar="SECONDS", help="idle time before stopping")
+    tail.add_argument("--color", action="store_true", help="colour event kinds")
+    return parser
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from config.settings import load_settings
+
+    overrides = list(args.overrides)
+    if args.nats:
+        overrides.append("nats.servers=" + json.dumps(args.nats.split(",")))
+    if getattr(args, "actors", None):
+        overrides.append("node.actors=" + json.dumps([a.strip() for a in args.actors.split(",") if a.strip()]))
+    if getattr(args, "node_id", None):
+        overrides.append("node.node_id=" + json.dumps(args.node_id))
+    if args.log_level:
+        overrides.append("node.log_level=" + json.dumps(args.log_level))
+    return load_settings(config_file=args.config, overrides=overrides)
+
+
+async def _cmd_node(args: argparse.Namespace) -> int:
+    from ops.embedded_nats import ensure_nats
+    from ops.node import Node
+
+    settings = _settings(args)
+    nats_settings, embedded = await ensure_nats(settings.nats, Path("~/.cache/trinity-nats/nats").expanduser())
+    settings = msgspec.structs.replace(settings, nats=nats_settings)
+    logging.getLogger("run").info("node %s: actors %s on %s", settings.node.node_id,
+                                  ", ".join(settings.node.actors), ", ".join(settings.nats.servers))
+    try:
+        await Node(settings).run_until_signal()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return EXIT_OK
+
+
+async def _cmd_submit(args: argparse.Namespace) -> int:
+    from bus.connection import connect
+    from ops.client import build_request, render_result, submit
+    from schemas import RunStatus
+
+    settings = _settings(args)
+    mask = [int(a) for a in args.agents.split(",")] if args.agents else None
+    req = build_request(args.query, request_id=args.request_id, max_turns=args.max_turns, deadline_s=args.deadline,
+                        agent_mask=mask, adapter=args.adapter)
+    nc = await connect(settings.nats, name="trinity-submit")
+    try:
+        res = await submit(nc, req, timeout=args.deadline + 10.0)
+    finally:
+        await nc.close()
+    print(msgspec.json.encode(res).decode() if args.json else render_result(res))
+    return EXIT_OK if res.status == RunStatus.OK else EXIT_FAILED
+
+
+async def _cmd_tail(args: argparse.Namespace) -> int:
+    from actors.trace_sink.render import TraceFilter
+    from bus.connection import connect
+    from ops.client import tail
+
+    if args.until_finished and not args.request_id:
+        raise UsageError("--until-finished needs --request-id")
+    settings = _settings(args)
+    kinds = [k for item in args.kind for k in item.split(",") if k]
+    flt = TraceFilter.parse(request_id=args.request_id, kinds=kinds or None)
+    nc = await connect(settings.nats, name="trinity-tail")
+    try:
+        await tail(nc, flt, replay=args.replay, follow=args.follow, color=args.color, idle_timeout=args.idle,
+                   stop_on_finish=args.until_finished)
+    finally:
+        await nc.close()
+    return EXIT_OK
+
+
+class UsageError(Exception):
+    """Bad flags or settings (exit status 2)."""
+
+
+COMMANDS = {"node": _cmd_node, "submit": _cmd_submit, "tail": _cmd_tail}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level or "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from bus.errors import BusError
+    from config.settings import SettingsError
+
+    try:
+        return asyncio.run(COMMANDS[args.command](args))
+    except (UsageError, SettingsError) as e:
+        print(f"run.py {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BusError as e:
+        print(f"run.py {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
