@@ -16,18 +16,21 @@ from schemas.wire import ErrorCode
 class ProviderError(Exception):
     """Base of every provider failure: ``code`` for the error reply, ``retryable`` for callers.
 
-    ``attempts`` is how many HTTP attempts were made before giving up; ``status`` the last HTTP status.
+    ``attempts`` is how many HTTP attempts were made before giving up; ``status`` the last HTTP status;
+    ``retry_after_s`` the server's ``Retry-After`` (429 and 5xx), already capped.
     """
 
     code: ClassVar[ErrorCode] = ErrorCode.UPSTREAM
     retryable: ClassVar[bool] = False
 
-    def __init__(self, message: str, *, provider: str = "", attempts: int = 1, status: int | None = None) -> None:
+    def __init__(self, message: str, *, provider: str = "", attempts: int = 1, status: int | None = None,
+                 retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.provider = provider
         self.attempts = attempts
         self.status = status
+        self.retry_after_s = retry_after_s
 
     def details(self) -> dict[str, str]:
         """Safe details for an error reply (no secrets: provider name, attempts, status)."""
@@ -52,8 +55,7 @@ class RateLimited(ProviderError):
 
     def __init__(self, message: str, *, retry_after_s: float | None = None, provider: str = "", attempts: int = 1,
                  status: int | None = 429) -> None:
-        super().__init__(message, provider=provider, attempts=attempts, status=status)
-        self.retry_after_s = retry_after_s
+        super().__init__(message, provider=provider, attempts=attempts, status=status, retry_after_s=retry_after_s)
 
 
 class ProviderServerError(ProviderError):

@@ -1,9 +1,9 @@
 """JSON-over-HTTP with deadlines, typed errors and retries (exponential backoff, jitter, ``Retry-After``).
 
 Retried: 429, 5xx, connection errors, truncated bodies and (if configured) timeouts. Never retried: other
-4xx and malformed 2xx bodies. ``Retry-After`` (delta-seconds or an HTTP date) replaces the backoff for that
-wait, capped at ``retry_after_cap_s``. No wait ever runs past the call's deadline: the last error is raised
-instead. ``sleep``, ``rng`` and the clocks are injectable so tests can assert the waits.
+4xx and malformed 2xx bodies. ``Retry-After`` on a 429 or 5xx (delta-seconds or an HTTP date) replaces the
+backoff for that wait, capped at ``retry_after_cap_s``. No wait ever runs past the call's deadline: the
+last error is raised instead. ``sleep``, ``rng`` and the clocks are injectable so tests can assert the waits.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ class RetryingJsonClient:
             return None
         if isinstance(err, ProviderTimeout) and not self.retry.retry_on_timeout:
             return None
-        if isinstance(err, RateLimited) and err.retry_after_s is not None:
+        if err.retry_after_s is not None:
             return err.retry_after_s
         return backoff_delay(attempt, self.retry, self._rng)
 
@@ -189,14 +189,14 @@ class RetryingJsonClient:
             except msgspec.DecodeError as exc:
                 raise MalformedProviderResponse(f"{name}: HTTP {status} with a body that is not JSON ({exc}): "
                                                 f"{excerpt!r}", provider=name, status=status) from exc
+        after = parse_retry_after(resp.headers.get("retry-after"), now=self._wall_clock(),
+                                  cap_s=self.retry.retry_after_cap_s)
         if status == 429:
-            after = parse_retry_after(resp.headers.get("retry-after"), now=self._wall_clock(),
-                                      cap_s=self.retry.retry_after_cap_s)
             raise RateLimited(f"{name}: HTTP 429 rate limited (Retry-After {after}); lower the agent's "
                               f"max_concurrency or wait: {excerpt!r}", retry_after_s=after, provider=name)
         if status >= 500:
             raise ProviderServerError(f"{name}: HTTP {status} server error: {excerpt!r}", provider=name,
-                                      status=status)
+                                      status=status, retry_after_s=after)
         if status in (401, 403):
             raise ProviderAuthError(f"{name}: HTTP {status}: the API key was refused; check the provider's "
                                     f"api_key in the settings: {excerpt!r}", provider=name, status=status)

@@ -109,6 +109,14 @@ async def test_5xx_storm_exhausts_retries_with_exponential_backoff(srv: Loopback
     assert sleeps.waits == [0.5, 1.0, 2.0, 3.0]
 
 
+async def test_503_retry_after_is_honoured(srv: LoopbackServer) -> None:
+    sleeps = Sleeps()
+    srv.script(Reply(503, b"{}", headers={"Retry-After": "4"}), Reply(502, b"{}"), OK)
+    res = await run(provider(srv.url, sleeps))
+    assert sleeps.waits == [4.0, 1.0]  # the server's hint, then plain backoff for retry 2
+    assert res.attempts == 3  # type: ignore[attr-defined]
+
+
 async def test_jitter_stays_within_its_band(srv: LoopbackServer) -> None:
     sleeps = Sleeps()
     srv.script(Reply(500, b"{}"))
