@@ -17,10 +17,13 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
+
+from ops.commands import UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -65,7 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop after the request's run_finished/run_failed (needs --request-id)")
     tail.add_argument("--idle", type=float, default=2.0, metavar="SECONDS", help="idle time before stopping")
     tail.add_argument("--color", action="store_true", help="colour event kinds")
+    for module in _command_modules():
+        extra = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        _common(extra)
+        module.add_arguments(extra)
     return parser
+
+
+def _command_modules() -> list[Any]:
+    import importlib
+
+    from ops.commands import MODULES
+
+    return [importlib.import_module(m) for m in MODULES]
 
 
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -137,27 +152,36 @@ async def _cmd_tail(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class UsageError(Exception):
-    """Bad flags or settings (exit status 2)."""
+COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
+    "node": _cmd_node, "submit": _cmd_submit, "tail": _cmd_tail}
 
 
-COMMANDS = {"node": _cmd_node, "submit": _cmd_submit, "tail": _cmd_tail}
+def _plugged(module: Any) -> Callable[[argparse.Namespace], Awaitable[int]]:
+    async def run(args: argparse.Namespace) -> int:
+        result: int = await module.run(args, _settings(args))
+        return result
+
+    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
+    commands = dict(COMMANDS)
+    for module in _command_modules():
+        commands[module.NAME] = _plugged(module)
     logging.basicConfig(level=getattr(logging, args.log_level or "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from bus.errors import BusError
     from config.settings import SettingsError
+    from ops.commands import CommandError
 
     try:
-        return asyncio.run(COMMANDS[args.command](args))
+        return asyncio.run(commands[args.command](args))
     except (UsageError, SettingsError) as e:
         print(f"run.py {args.command}: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except BusError as e:
+    except (BusError, CommandError) as e:
         print(f"run.py {args.command}: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
