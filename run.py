@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,11 +152,11 @@ async def _cmd_tail(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
+COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "node": _cmd_node, "submit": _cmd_submit, "tail": _cmd_tail}
 
 
-def _plugged(module: Any) -> Callable[[argparse.Namespace], Awaitable[int]]:
+def _plugged(module: Any) -> Callable[[argparse.Namespace], Coroutine[Any, Any, int]]:
     async def run(args: argparse.Namespace) -> int:
         result: int = await module.run(args, _settings(args))
         return result
