@@ -43,6 +43,7 @@ class ModelRuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
         runtime_id: instance id reported in replies and heartbeats (``""``: derived at start).
         batch_window_ms: how long the batcher waits for more requests after the first one arrives.
         max_batch: most requests run as one forward pass.
+        max_batch_tokens: most tokens packed into one forward pass (a longer transcript runs alone).
         max_queue: most requests waiting; beyond it requests are rejected as overloaded.
         max_context_tokens: longest transcript accepted (tokens, the last one included).
         cache_max_tokens: prefix cache budget in cached tokens over all runs.
@@ -66,6 +67,7 @@ class ModelRuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     runtime_id: str = ""
     batch_window_ms: float = 2.0
     max_batch: int = 16
+    max_batch_tokens: int = 2048
     max_queue: int = 64
     max_context_tokens: int = 32768
     cache_max_tokens: int = 65536
@@ -80,7 +82,7 @@ class ModelRuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
             raise ValueError(f"dtype: must be float32, float16, bfloat16 or float64, got {self.dtype!r}")
         if self.batch_window_ms < 0:
             raise ValueError(f"batch_window_ms: must be >= 0, got {self.batch_window_ms}")
-        for name in ("max_batch", "max_queue"):
+        for name in ("max_batch", "max_queue", "max_batch_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_context_tokens < 2:

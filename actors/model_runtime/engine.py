@@ -5,8 +5,9 @@ Causal attention makes the state at position -2 depend only on tokens ``0..n-2``
 
 Work is synchronous and meant for a single worker thread (see :mod:`actors.model_runtime.batcher`):
 
-* fresh transcripts of a batch run as one right-padded forward pass (attention mask, positions from 0),
-  split into sub-batches so that ``count * longest <= max_batch_tokens``;
+* fresh transcripts of a batch run as one forward pass, packed into a single row (no padding): a
+  block-diagonal causal mask keeps them independent and positions restart at 0 for each; packs hold at
+  most ``max_batch`` requests and ``max_batch_tokens`` tokens (longer transcripts run alone);
 * transcripts of a run whose K/V is in the :class:`PrefixCache` crop it to the longest common prefix of
   token ids and compute only the rest.
 
@@ -82,7 +83,7 @@ class RouterEngine:
     """Qwen3 backbone + routing head + tokenizer + prefix cache; synchronous, single-threaded use."""
 
     def __init__(self, model: Qwen3Model, tokenizer: RouterTokenizer, head: RoutingHead,
-                 settings: ModelRuntimeSettings, *, max_batch_tokens: int = 8192) -> None:
+                 settings: ModelRuntimeSettings) -> None:
         hidden = int(model.config.hidden_size)
         if head.spec.cols != hidden:
             raise HeadShapeMismatch((head.spec.rows, head.spec.cols), (head.spec.rows, hidden), head.source)
@@ -90,12 +91,15 @@ class RouterEngine:
             raise CheckpointError("model", f"tokenizer {tokenizer.source} has {tokenizer.vocab_size} ids but the "
                                            f"model's vocabulary is {model.config.vocab_size}")
         model.train(False)
+        if any(t != "full_attention" for t in model.config.layer_types):
+            raise CheckpointError("model", "uses sliding-window attention layers; this runtime packs batches with "
+                                           "a full-attention mask and supports full-attention Qwen3 only")
         self.model = model
         self.device = next(model.parameters()).device
         self.tokenizer = tokenizer
         self.head = head.to(self.device)
         self.settings = settings
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = settings.max_batch_tokens
         self.max_context_tokens = min(settings.max_context_tokens, int(model.config.max_position_embeddings) + 1)
         self.cache = PrefixCache(settings.cache_max_tokens, settings.cache_max_bytes)
 
@@ -196,15 +200,17 @@ class RouterEngine:
         return [r for r in results if r is not None]
 
     def _groups(self, batch: Sequence[PreparedRoute], idx: list[int]) -> list[list[int]]:
-        order = sorted(idx, key=lambda i: len(batch[i].feed))
+        """Split fresh requests into packs of at most ``max_batch`` requests and ``max_batch_tokens`` tokens."""
         groups: list[list[int]] = []
-        for i in order:
+        size = 0
+        for i in idx:
             n = len(batch[i].feed)
-            if groups and (len(groups[-1]) + 1) * n <= self.max_batch_tokens \
-                    and len(groups[-1]) < self.settings.max_batch:
+            if groups and size + n <= self.max_batch_tokens and len(groups[-1]) < self.settings.max_batch:
                 groups[-1].append(i)
+                size += n
             else:
                 groups.append([i])
+                size = n
         return groups
 
     def _forward_one(self, new_ids: list[int], past: int, cache: DynamicCache) -> torch.Tensor:
@@ -215,31 +221,34 @@ class RouterEngine:
         return state
 
     def _forward_fresh(self, items: list[PreparedRoute]) -> list[torch.Tensor]:
+        """Run fresh transcripts packed into one row: block-diagonal causal mask, positions restart per item."""
         keep = [p.request.run_id is not None and self.cache.enabled for p in items]
         lengths = [len(p.feed) for p in items]
-        width = max(lengths)
-        ids = torch.zeros((len(items), width), dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for r, p in enumerate(items):
-            ids[r, :lengths[r]] = torch.tensor(p.feed, dtype=torch.long)
-            mask[r, :lengths[r]] = 1
-        pos = torch.arange(width).unsqueeze(0).expand(len(items), width)
+        ends = torch.tensor(lengths).cumsum(0).tolist()
+        starts = [e - n for e, n in zip(ends, lengths, strict=True)]
+        ids = torch.tensor([[t for p in items for t in p.feed]], dtype=torch.long, device=self.device)
+        pos = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0).to(self.device)
+        mask: dict[str, torch.Tensor] | None = None
+        if len(items) > 1:
+            segment = torch.repeat_interleave(torch.arange(len(items)), torch.tensor(lengths)).to(self.device)
+            causal = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool, device=self.device).tril()
+            mask = {"full_attention": (causal & (segment[:, None] == segment[None, :]))[None, None]}
         cache = DynamicCache(config=self.model.config) if any(keep) else None
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device) if min(lengths) < width
-                         else None, position_ids=pos.to(self.device), cache=cache, use_cache=cache is not None)
-        states = [out.last_hidden_state[r, lengths[r] - 1] for r in range(len(items))]
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
+                         use_cache=cache is not None)
+        states = [out.last_hidden_state[0, e - 1] for e in ends]
         if cache is not None:
             for r, p in enumerate(items):
-                if keep[r]:
-                    self.cache.put(p.request.run_id, p.feed, self._slice_cache(cache, r, lengths[r]))  # type: ignore[arg-type]
+                if keep[r] and p.request.run_id is not None:
+                    self.cache.put(p.request.run_id, p.feed, self._slice_cache(cache, starts[r], ends[r]))
         return states
 
-    def _slice_cache(self, cache: DynamicCache, row: int, length: int) -> DynamicCache:
+    def _slice_cache(self, cache: DynamicCache, start: int, end: int) -> DynamicCache:
         data = []
         for layer in cache.layers:
             keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
             if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
                 raise CheckpointError("model", "has cache layers without key/value tensors; only full-attention "
                                                "Qwen3 models are supported")
-            data.append((keys[row:row + 1, :, :length].clone(), values[row:row + 1, :, :length].clone()))
+            data.append((keys[:, :, start:end].clone(), values[:, :, start:end].clone()))
         return DynamicCache(ddp_cache_data=data, config=self.model.config)

@@ -89,7 +89,7 @@ async def test_concurrent_routes_are_batched_and_match_solo(tiny_engine: EngineF
     stats = rt.stats()
     await rt.close()
     assert stats.batcher.batches == 1 and stats.batcher.largest_batch == 16
-    assert len({o.token_count for o in batched}) > 1  # lengths differ: padding was exercised
+    assert len({o.token_count for o in batched}) > 1  # lengths differ: packing boundaries were exercised
     for s, b in zip(solo, batched, strict=True):
         assert (b.request_id, b.token_count, b.transcript_hash) == (s.request_id, s.token_count, s.transcript_hash)
         assert cosine(torch.tensor(b.logits), torch.tensor(s.logits)) >= 0.99999

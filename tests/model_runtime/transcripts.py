@@ -29,11 +29,11 @@ def random_text(rng: random.Random, words: tuple[int, int]) -> str:
     return "".join(random_word(rng) + rng.choice([" ", " ", " ", "\n", ""]) for _ in range(n)).strip()
 
 
-def random_transcript(rng: random.Random, words: tuple[int, int] = (1, 8)) -> list[Message]:
-    """A user query, then 0-2 assistant replies (sometimes a system line first)."""
+def random_transcript(rng: random.Random, words: tuple[int, int] = (1, 8), max_replies: int = 2) -> list[Message]:
+    """A user query, then 0..max_replies assistant replies (sometimes a system line first)."""
     msgs = [Message("system", random_text(rng, (1, 4)))] if rng.random() < 0.15 else []
     msgs.append(Message("user", random_text(rng, words)))
-    msgs.extend(Message("assistant", random_text(rng, words)) for _ in range(rng.randint(0, 2)))
+    msgs.extend(Message("assistant", random_text(rng, words)) for _ in range(rng.randint(0, max_replies)))
     return msgs
 
 
