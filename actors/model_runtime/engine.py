@@ -91,7 +91,7 @@ class RouterEngine:
             raise CheckpointError("model", f"tokenizer {tokenizer.source} has {tokenizer.vocab_size} ids but the "
                                            f"model's vocabulary is {model.config.vocab_size}")
         model.train(False)
-        if any(t != "full_attention" for t in model.config.layer_types):
+        if any(t != "full_attention" for t in (model.config.layer_types or [])):
             raise CheckpointError("model", "uses sliding-window attention layers; this runtime packs batches with "
                                            "a full-attention mask and supports full-attention Qwen3 only")
         self.model = model
