@@ -84,6 +84,8 @@ MAX_HEADER_BYTES: Final = 100_000_000
 PREFIX_BYTES: Final = 8
 METADATA_KEY: Final = "__metadata__"
 _ENTRY_FIELDS: Final = frozenset({"dtype", "shape", "data_offsets"})
+#: Byte counts above this cannot be real (offsets are u64 in the reference implementation).
+_NBYTES_LIMIT: Final = 2**64
 
 #: safetensors dtype name -> (torch dtype, bytes per element). Sub-byte float formats are not supported.
 DTYPES: Final[Mapping[str, tuple[torch.dtype, int]]] = MappingProxyType(
@@ -179,7 +181,7 @@ def _is_int(value: object) -> bool:
     return type(value) is int  # bool is an int subclass: exclude it explicitly
 
 
-def _parse_json(raw: bytes, path: str | None) -> dict[str, Any]:
+def _parse_json(raw: bytes | bytearray, path: str | None) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -215,6 +217,21 @@ def _validate_metadata(value: object, path: str | None) -> dict[str, str]:
                 f"{METADATA_KEY}[{key!r}] must be a string, got {type(item).__name__}", path=path, field=key
             )
     return dict(value)
+
+
+def _bounded_nbytes(shape: list[int], itemsize: int, limit: int) -> int | None:
+    """``prod(shape) * itemsize``, or ``None`` as soon as it exceeds ``limit``.
+
+    Stops early so a hostile header (a million huge dimensions) cannot make the product a giant integer.
+    """
+    if 0 in shape:
+        return 0
+    total = itemsize
+    for dim in shape:
+        total *= dim
+        if total > limit:
+            return None
+    return total
 
 
 def _validate_entry(name: str, entry: object, buffer_len: int, path: str | None) -> TensorInfo:
@@ -264,11 +281,12 @@ def _validate_entry(name: str, entry: object, buffer_len: int, path: str | None)
         )
     begin, end = offsets
     itemsize = DTYPES[dtype][1]
-    expected = math.prod(shape) * itemsize
-    if end - begin != expected:
+    expected = _bounded_nbytes(shape, itemsize, limit=_NBYTES_LIMIT)
+    if expected is None or end - begin != expected:
+        needs = "more than 2**64" if expected is None else str(expected)
         raise ShapeSizeMismatch(
-            f"tensor {name!r}: data_offsets span {end - begin} bytes but shape {shape} x {itemsize} bytes "
-            f"({dtype}) needs {expected}",
+            f"tensor {name!r}: data_offsets span {end - begin} bytes but shape {shape!r:.200} x {itemsize} "
+            f"bytes ({dtype}) needs {needs}",
             path=path,
             tensor=name,
             field="data_offsets",
@@ -314,8 +332,28 @@ def _validate_coverage(tensors: Mapping[str, TensorInfo], buffer_len: int, path:
         )
 
 
+def _readinto_exact(fp: BinaryIO | io.RawIOBase, buf: bytearray) -> int:
+    """Fill ``buf`` from ``fp`` (reads of regular files may come back short, e.g. above 2 GiB on Linux);
+    returns the number of bytes read, less than ``len(buf)`` only at end of file."""
+    view = memoryview(buf)
+    filled = 0
+    while filled < len(buf):
+        got = fp.readinto(view[filled:])  # type: ignore[union-attr]
+        if not got:
+            break
+        filled += got
+    return filled
+
+
+def _read_exact(fp: BinaryIO | io.RawIOBase, count: int) -> bytearray:
+    """Read up to ``count`` bytes (fewer only at end of file). ``count`` is bounded by the caller."""
+    buf = bytearray(count)
+    del buf[_readinto_exact(fp, buf) :]
+    return buf
+
+
 def parse_header(
-    fp: BinaryIO, file_size: int, *, path: str | None = None, max_header_bytes: int = MAX_HEADER_BYTES
+    fp: BinaryIO | io.RawIOBase, file_size: int, *, path: str | None = None, max_header_bytes: int = MAX_HEADER_BYTES
 ) -> SafetensorsHeader:
     """Read and fully validate the header of a safetensors stream positioned anywhere.
 
@@ -333,7 +371,7 @@ def parse_header(
             f"file is {file_size} bytes, shorter than the {PREFIX_BYTES}-byte header length prefix", path=path
         )
     fp.seek(0)
-    prefix = fp.read(PREFIX_BYTES)
+    prefix = _read_exact(fp, PREFIX_BYTES)
     if len(prefix) != PREFIX_BYTES:
         raise FileTooSmall(f"could read only {len(prefix)} of the {PREFIX_BYTES} prefix bytes", path=path)
     (header_len,) = struct.unpack("<Q", prefix)
@@ -345,7 +383,7 @@ def parse_header(
         raise TruncatedHeader(
             f"declared header length {header_len} runs past the end of the {file_size}-byte file", path=path
         )
-    raw = fp.read(header_len)
+    raw = _read_exact(fp, header_len)
     if len(raw) != header_len:
         raise TruncatedHeader(f"could read only {len(raw)} of {header_len} header bytes", path=path)
     parsed = _parse_json(raw, path)
@@ -418,7 +456,8 @@ class SafetensorsReader:
 
     def __init__(self, path: str | os.PathLike[str], *, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
         self.path = os.fspath(path)
-        self._fp: io.BufferedReader = open(self.path, "rb")  # closed by close() / __exit__
+        # Unbuffered: every read is an exact seek + readinto, and nothing is read ahead of validation.
+        self._fp: io.FileIO = open(self.path, "rb", buffering=0)  # closed by close() / __exit__
         self._library: Any = None
         try:
             size = os.fstat(self._fp.fileno()).st_size
@@ -484,9 +523,11 @@ class SafetensorsReader:
 
     def _read_bytes(self, info: TensorInfo, offset: int, count: int) -> torch.Tensor:
         """Read ``count`` bytes at ``offset`` inside ``info``'s byte range as a 1-D uint8 tensor."""
+        if count == 0:
+            return torch.empty(0, dtype=torch.uint8)
         buf = bytearray(count)
         self._fp.seek(self.header.data_start + info.begin + offset)
-        got = self._fp.readinto(buf)
+        got = _readinto_exact(self._fp, buf)
         if got != count:
             raise TruncatedTensorData(
                 f"tensor {info.name!r}: read {got} of {count} bytes at offset {offset}; the file changed "

@@ -194,6 +194,7 @@ MALFORMED: list[tuple[bytes, type[errors.SafetensorsFormatError], str]] = [
     (one([1], [0], b"abcd"), errors.InvalidDataOffsets, r"\[begin, end\]"),
     (one([2], [0, 4], b"abcd"), errors.ShapeSizeMismatch, "needs 8"),
     (one([2], [0, 8], b"abcd"), errors.OffsetOutOfBounds, "past"),
+    (one([2**62] * 20_000, [0, 4], b"abcd"), errors.ShapeSizeMismatch, r"more than 2\*\*64"),
     (
         raw_file(
             {
