@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +27,10 @@ from supervisors import Backoff, ChildContext, ChildSpec, Intensity, Strategy, S
 from supervisors.signals import run_until_signal
 
 log = logging.getLogger(__name__)
+
+
+class ConnectionLost(Exception):
+    """An actor's NATS connection closed for good (reconnects exhausted or closed under it)."""
 
 
 class Actor(Protocol):
@@ -121,7 +127,12 @@ class Node:
                 ctx.logger.info("actor %s serving (restart %d)", name, ctx.restart_count)
                 if self.on_started is not None:
                     await self.on_started(name)
-                await ctx.wait_draining()
+                while not ctx.is_draining:
+                    ctx.heartbeat()
+                    if nc.is_closed:
+                        raise ConnectionLost(f"actor {name}: NATS connection closed; restarting with a new one")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(ctx.wait_draining(), timeout=0.25)
                 await actor.drain(timeout=s.node.drain_timeout_s)
             finally:
                 if not nc.is_closed:
