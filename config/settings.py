@@ -34,11 +34,8 @@ from config.coordinator import CoordinatorSettings, RoleInjectorSettings
 from config.model_runtime import ModelRuntimeSettings
 from config.nats import NatsSettings
 from config.node import NodeSettings
-from config.provider_agents import (
-    ProviderAgentsSettings,
-    provider_agents_settings_from_env,
-    secret_dec_hook,
-)
+from config.provider_agents import ProviderAgentsSettings, provider_agents_settings_from_env
+from config.secrets import Secret, secret_dec_hook, secret_enc_hook
 from config.trace_sink import TraceSinkSettings, trace_sink_settings_from_env
 
 ENV_PREFIX = "TRINITY__"
@@ -146,8 +143,6 @@ def _build(doc: dict[str, Any], env: Mapping[str, str]) -> Settings:
             sections["provider_agents"] = provider_agents_settings_from_env(env)
         if "trace_sink" not in sections:
             secrets = sections["provider_agents"].secrets()
-            from config.provider_agents import Secret
-
             sections["trace_sink"] = trace_sink_settings_from_env(env, secrets=[Secret(s) for s in secrets])
     except (ValueError, msgspec.ValidationError) as e:
         raise SettingsError(f"environment: {e}") from None
@@ -156,8 +151,6 @@ def _build(doc: dict[str, Any], env: Mapping[str, str]) -> Settings:
 
 def redacted(settings: Settings) -> dict[str, Any]:
     """The settings as plain data with every secret shown as ``'***'`` (safe to print or log)."""
-    from config.provider_agents import secret_enc_hook
-
     data: dict[str, Any] = msgspec.to_builtins(settings, enc_hook=secret_enc_hook)
     data["nats"] = settings.nats.redacted()
     return data

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from config.provider_agents import Secret
+from config.secrets import Secret
 
 
 class RedactionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
