@@ -23,9 +23,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("actors", "bus", "config", "crucible", "schemas", "supervisors", "scripts")
 ML_MODULES = {"torch", "transformers", "safetensors"}
-# The model runtime and crucible own tensor work. Benchmark scripts measure that work (operator tooling, never
-# imported by an actor), so they may import torch too.
-ML_ALLOWED = ("actors/model_runtime/", "crucible/", "scripts/bench_")
+# The model runtime and crucible own tensor work. Two explicit exceptions: benchmark scripts measure that work
+# (operator tooling, never imported by an actor), and the provider agents' local model
+# (``actors/provider_agents/local_model.py``) runs a small instruct LLM in-process as an offline agent; it is
+# imported lazily, only when an agent is configured with the ``local`` provider.
+ML_ALLOWED = ("actors/model_runtime/", "crucible/", "scripts/bench_", "actors/provider_agents/local_model.py")
 ENV_NAMES = {"environ", "getenv", "putenv", "unsetenv", "environb", "getenvb"}
 
 
