@@ -48,3 +48,25 @@ def hub(artifact: dict[str, bytes]) -> Iterator[FakeHub]:
 def settings(tmp_path: Path, hub: FakeHub) -> RegistrySettings:
     """Registry settings pointing at the fake Hub with a per-test cache."""
     return RegistrySettings(endpoint=hub.url, cache_dir=str(tmp_path / "cache"), etag_timeout_s=5.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic Qwen3 checkpoint (hidden 64, 2 layers, real vocabulary; tied embeddings)."""
+    from actors.model_runtime.checkpoints import build_checkpoint, qwen3_tiny_config
+
+    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", qwen3_tiny_config(), seed=7,
+                            preset="qwen3-tiny-synthetic")
+
+
+@pytest.fixture(scope="session")
+def tiny_vector(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TRINITY-layout vector for the tiny checkpoint: 512 offsets (9 matrices) + a {10, 64} head, .npy."""
+    import numpy as np
+
+    rng = np.random.default_rng(11)
+    offsets = rng.normal(0.0, 0.2, 512)
+    head = rng.normal(0.0, 1.0, 640)
+    path = tmp_path_factory.mktemp("vec") / "tiny_vector.npy"
+    np.save(path, np.concatenate([offsets, head]))
+    return path
