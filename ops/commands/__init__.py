@@ -13,7 +13,15 @@ Raise :class:`ops.commands.CommandError` for a failure the user can fix (exit 1,
 from __future__ import annotations
 
 #: Modules providing extra commands, in ``--help`` order.
-MODULES: list[str] = []
+MODULES: list[str] = [
+    "ops.commands.fetch",
+    "ops.commands.verify",
+    "ops.commands.export",
+    "ops.commands.route",
+    "ops.commands.gate",
+    "ops.commands.bench",
+    "ops.commands.env_check",
+]
 
 
 class CommandError(Exception):
