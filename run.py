@@ -2,6 +2,7 @@
 """TRINITY over NATS: the command line.
 
 Commands:
+  demo     the main job: a single node with every actor, a few questions, each turn printed
   node     run actors under supervision (all of them for single-node, or the ones named by --actors)
   submit   publish a coordination request to a running deployment and print the result
   tail     follow trace events live, filtered by request id or kind, or replay a finished run
@@ -41,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="the main job: start every actor, ask a few questions, print each turn")
+    _common(demo)
+    demo.add_argument("--question", action="append", default=[], metavar="TEXT",
+                      help="a question to ask (repeatable; default: three built-in ones)")
+    demo.add_argument("--max-turns", type=int, default=5, help="turn budget K (default 5)")
+    demo.add_argument("--deadline", type=float, default=600.0, metavar="SECONDS", help="per-question deadline")
 
     node = sub.add_parser("node", help="run actors under supervision until SIGINT/SIGTERM")
     _common(node)
@@ -115,6 +123,16 @@ async def _cmd_node(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _cmd_demo(args: argparse.Namespace) -> int:
+    from ops.demo import DEFAULT_QUESTIONS, run_demo
+
+    settings = _settings(args)
+    failed = await run_demo(settings, args.question or list(DEFAULT_QUESTIONS),
+                            repo_root=Path(__file__).resolve().parent, max_turns=args.max_turns,
+                            deadline_s=args.deadline)
+    return EXIT_OK if failed == 0 else EXIT_FAILED
+
+
 async def _cmd_submit(args: argparse.Namespace) -> int:
     from bus.connection import connect
     from ops.client import build_request, render_result, submit
@@ -153,7 +171,7 @@ async def _cmd_tail(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
-    "node": _cmd_node, "submit": _cmd_submit, "tail": _cmd_tail}
+    "demo": _cmd_demo, "node": _cmd_node, "submit": _cmd_submit, "tail": _cmd_tail}
 
 
 def _plugged(module: Any) -> Callable[[argparse.Namespace], Coroutine[Any, Any, int]]:
