@@ -135,8 +135,12 @@ class Node:
                         await asyncio.wait_for(ctx.wait_draining(), timeout=0.25)
                 await actor.drain(timeout=s.node.drain_timeout_s)
             finally:
+                # The actor has drained its own work; flush what it published, then close. (nc.drain() would
+                # wait on pull-consumer inboxes that never empty.)
                 if not nc.is_closed:
-                    await nc.drain()
+                    with contextlib.suppress(Exception):
+                        await nc.flush(timeout=2)
+                    await nc.close()
 
         return run
 
