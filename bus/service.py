@@ -126,6 +126,7 @@ class ActorService:
         for ep in self.endpoints:
             await self._service.add_endpoint(name=ep.name, subject=ep.subject, queue_group=ep.queue_group,
                                              handler=self._dispatcher(ep), metadata=ep.metadata or None)
+        await self.nc.flush()  # the server knows our subscriptions before start() returns
 
     def _stats_data(self, stats: EndpointStats) -> dict[str, Any]:
         c = self.counters.get(stats.name)

@@ -55,6 +55,11 @@ def coord_request() -> str:
     return COORD_REQUEST
 
 
+def role_inject() -> str:
+    """Subject of the role injector."""
+    return ROLE_INJECT
+
+
 def route(backend: str, adapter: str) -> str:
     """Routing subject served by runtimes of ``backend`` holding ``adapter`` (``"base"`` for none)."""
     return f"{PREFIX}.route.{token('backend', backend)}.{token('adapter', adapter)}"

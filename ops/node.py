@@ -71,7 +71,12 @@ def _role_injector(nc: Client, s: Settings) -> Actor:
 def _coordinator(nc: Client, s: Settings) -> Actor:
     from actors.coordinator.actor import CoordinatorActor
 
-    return CoordinatorActor(nc, s.coordinator)
+    injector = None
+    if s.coordinator.role_inject_mode == "local":  # role packs built in-process instead of over the bus
+        from actors.role_injector.actor import local_injector, registry_from_settings
+
+        injector = local_injector(registry_from_settings(s.role_injector))
+    return CoordinatorActor(nc, s.coordinator, local_injector=injector)
 
 
 @dataclass

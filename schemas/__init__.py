@@ -24,6 +24,7 @@ from schemas.coordination import (
 from schemas.errors import SchemaError
 from schemas.fingerprint import route_hash
 from schemas.fleet import InstanceLimits, InstanceSpec, RuntimeHeartbeat
+from schemas.roles import RoleInjectReply, RoleInjectRequest, TranscriptEntry
 from schemas.routing import Confidence, RouteDecision, RouteLogits, RouteRequest, decide
 from schemas.sakana import (
     BASE_ADAPTER_TOKEN,
