@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--factor-cache", metavar="DIR", default="~/.cache/trinity-nats/svf-factors",
                    help="SVF factor cache (default ~/.cache/trinity-nats/svf-factors)")
+    p.add_argument("--cache-dir", metavar="DIR", help="registry cache receiving the lineage record (overrides "
+                   "registry.cache_dir)")
 
 
 async def run(args: argparse.Namespace, settings: Any) -> int:
@@ -55,7 +57,7 @@ async def run(args: argparse.Namespace, settings: Any) -> int:
         result = await asyncio.to_thread(
             export_bundle, ckpt, str(vector), args.out, repo_id=args.repo_id, revision=args.revision,
             factor_cache_dir=args.factor_cache, dtype=args.dtype, overwrite=args.overwrite,
-            lineage_cache_dir=registry_settings(settings).cache_dir, progress=say)
+            lineage_cache_dir=registry_settings(settings, args).cache_dir, progress=say)
     except (CrucibleError, ModelRuntimeError, ValueError, OSError) as e:
         raise CommandError(f"export failed: {e}") from None
     report = verify_directory(result.out_dir, result.pin, ignore=("artifact_pin.json",))

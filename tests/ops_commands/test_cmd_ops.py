@@ -98,15 +98,14 @@ def test_export_tiny_bundle_verifies_and_records_lineage(tmp_path: Path, capsys:
     np.save(vector, np.concatenate([rng.normal(0, 0.1, 512), rng.normal(0, 1, 640)]))
     out = tmp_path / "bundle"
     args = ["export", "--tiny", "--vector", str(vector), "--out", str(out), "--factor-cache", str(tmp_path / "f"),
-            "--set", f"registry.cache_dir={tmp_path / 'reg'}"]
+            "--cache-dir", str(tmp_path / "reg")]
     code = run.main(args)
     captured = capsys.readouterr()
-    if code == 2 and "unknown section" in captured.err:  # settings without a registry section yet
-        code = run.main(args[:-2])
-        captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "11/11 files verified" in captured.out and "[9/9] adapting lm_head.weight" in captured.err
     assert run.main(["verify", str(out)]) == 0
+    (record,) = (tmp_path / "reg" / "lineage").glob("*.json")
+    assert json.loads(record.read_text())["bundle_dir"] == str(out.resolve())
     assert run.main(["export", "--tiny", "--vector", str(vector), "--out", str(out),
                      "--factor-cache", str(tmp_path / "f")]) == 1
     assert "not empty" in capsys.readouterr().err
