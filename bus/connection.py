@@ -38,9 +38,9 @@ def connect_options(settings: NatsSettings, name: str | None = None) -> dict[str
     }
     if settings.user is not None:
         opts["user"] = settings.user
-        opts["password"] = settings.password
+        opts["password"] = settings.password.reveal() if settings.password is not None else None
     if settings.token is not None:
-        opts["token"] = settings.token
+        opts["token"] = settings.token.reveal()
     if settings.nkeys_seed is not None:
         opts["nkeys_seed"] = settings.nkeys_seed
     if settings.creds_file is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from config.secrets import Secret
+
 
 class NatsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How actors connect to NATS.
@@ -11,14 +13,15 @@ class NatsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     Credentials: ``user``/``password``, ``token``, an nkeys seed file (``nkeys_seed``) or a ``.creds`` file
     (``creds_file``). TLS: set ``tls_ca`` (and ``tls_cert``/``tls_key`` for mutual TLS).
     ``embedded``: ``auto`` starts a local nats-server when none is reachable, ``always`` / ``never``.
-    Secrets are stored as plain strings here and wrapped by the loader; use :meth:`redacted` to print.
+    ``password`` and ``token`` are :class:`~config.secrets.Secret` (plain strings given here are wrapped), so
+    the settings print ``***``.
     """
 
     servers: list[str] = msgspec.field(default_factory=lambda: ["nats://127.0.0.1:4222"])
     name: str = "trinity"
     user: str | None = None
-    password: str | None = None
-    token: str | None = None
+    password: Secret | None = None
+    token: Secret | None = None
     nkeys_seed: str | None = None
     creds_file: str | None = None
     tls_ca: str | None = None
@@ -33,6 +36,10 @@ class NatsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     nats_server_binary: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("password", "token"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                msgspec.structs.force_setattr(self, name, Secret(value))
         if not self.servers:
             raise ValueError("servers: list at least one nats:// URL")
         if self.embedded not in ("auto", "always", "never"):
@@ -47,3 +54,7 @@ class NatsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             if out[k] is not None:
                 out[k] = "***"
         return out
+
+    def secrets(self) -> list[str]:
+        """The secret values (for redaction)."""
+        return [s.reveal() for s in (self.password, self.token) if s is not None]

@@ -143,6 +143,8 @@ def _build(doc: dict[str, Any], env: Mapping[str, str]) -> Settings:
             sections["provider_agents"] = provider_agents_settings_from_env(env)
         if "trace_sink" not in sections:
             secrets = sections["provider_agents"].secrets()
+            if "nats" in sections:
+                secrets += sections["nats"].secrets()
             sections["trace_sink"] = trace_sink_settings_from_env(env, secrets=[Secret(s) for s in secrets])
     except (ValueError, msgspec.ValidationError) as e:
         raise SettingsError(f"environment: {e}") from None
