@@ -97,8 +97,8 @@ async def connect(settings: NatsSettings, name: str | None = None) -> Client:
         if auth_wait in done:
             raise ConnectFailed(f"NATS at {where} refused {label!r}: authorization violation. Check the "
                                 "user/password, token, nkeys seed or creds file in the settings.")
-        raise ConnectFailed(f"no NATS server at {where} answered within {budget:.1f}s; start one (`python run.py node` starts "
-                            "an embedded server when none answers) and check the URL.")
+        raise ConnectFailed(f"no NATS server at {where} answered within {budget:.1f}s; start one (`python run.py "
+                            "node` starts an embedded server when none answers) and check the URL.")
     finally:
         connecting = False
         auth_wait.cancel()

@@ -61,7 +61,8 @@ def test_secrets_are_redacted_everywhere() -> None:
     dumped = repr(redacted(s)) + repr(s)
     for secret in ("pw-123456", "sk-test-abcdef123456", "sk-ant-xyz987654321"):
         assert secret not in dumped
-    assert s.nats.password is not None and s.nats.password.reveal() == "pw-123456"  # the value is there for the connection that needs it
+    # the value is there for the connection that needs it
+    assert s.nats.password is not None and s.nats.password.reveal() == "pw-123456"
     redaction = {x.reveal() for x in s.trace_sink.redaction.secrets}
     assert {"sk-test-abcdef123456", "sk-ant-xyz987654321"} <= redaction  # the trace sink scrubs provider keys
 
