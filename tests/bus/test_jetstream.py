@@ -126,8 +126,10 @@ async def test_cluster_replicated_stream_survives_a_node_kill(nats_cluster: Nats
     for i in range(10):
         await publish_event(js, f"{prefix}.r.run_started", _event("r", i), msg_id=f"c{i}")
     leader = info.cluster.leader if info.cluster else None
-    victim = next(n for n in nats_cluster.nodes if n.url != client.connected_url.geturl()  # type: ignore[union-attr]
-                  and (leader is None or leader.endswith(n.config_path.parent.name)))
+    # kill the stream's leader (the client fails over to another server if it was connected there)
+    by_name = {n.config_path.parent.name: n for n in nats_cluster.nodes}
+    victim = next((n for name, n in by_name.items() if leader is not None and leader.endswith(name)),
+                  nats_cluster.nodes[0])
     victim.kill()
     transient = (nats.errors.TimeoutError, asyncio.TimeoutError, nats.js.errors.APIError,
                  nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError)
