@@ -179,8 +179,8 @@ def test_full_size_synthetic_record_recheck_and_perturbation(tmp_path: Path,
     assert run.main(["gate", "--vector", str(vector), "--cases", str(cases), "--snapshot", str(snap), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["stable"], report["breaches"], report["hash_drift"]) == (37, 0, 0)
-    print(f"full-size gate: {report['stable']}/{report['total']} stable in {report['elapsed_s']:.1f}s "
-          f"(router load {report['load_s']:.1f}s)")
+    summary = (f"full-size gate: {report['stable']}/{report['total']} stable in {report['elapsed_s']:.1f}s "
+               f"(router load {report['load_s']:.1f}s)")
     # a perturbed head (agent rows rotated, role rows rotated) over the same adapted backbone must fail
     values = np.load(vector)
     head = values[9216:].reshape(10, 1024)
@@ -190,3 +190,4 @@ def test_full_size_synthetic_record_recheck_and_perturbation(tmp_path: Path,
     code = run.main(["gate", "--vector", str(bad), "--cases", str(cases), "--snapshot", str(snap), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 1 and report["stable"] < 37
+    print(f"{summary}; perturbed head: {report['stable']}/37 stable, exit {code}")
