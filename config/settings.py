@@ -35,6 +35,7 @@ from config.model_runtime import ModelRuntimeSettings
 from config.nats import NatsSettings
 from config.node import NodeSettings
 from config.provider_agents import ProviderAgentsSettings, provider_agents_settings_from_env
+from config.registry import RegistrySettings, registry_settings_from_env
 from config.secrets import Secret, secret_dec_hook, secret_enc_hook
 from config.trace_sink import TraceSinkSettings, trace_sink_settings_from_env
 
@@ -47,6 +48,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "model_runtime": ModelRuntimeSettings,
     "provider_agents": ProviderAgentsSettings,
     "trace_sink": TraceSinkSettings,
+    "registry": RegistrySettings,
 }
 
 
@@ -64,6 +66,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     model_runtime: ModelRuntimeSettings = msgspec.field(default_factory=ModelRuntimeSettings)
     provider_agents: ProviderAgentsSettings = msgspec.field(default_factory=ProviderAgentsSettings)
     trace_sink: TraceSinkSettings = msgspec.field(default_factory=TraceSinkSettings)
+    registry: RegistrySettings = msgspec.field(default_factory=RegistrySettings)
 
 
 def _parse_value(text: str) -> Any:
@@ -139,12 +142,16 @@ def _build(doc: dict[str, Any], env: Mapping[str, str]) -> Settings:
         except msgspec.ValidationError as e:
             raise SettingsError(f"settings section [{name}]: {e}") from None
     try:
+        if "registry" not in sections:
+            sections["registry"] = registry_settings_from_env(env)
         if "provider_agents" not in sections:
             sections["provider_agents"] = provider_agents_settings_from_env(env)
         if "trace_sink" not in sections:
             secrets = sections["provider_agents"].secrets()
             if "nats" in sections:
                 secrets += sections["nats"].secrets()
+            if sections["registry"].token is not None:
+                secrets.append(sections["registry"].token.reveal())
             sections["trace_sink"] = trace_sink_settings_from_env(env, secrets=[Secret(s) for s in secrets])
     except (ValueError, msgspec.ValidationError) as e:
         raise SettingsError(f"environment: {e}") from None
