@@ -171,8 +171,8 @@ class FactorCache:
     ) -> None:
         tensors: dict[str, torch.Tensor] = {}
         for entry, factors in by_entry.items():
-            tensors[f"{entry}.singular_values"] = factors.singular_values.to(torch.float64).contiguous()
-            tensors[f"{entry}.basis"] = factors.basis.to(torch.float64).contiguous()
+            tensors[f"{entry}.singular_values"] = factors.singular_values.to("cpu", torch.float64).contiguous()
+            tensors[f"{entry}.basis"] = factors.basis.to("cpu", torch.float64).contiguous()
         metadata = {"format": FACTOR_FORMAT_VERSION, "key": key, "entries": json.dumps(dict(entries))}
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=".svf-factors-", suffix=".tmp", dir=self.root)

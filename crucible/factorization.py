@@ -24,6 +24,9 @@ input is never copied whole to float64:
 :class:`SvfFactors` (``S`` and the ``k x k`` basis) is all a cache needs to keep per matrix
 (:mod:`crucible.factor_cache`): 8 MiB for ``k = 1024``, whatever ``m`` is.
 
+**Devices.** Work happens on the input tensor's device (CPU or CUDA); factors live where they were
+computed and are moved to the matrix's device for reconstruction. A :class:`RowSource` yields CPU rows.
+
 Example::
 
     factors = compute_factors(w)                         # once per base matrix
@@ -222,7 +225,7 @@ def svf_scale(singular_values: torch.Tensor, d: torch.Tensor) -> float:
         DegenerateScale: the denominator is not positive.
     """
     s = singular_values.to(torch.float64)
-    denominator = float((s * (1.0 + d.to(torch.float64))).sum())
+    denominator = float((s * (1.0 + d.to(device=s.device, dtype=torch.float64))).sum())
     if not denominator > 0.0:
         raise DegenerateScale(
             f"sum(S * (1 + d)) = {denominator!r} is not positive; offsets <= -1 erase the spectrum"
@@ -234,9 +237,9 @@ def svf_operator(
     factors: SvfFactors, d: torch.Tensor | NDArray[np.floating] | list[float]
 ) -> torch.Tensor:
     """The ``k x k`` float64 matrix ``M = c * B diag(1 + d) B^T`` (``B`` = basis) that SVF applies."""
-    offsets = _offsets_tensor(d, factors.k)
-    c = svf_scale(factors.singular_values, offsets)
     basis = factors.basis
+    offsets = _offsets_tensor(d, factors.k).to(basis.device)
+    c = svf_scale(factors.singular_values, offsets)
     return (basis * (c * (1.0 + offsets))) @ basis.T
 
 
@@ -271,8 +274,9 @@ def svf_reconstruct(
         raise FactorShapeMismatch(f"factors are for shape {factors.shape}, the matrix is {shape}")
     if out_dtype is None:
         out_dtype = w.dtype if isinstance(w, torch.Tensor) else torch.float32
-    operator = svf_operator(factors, d).to(policy.compute_dtype)
-    out = torch.empty(shape, dtype=out_dtype)
+    device = w.device if isinstance(w, torch.Tensor) else torch.device("cpu")
+    operator = svf_operator(factors, d).to(device=device, dtype=policy.compute_dtype)
+    out = torch.empty(shape, dtype=out_dtype, device=device)
     if factors.tall:
         for start, block in _row_blocks(w, block_rows, transpose=False):
             value = block.to(policy.compute_dtype) @ operator
@@ -299,11 +303,11 @@ def thin_svd(
     s = factors.singular_values
     inverse = torch.where(s > 0, 1.0 / torch.where(s > 0, s, 1.0), torch.zeros_like(s))
     if factors.tall:
-        u = torch.empty((m, factors.k), dtype=torch.float64)
+        u = torch.empty((m, factors.k), dtype=torch.float64, device=s.device)
         for start, block in _row_blocks(w, block_rows, transpose=False):
             u[start : start + block.shape[0]] = (block @ factors.basis) * inverse
         return u, s, factors.basis.T.contiguous()
-    vt = torch.empty((factors.k, n), dtype=torch.float64)
+    vt = torch.empty((factors.k, n), dtype=torch.float64, device=s.device)
     for start, block in _row_blocks(w, block_rows, transpose=True):
         vt[:, start : start + block.shape[0]] = ((block @ factors.basis) * inverse).T
     return factors.basis, s, vt
@@ -319,7 +323,7 @@ def reference_svf_reconstruct(
     w64 = w.to(torch.float64)
     u, s, vh = torch.linalg.svd(w64, full_matrices=False)
     del w64
-    offsets = _offsets_tensor(d, int(s.numel()))
+    offsets = _offsets_tensor(d, int(s.numel())).to(s.device)
     scaled = s * (1.0 + offsets) * svf_scale(s, offsets)
     u.mul_(scaled)
     result: torch.Tensor = u @ vh

@@ -193,3 +193,19 @@ def test_errors_are_typed() -> None:
     big = w * 5e6  # |values| ~ 1e5, past float16's 65504
     with pytest.raises(errors.NonFiniteResult, match="float16"):
         svf_reconstruct(big, compute_factors(big), [0.0] * 5, out_dtype=torch.float16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    w = weights((3000, 256), seed=12)
+    d = offsets(256, seed=12)
+    cpu = svf_reconstruct(w, compute_factors(w, block_rows=1000), d, block_rows=1000, out_dtype=torch.float64)
+    wc = w.cuda()
+    factors = compute_factors(wc, block_rows=1000)
+    assert factors.basis.is_cuda
+    gpu = svf_reconstruct(wc, factors, d, block_rows=1000, out_dtype=torch.float64)
+    assert gpu.is_cuda
+    assert rel_err(gpu.cpu(), cpu) <= 1e-12
+    wide = w[:200].T.contiguous().cuda()
+    wide_out = svf_reconstruct(wide, compute_factors(wide), offsets(200, seed=13), out_dtype=torch.bfloat16)
+    assert wide_out.is_cuda and wide_out.dtype == torch.bfloat16
