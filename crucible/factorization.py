@@ -142,7 +142,10 @@ def _shape_of(w: Matrix) -> tuple[int, int]:
 
 
 def _row_blocks(w: Matrix, block_rows: int, *, transpose: bool) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(first_row, float64 block)`` of ``w`` (or of ``w^T``), checking finiteness."""
+    """Yield ``(first_row, block)`` of ``w`` (or of ``w^T``) in the source dtype, detached, checked finite.
+
+    Callers upcast (or copy into a float64 buffer) themselves, so no second full-size block is made here.
+    """
     if block_rows < 1:
         raise InvalidMatrix(f"block_rows must be >= 1, got {block_rows}")
     read: Callable[[int, int], torch.Tensor]
@@ -157,8 +160,7 @@ def _row_blocks(w: Matrix, block_rows: int, *, transpose: bool) -> Iterator[tupl
         read, total = w.rows, w.shape[0]
     for start in range(0, total, block_rows):
         stop = min(start + block_rows, total)
-        raw = read(start, stop)
-        block = raw.detach().to(torch.float64)  # factors never carry autograd history
+        block = read(start, stop).detach()  # factors never carry autograd history
         if not bool(torch.isfinite(block).all()):
             axis = "columns" if transpose else "rows"
             raise InvalidMatrix(f"matrix holds NaN/inf in {axis} {start}..{stop}")
@@ -175,10 +177,20 @@ def tsqr_r(w: Matrix, *, block_rows: int = DEFAULT_BLOCK_ROWS, transpose: bool =
 
     ``R^T R = W^T W`` up to rounding. With ``transpose=True`` the factor is that of ``W^T``.
     """
+    m, n = _shape_of(w)
+    if transpose:
+        m, n = n, m
+    # One reusable float64 buffer holds [R; block]: the running factor on top, the next rows below.
+    buffer: torch.Tensor | None = None
     r: torch.Tensor | None = None
     for _, block in _row_blocks(w, block_rows, transpose=transpose):
-        stacked = block if r is None else torch.cat([r, block])
-        r = torch.linalg.qr(stacked, mode="r").R
+        if buffer is None:
+            buffer = torch.empty((min(n, m) + block.shape[0], n), dtype=torch.float64, device=block.device)
+        top = 0 if r is None else r.shape[0]
+        if r is not None:
+            buffer[:top].copy_(r)
+        buffer[top : top + block.shape[0]].copy_(block)
+        r = torch.linalg.qr(buffer[: top + block.shape[0]], mode="r").R
     if r is None:  # pragma: no cover - _shape_of rejects empty matrices before this
         raise InvalidMatrix("cannot factor an empty matrix")
     return r
@@ -305,11 +317,11 @@ def thin_svd(
     if factors.tall:
         u = torch.empty((m, factors.k), dtype=torch.float64, device=s.device)
         for start, block in _row_blocks(w, block_rows, transpose=False):
-            u[start : start + block.shape[0]] = (block @ factors.basis) * inverse
+            u[start : start + block.shape[0]] = (block.to(torch.float64) @ factors.basis) * inverse
         return u, s, factors.basis.T.contiguous()
     vt = torch.empty((factors.k, n), dtype=torch.float64, device=s.device)
     for start, block in _row_blocks(w, block_rows, transpose=True):
-        vt[:, start : start + block.shape[0]] = ((block @ factors.basis) * inverse).T
+        vt[:, start : start + block.shape[0]] = ((block.to(torch.float64) @ factors.basis) * inverse).T
     return factors.basis, s, vt
 
 
