@@ -2,7 +2,8 @@
 
 Every measurement runs in its own subprocess, so peak RSS (``ru_maxrss``) is clean. Each child builds
 seeded float32 weights of the real TRINITY shapes, records its RSS, runs one operation, and reports the
-wall time, the peak RSS and the extra RSS over the weights (peak minus RSS before the operation).
+wall time, the CPU time (user + sys), the peak RSS and the extra RSS over the weights (peak minus RSS
+before the operation).
 
 Operations (per distinct shape):
 
@@ -23,6 +24,7 @@ Ratios are crucible / baseline from the same run. Usage::
 
     .venv/bin/python scripts/bench_factorization.py            # everything (several minutes on 2 cores)
     .venv/bin/python scripts/bench_factorization.py --skip-embedding
+    .venv/bin/python scripts/bench_factorization.py --threads 1   # steadier when other jobs share the CPUs
 """
 
 from __future__ import annotations
@@ -58,8 +60,18 @@ def _peak_bytes() -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def _child(op: str, shape: tuple[int, int] | None, block_rows: int, cache_dir: str | None) -> dict[str, Any]:
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _child(
+    op: str, shape: tuple[int, int] | None, block_rows: int, cache_dir: str | None, threads: int
+) -> dict[str, Any]:
     import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
 
     from crucible.factor_cache import FactorCache
     from crucible.factorization import compute_factors, svf_reconstruct, svf_scale
@@ -90,6 +102,7 @@ def _child(op: str, shape: tuple[int, int] | None, block_rows: int, cache_dir: s
     if op == "cache-adapt":  # warm the cache outside the timed region
         cache.get_or_compute(matrices)
     rss_before = _rss_bytes()
+    cpu_start = _cpu_seconds()
     start = time.perf_counter()
     if op in ("svd", "all-svd"):
         for _, w in matrices:
@@ -114,8 +127,9 @@ def _child(op: str, shape: tuple[int, int] | None, block_rows: int, cache_dir: s
     else:
         raise SystemExit(f"unknown op {op!r}")
     seconds = time.perf_counter() - start
+    cpu = _cpu_seconds() - cpu_start
     peak = _peak_bytes()
-    return {"seconds": seconds, "peak": peak, "extra": max(0, peak - rss_before), "base": rss_before}
+    return {"seconds": seconds, "cpu": cpu, "peak": peak, "extra": max(0, peak - rss_before), "base": rss_before}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,15 +137,16 @@ def _child(op: str, shape: tuple[int, int] | None, block_rows: int, cache_dir: s
 # --------------------------------------------------------------------------------------------------
 
 
-def _run(op: str, shape: tuple[int, int] | None, block_rows: int, repeat: int = 1) -> dict[str, Any]:
+def _run(op: str, shape: tuple[int, int] | None, block_rows: int, threads: int, repeat: int = 1) -> dict[str, Any]:
     """Run ``op`` in ``repeat`` fresh children; keep the fastest (peak RSS is the same run's)."""
-    runs = [_run_once(op, shape, block_rows) for _ in range(max(1, repeat))]
+    runs = [_run_once(op, shape, block_rows, threads) for _ in range(max(1, repeat))]
     return min(runs, key=lambda r: float(r["seconds"]))
 
 
-def _run_once(op: str, shape: tuple[int, int] | None, block_rows: int) -> dict[str, Any]:
+def _run_once(op: str, shape: tuple[int, int] | None, block_rows: int, threads: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-factors-") as cache_dir:
         args = [sys.executable, __file__, "--child", op, "--block-rows", str(block_rows), "--cache-dir", cache_dir]
+        args += ["--threads", str(threads)]
         if shape is not None:
             args += ["--shape", f"{shape[0]}x{shape[1]}"]
         done = subprocess.run(args, check=True, capture_output=True, text=True)
@@ -146,13 +161,15 @@ def _mib(n: int) -> str:
 def _row(label: str, base: dict[str, Any], ours: dict[str, Any]) -> str:
     return (
         f"{label:<22} {base['seconds']:8.2f} {ours['seconds']:8.2f} {ours['seconds'] / base['seconds']:6.2f}x"
+        f" {base['cpu']:8.2f} {ours['cpu']:8.2f} {ours['cpu'] / max(base['cpu'], 1e-9):6.2f}x"
         f" {_mib(base['peak'])} {_mib(ours['peak'])} {ours['peak'] / base['peak']:6.2f}x"
         f" {_mib(base['extra'])} {_mib(ours['extra'])} {ours['extra'] / max(base['extra'], 1):6.2f}x"
     )
 
 
 HEADER = (
-    f"{'':<22} {'base s':>8} {'ours s':>8} {'ratio':>7} {'base MiB':>8} {'ours MiB':>8} {'ratio':>7}"
+    f"{'':<22} {'base s':>8} {'ours s':>8} {'ratio':>7} {'base cpu':>8} {'ours cpu':>8} {'ratio':>7}"
+    f" {'base MiB':>8} {'ours MiB':>8} {'ratio':>7}"
     f" {'b extra':>8} {'o extra':>8} {'ratio':>7}"
 )
 
@@ -165,23 +182,30 @@ def main() -> None:
     parser.add_argument("--block-rows", type=int, default=16384, help="TSQR / reconstruction block rows")
     parser.add_argument("--skip-embedding", action="store_true", help="leave out the 151936 x 1024 matrices")
     parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads per child (0: torch's default; 1 is steadiest when busy)"
+    )
+    parser.add_argument(
         "--repeat", type=int, default=3, help="children per small-shape measurement (fastest kept; big ones run once)"
     )
     args = parser.parse_args()
     if args.child:
         shape = tuple(int(v) for v in args.shape.split("x")) if args.shape else None
-        print(json.dumps(_child(args.child, shape, args.block_rows, args.cache_dir)))  # type: ignore[arg-type]
+        print(json.dumps(_child(args.child, shape, args.block_rows, args.cache_dir, args.threads)))  # type: ignore[arg-type]
         return
 
     import torch
 
     from crucible.router_vector import TRINITY_SVF_SLOTS
 
+    threads = args.threads or torch.get_num_threads()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
+        f"torch {torch.__version__}, {threads} threads per child, {os.cpu_count()} cpus, "
         f"load average {os.getloadavg()[0]:.2f}, block_rows {args.block_rows}"
     )
-    print("time: wall seconds of the operation; MiB: peak RSS of the child; extra: peak minus RSS before the op")
+    print(
+        "s: wall seconds of the operation; cpu: user+sys seconds of it; MiB: peak RSS of the child; "
+        "extra: peak minus RSS before the op"
+    )
     print("ratio = crucible / torch.linalg.svd baseline, same run\n")
     shapes: list[tuple[int, int]] = []
     for _, shape, _, _ in TRINITY_SVF_SLOTS:
@@ -189,8 +213,8 @@ def main() -> None:
             shapes.append(shape)
     def compare(label: str, base_op: str, our_op: str, shape: tuple[int, int] | None) -> None:
         repeat = args.repeat if shape is not None and shape[0] != EMBED_ROWS else 1
-        base = _run(base_op, shape, args.block_rows, repeat)
-        ours = _run(our_op, shape, args.block_rows, repeat)
+        base = _run(base_op, shape, args.block_rows, args.threads, repeat)
+        ours = _run(our_op, shape, args.block_rows, args.threads, repeat)
         print(_row(label, base, ours), flush=True)
 
     print("per shape: factor (S, V) vs dense SVD")
