@@ -1,4 +1,9 @@
-"""``route_hash``: the decision fingerprint shared with the known Elixir port.
+"""Cross-port fingerprints shared with the known Elixir port, built on Erlang's external term format.
+
+``route_hash`` fingerprints a routing decision; ``transcript_hash`` fingerprints a transcript;
+``sha256_text`` is the content hash used in traces.
+
+``route_hash``:
 
 It is the lowercase hex sha256 of Erlang's ``term_to_binary([agent_id, role_id, logits])`` where
 ``logits`` is the 10 logits (7 agent, then 3 role), each rounded as Elixir's ``Float.round(x, 6)``
@@ -18,9 +23,17 @@ from __future__ import annotations
 import decimal
 import hashlib
 import struct
+import zlib
 from collections.abc import Sequence
 
+from schemas.common import Message
+
 _VERSION = 131
+_COMPRESSED = 80
+_MAP_EXT = 116
+_BINARY_EXT = 109
+_SMALL_ATOM_UTF8_EXT = 119
+_ZLIB_LEVEL = 6
 _SMALL_INTEGER_EXT = 97
 _INTEGER_EXT = 98
 _NEW_FLOAT_EXT = 70
@@ -45,7 +58,23 @@ def _encode_int(value: int) -> bytes:
 
 
 def _encode_list(items: Sequence[bytes]) -> bytes:
+    if not items:
+        return bytes((_NIL_EXT,))  # Erlang's [] is NIL_EXT alone
     return bytes((_LIST_EXT,)) + struct.pack(">I", len(items)) + b"".join(items) + bytes((_NIL_EXT,))
+
+
+def _encode_atom(name: str) -> bytes:
+    raw = name.encode()
+    return bytes((_SMALL_ATOM_UTF8_EXT, len(raw))) + raw
+
+
+def _encode_binary(text: str) -> bytes:
+    raw = text.encode()
+    return bytes((_BINARY_EXT,)) + struct.pack(">I", len(raw)) + raw
+
+
+def _encode_map(pairs: Sequence[tuple[bytes, bytes]]) -> bytes:
+    return bytes((_MAP_EXT,)) + struct.pack(">I", len(pairs)) + b"".join(k + v for k, v in pairs)
 
 
 def route_term_bytes(agent_id: int, role_id: int, logits: Sequence[float]) -> bytes:
@@ -57,3 +86,31 @@ def route_term_bytes(agent_id: int, role_id: int, logits: Sequence[float]) -> by
 def route_hash(agent_id: int, role_id: int, logits: Sequence[float]) -> str:
     """Hex sha256 of the decision term; equal across ports for equal rounded logits and ids."""
     return hashlib.sha256(route_term_bytes(agent_id, role_id, logits)).hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    """Hex sha256 of ``text`` as UTF-8 (lone surrogates passed through): the content hash used in traces,
+    shared by the producers (coordinator) and the trace sink so their hashes of one text agree."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def transcript_term_bytes(messages: Sequence[Message]) -> bytes:
+    """Erlang ``term_to_binary(messages, [:compressed])`` of a transcript.
+
+    ``messages`` is the list of maps ``%{role: role, content: content}``: atom keys, encoded ``role`` first,
+    then ``content``, values as binaries. ``:compressed`` wraps the term in zlib (level 6) when that is
+    smaller by more than the 4-byte size field, as erts does.
+    """
+    term = _encode_list([_encode_map([(_encode_atom("role"), _encode_binary(m.role)),
+                                      (_encode_atom("content"), _encode_binary(m.content))]) for m in messages])
+    packed = zlib.compress(term, _ZLIB_LEVEL)
+    # erts: the compressed form is kept only when 5 + len(zlib) < 1 + len(term) (version byte counted).
+    if len(packed) + 4 < len(term):
+        return bytes((_VERSION, _COMPRESSED)) + struct.pack(">I", len(term)) + packed
+    return bytes((_VERSION,)) + term
+
+
+def transcript_hash(messages: Sequence[Message]) -> str:
+    """Cross-port transcript fingerprint: lowercase hex sha256 of :func:`transcript_term_bytes`
+    (reproduces the ``transcript_hash`` of all 37 anchor cases)."""
+    return hashlib.sha256(transcript_term_bytes(messages)).hexdigest()

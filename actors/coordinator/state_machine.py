@@ -61,6 +61,7 @@ from schemas.coordination import (
     VerifierVerdict,
 )
 from schemas.errors import SchemaError
+from schemas.fingerprint import sha256_text
 from schemas.roles import RoleInjectReply, RoleInjectRequest, TranscriptEntry
 from schemas.routing import RouteDecision, RouteLogits, RouteRequest, decide
 from schemas.sakana import RuntimeProfile
@@ -139,10 +140,6 @@ class Ports:
     wall: Callable[[], float]
     new_id: Callable[[], str] = _uuid
 
-
-def sha256_text(text: str) -> str:
-    """Hex sha256 of UTF-8 text."""
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def resolve_role(

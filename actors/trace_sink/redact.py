@@ -20,13 +20,13 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Any
 
 import msgspec
 
 from config.trace_sink import RedactionSettings
+from schemas.fingerprint import sha256_text
 from schemas.trace import TraceEvent
 
 #: Built-in secret shapes. A named group ``secret`` redacts only that part of the match.
@@ -48,10 +48,6 @@ _CONTENT_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
     "run_finished": (("answer_text",),),
 }
 
-
-def sha256_text(text: str) -> str:
-    """Hex sha256 of ``text`` (UTF-8)."""
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class UnsafeEvent(ValueError):
