@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from bus.errors import NatsServerNotFound, NatsServerStartFailed
 
@@ -48,10 +49,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _port_open(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    """True when a TCP connection to ``host:port`` succeeds within ``timeout`` seconds."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
         return True
     return False
+
+
+def url_reachable(url: str, timeout: float = 0.5) -> bool:
+    """True when the host and port of a ``nats://`` URL accept a TCP connection (default port 4222)."""
+    parsed = urlparse(url)
+    return port_open(parsed.hostname or "127.0.0.1", parsed.port or 4222, timeout)
 
 
 @dataclass
@@ -108,7 +116,7 @@ class NatsServerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise NatsServerStartFailed(f"nats-server exited with {self.proc.returncode}: {self.tail_log()}")
-            if _port_open(self.host, self.port):
+            if port_open(self.host, self.port):
                 return
             time.sleep(0.02)
         self.kill()

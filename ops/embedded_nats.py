@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import msgspec
 
-from bus.embedded import NatsServerProcess
+from bus.embedded import NatsServerProcess, url_reachable
 from config.nats import NatsSettings
 
 log = logging.getLogger(__name__)
-
-
-def _reachable(url: str, timeout: float = 0.5) -> bool:
-    parsed = urlparse(url)
-    try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 4222), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 async def ensure_nats(settings: NatsSettings, store_dir: Path | None = None,
@@ -35,7 +24,7 @@ async def ensure_nats(settings: NatsSettings, store_dir: Path | None = None,
     if settings.embedded == "never":
         return settings, None
     if settings.embedded == "auto":
-        answers = await asyncio.to_thread(lambda: any(_reachable(u) for u in settings.servers))
+        answers = await asyncio.to_thread(lambda: any(url_reachable(u) for u in settings.servers))
         if answers:
             return settings, None
     srv = await asyncio.to_thread(NatsServerProcess.start, binary=settings.nats_server_binary,

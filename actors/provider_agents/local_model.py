@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import importlib.util
 import logging
 import os
@@ -41,6 +40,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from actors.provider_agents.errors import LocalModelError, ProviderTimeout
 from actors.provider_agents.types import ChatRequest, ChatResult
 from config.provider_agents import LocalModelSettings
+from crucible.hashing import file_sha256
 from schemas.common import Message
 from schemas.coordination import Usage
 
@@ -76,15 +76,6 @@ def locate_gguf(settings: LocalModelSettings) -> Path:
         raise LocalModelError(f"local model: GGUF file {path} not found; check local.gguf_file/gguf_path",
                               provider="local")
     return path
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 4 MiB chunks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(4 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def checkpoint_dir(settings: LocalModelSettings, gguf: Path) -> Path:
