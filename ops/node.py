@@ -16,8 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from nats.aio.client import Client
 
@@ -53,7 +52,7 @@ def _trace_sink(nc: Client, s: Settings) -> Actor:
 def _model_runtime(nc: Client, s: Settings) -> Actor:
     from actors.model_runtime.actor import ModelRuntimeActor
 
-    return _DrainAdapter(ModelRuntimeActor(nc, s.model_runtime))
+    return ModelRuntimeActor(nc, s.model_runtime)
 
 
 def _provider_agents(nc: Client, s: Settings) -> Actor:
@@ -77,19 +76,6 @@ def _coordinator(nc: Client, s: Settings) -> Actor:
 
         injector = local_injector(registry_from_settings(s.role_injector))
     return CoordinatorActor(nc, s.coordinator, local_injector=injector)
-
-
-@dataclass
-class _DrainAdapter:
-    """Gives an actor whose ``drain()`` takes no timeout the common signature."""
-
-    inner: Any
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def drain(self, timeout: float = 10.0) -> None:
-        await self.inner.drain()
 
 
 #: Actor name -> factory. Imports are deferred so a node loads only the actors it runs (a coordinator-only

@@ -141,10 +141,10 @@ class ModelRuntimeActor:
             draining=self.service is None and self.engine is not None,
         )
 
-    async def drain(self) -> None:
-        """Stop taking requests, answer the ones in flight, then stop the worker."""
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Stop taking requests, answer the ones in flight (up to ``timeout`` seconds), then stop the worker."""
         if self.service is not None:
-            await self.service.drain()
+            await self.service.drain(timeout=timeout)
             self.service = None
         if self.runtime is not None:
             await self.runtime.close()
