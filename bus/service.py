@@ -143,12 +143,12 @@ class ActorService:
             counters.received += 1
             if self._draining:
                 counters.draining += 1
-                await self._reply_error(req, ErrorReply(code=ErrorCode.DRAINING, retryable=True,
+                await self._reply_error(counters, req, ErrorReply(code=ErrorCode.DRAINING, retryable=True,
                                                         message=f"{self.name} is draining; retry on another replica"))
                 return
             if counters.in_flight >= ep.max_concurrency:
                 counters.overloaded += 1
-                await self._reply_error(req, ErrorReply(
+                await self._reply_error(counters, req, ErrorReply(
                     code=ErrorCode.OVERLOADED, retryable=True,
                     message=f"{self.name}/{ep.name} has {counters.in_flight} requests in flight "
                             f"(limit {ep.max_concurrency}); retry later or add replicas"))
@@ -166,12 +166,12 @@ class ActorService:
                 body = decode(req.data, ep.request_type, max_bytes=ep.max_payload_bytes, subject=req.subject)
             except PayloadTooLarge as e:
                 counters.too_large += 1
-                await self._reply_error(req, ErrorReply(code=ErrorCode.TOO_LARGE, message=str(e),
+                await self._reply_error(counters, req, ErrorReply(code=ErrorCode.TOO_LARGE, message=str(e),
                                                         details={"size": str(e.size), "limit": str(e.limit)}))
                 return
             except MalformedPayload as e:
                 counters.malformed += 1
-                await self._reply_error(req, ErrorReply(code=ErrorCode.MALFORMED, message=str(e)))
+                await self._reply_error(counters, req, ErrorReply(code=ErrorCode.MALFORMED, message=str(e)))
                 return
             headers = dict(req.headers or {})
             ctx = RequestContext(subject=req.subject, headers=headers, provenance=Provenance.from_headers(headers),
@@ -180,17 +180,17 @@ class ActorService:
                 result = await ep.handler(body, ctx)
             except Rejected as e:
                 counters.rejected += 1
-                await self._reply_error(req, e.reply)
+                await self._reply_error(counters, req, e.reply)
                 return
             except asyncio.CancelledError:
                 counters.crashed += 1
-                await self._reply_error(req, ErrorReply(code=ErrorCode.UNAVAILABLE, retryable=True,
+                await self._reply_error(counters, req, ErrorReply(code=ErrorCode.UNAVAILABLE, retryable=True,
                                                         message=f"{self.name} stopped while serving the request"))
                 raise
             except Exception as e:  # a handler bug must not take the endpoint down
                 counters.crashed += 1
                 log.exception("handler %s/%s crashed", self.name, ep.name)
-                await self._reply_error(req, ErrorReply(code=ErrorCode.INTERNAL,
+                await self._reply_error(counters, req, ErrorReply(code=ErrorCode.INTERNAL,
                                                         message=f"{self.name}/{ep.name} failed: {type(e).__name__}"))
                 return
             counters.ok += 1
@@ -199,19 +199,12 @@ class ActorService:
         finally:
             counters.in_flight -= 1
 
-    async def _reply_error(self, req: Request, reply: ErrorReply) -> None:
+    async def _reply_error(self, counters: EndpointCounters, req: Request, reply: ErrorReply) -> None:
         if not req._msg.reply:
-            self.counters_for(req.subject).dropped += 1
+            counters.dropped += 1
             log.warning("dropped message on %s without reply subject: %s", req.subject, reply.message)
             return
         await req.respond(encode(reply), headers=error_headers(reply))
-
-    def counters_for(self, subject: str) -> EndpointCounters:
-        """Counters of the endpoint serving ``subject`` (first match; wildcards honoured)."""
-        for ep in self.endpoints:
-            if _subject_matches(ep.subject, subject):
-                return self.counters[ep.name]
-        return EndpointCounters()
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Stop taking work, let in-flight handlers finish (up to ``timeout``), then stop the service."""
@@ -230,14 +223,3 @@ class ActorService:
     async def stop(self) -> None:
         """Alias of :meth:`drain` with a short timeout."""
         await self.drain(timeout=1.0)
-
-
-def _subject_matches(pattern: str, subject: str) -> bool:
-    p, s = pattern.split("."), subject.split(".")
-    for i, tok in enumerate(p):
-        if tok == ">":
-            return len(s) > i
-        if i >= len(s) or (tok != "*" and tok != s[i]):
-            return False
-    return len(p) == len(s)
-
