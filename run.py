@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--agents", metavar="0,1,..", help="agent mask: only these agent ids may be chosen")
     submit.add_argument("--adapter", default="base", help="adapter token of the routing runtime")
     submit.add_argument("--json", action="store_true", help="print the full result as JSON")
+    submit.add_argument("--via", choices=["jobs", "request"], default="jobs",
+                        help="jobs (default): durable JetStream work queue, one stored result, survives a "
+                        "coordinator/runtime/NATS node dying mid-run; request: plain request/reply")
 
     tail = sub.add_parser("tail", help="follow or replay trace events")
     _common(tail)
@@ -135,7 +138,7 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
 
 async def _cmd_submit(args: argparse.Namespace) -> int:
     from bus.connection import connect
-    from ops.client import build_request, render_result, submit
+    from ops.client import build_request, render_result, submit, submit_job
     from schemas import RunStatus
 
     settings = _settings(args)
@@ -144,7 +147,8 @@ async def _cmd_submit(args: argparse.Namespace) -> int:
                         agent_mask=mask, adapter=args.adapter)
     nc = await connect(settings.nats, name="trinity-submit")
     try:
-        res = await submit(nc, req, timeout=args.deadline + 10.0)
+        send = submit_job if args.via == "jobs" else submit
+        res = await send(nc, req, timeout=args.deadline + 10.0)
     finally:
         await nc.close()
     print(msgspec.json.encode(res).decode() if args.json else render_result(res))

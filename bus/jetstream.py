@@ -56,6 +56,8 @@ class StreamSpec:
     replicas: int = 1
     duplicate_window_s: float = 120.0
     max_msg_size: int = 8 * 1024 * 1024
+    max_msgs_per_subject: int = -1
+    discard_new_per_subject: bool = False
 
     def _duplicate_window(self) -> float:
         # The server refuses a duplicate window longer than the stream's max age.
@@ -74,7 +76,10 @@ class StreamSpec:
             num_replicas=self.replicas,
             duplicate_window=self._duplicate_window(),
             max_msg_size=self.max_msg_size,
-            discard=DiscardPolicy.OLD,
+            max_msgs_per_subject=self.max_msgs_per_subject,
+            # with discard_new_per_subject, a subject at max_msgs_per_subject refuses new messages
+            discard=DiscardPolicy.NEW if self.discard_new_per_subject else DiscardPolicy.OLD,
+            discard_new_per_subject=self.discard_new_per_subject,
         )
 
 
@@ -110,14 +115,34 @@ def trace_stream_spec(replicas: int = 1, max_age_s: float = 7 * 24 * 3600.0) -> 
                       max_age_s=max_age_s)
 
 
-def jobs_stream_spec(replicas: int = 1) -> StreamSpec:
-    """The durable coordination work queue (each job delivered to one coordinator)."""
+def jobs_stream_spec(replicas: int = 1, duplicate_window_s: float = 600.0) -> StreamSpec:
+    """The durable coordination work queue (each job delivered to one coordinator).
+
+    Clients publish with ``Nats-Msg-Id`` = request id, so a resubmission within ``duplicate_window_s`` is
+    stored once."""
     return StreamSpec(name=subjects.JOBS_STREAM, subjects=[subjects.COORD_JOBS], retention="workqueue",
-                      replicas=replicas, max_age_s=24 * 3600.0)
+                      replicas=replicas, max_age_s=24 * 3600.0, duplicate_window_s=duplicate_window_s)
+
+
+def results_stream_spec(replicas: int = 1, max_age_s: float = 24 * 3600.0) -> StreamSpec:
+    """Results of queued jobs, one subject per request id (``trinity.coord.result.<rid>``).
+
+    At most one message per subject, and a second one is refused (discard new per subject): a job that is
+    redelivered after its result was stored cannot produce a second result. A client that connects late
+    reads the stored result (kept ``max_age_s``)."""
+    return StreamSpec(name=subjects.RESULTS_STREAM, subjects=[subjects.COORD_RESULT_ALL], replicas=replicas,
+                      max_age_s=max_age_s, duplicate_window_s=600.0, max_msgs_per_subject=1,
+                      discard_new_per_subject=True)
+
+
+def jobs_consumer_spec(ack_wait_s: float = 30.0, max_deliver: int = 3, max_ack_pending: int = 1000) -> ConsumerSpec:
+    """The coordinators' shared durable pull consumer on the work queue."""
+    return ConsumerSpec(durable=subjects.JOBS_CONSUMER, filter_subject=subjects.COORD_JOBS, ack_wait_s=ack_wait_s,
+                        max_deliver=max_deliver, max_ack_pending=max_ack_pending)
 
 
 _COMPARED = ("subjects", "retention", "storage", "max_age", "max_bytes", "max_msgs", "num_replicas",
-             "duplicate_window", "max_msg_size")
+             "duplicate_window", "max_msg_size", "max_msgs_per_subject", "discard", "discard_new_per_subject")
 
 
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> bool:

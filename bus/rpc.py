@@ -34,11 +34,16 @@ def error_headers(reply: ErrorReply) -> dict[str, str]:
 
 def error_from_msg(msg: Msg) -> ErrorReply | None:
     """The typed error a reply carries, or ``None`` when it is a normal reply."""
-    headers = msg.headers or {}
+    return error_from_headers(msg.data, msg.headers)
+
+
+def error_from_headers(data: bytes, headers: dict[str, str] | None) -> ErrorReply | None:
+    """The typed error a message (a reply, or a stored job result) carries, or ``None`` when it is none."""
+    headers = headers or {}
     if ERROR_CODE_HEADER not in headers and ERROR_KIND_HEADER not in headers:
         return None
     try:
-        return decode(msg.data, ErrorReply, max_bytes=DEFAULT_MAX_BYTES)
+        return decode(data, ErrorReply, max_bytes=DEFAULT_MAX_BYTES)
     except MalformedPayload:
         kind = headers.get(ERROR_KIND_HEADER, "")
         code = ErrorCode(kind) if kind in ErrorCode._value2member_map_ else ErrorCode.INTERNAL

@@ -2,7 +2,8 @@
 
 =================================  ======================================================
 ``trinity.coord.request``          coordination requests (queue group of coordinators)
-``trinity.coord.jobs``             durable coordination work queue (JetStream)
+``trinity.coord.jobs``             durable coordination work queue (JetStream ``TRINITY_JOBS``)
+``trinity.coord.result.<rid>``     the one result of a queued job (JetStream ``TRINITY_RESULTS``)
 ``trinity.route.<backend>.<ad>``   routing on a runtime holding adapter ``<ad>`` warm
 ``trinity.role.inject``            role injector (build an agent's messages for a role)
 ``trinity.agent.<id>.call``        provider agent ``<id>``
@@ -19,12 +20,15 @@ import re
 PREFIX = "trinity"
 COORD_REQUEST = f"{PREFIX}.coord.request"
 COORD_JOBS = f"{PREFIX}.coord.jobs"
+COORD_RESULT_ALL = f"{PREFIX}.coord.result.>"
 ROLE_INJECT = f"{PREFIX}.role.inject"
 TRACE_ALL = f"{PREFIX}.trace.>"
 HEARTBEAT_ALL = f"{PREFIX}.runtime.heartbeat.*"
 
 TRACE_STREAM = "TRINITY_TRACE"
 JOBS_STREAM = "TRINITY_JOBS"
+RESULTS_STREAM = "TRINITY_RESULTS"
+JOBS_CONSUMER = "coordinators"
 
 QUEUE_COORDINATORS = "coordinators"
 QUEUE_RUNTIMES = "runtimes"
@@ -53,6 +57,21 @@ def token(what: str, value: str | int) -> str:
 def coord_request() -> str:
     """Subject of coordination requests."""
     return COORD_REQUEST
+
+
+def coord_jobs() -> str:
+    """Subject of the durable coordination work queue."""
+    return COORD_JOBS
+
+
+def coord_result(request_id: str) -> str:
+    """Subject holding the result of queued job ``request_id``."""
+    return f"{PREFIX}.coord.result.{token('request_id', request_id)}"
+
+
+def max_deliveries_advisory(stream: str = JOBS_STREAM, consumer: str = JOBS_CONSUMER) -> str:
+    """JetStream's advisory published when a message of ``stream`` ran out of deliveries on ``consumer``."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
 
 
 def role_inject() -> str:

@@ -33,6 +33,14 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
       ``role_pack``: the pack asked for (``None``: the injector's default).
       ``max_concurrency``: coordinations one node runs at once (over it: typed ``overloaded`` replies).
       ``max_request_bytes``: largest accepted CoordinationRequest.
+    Work queue (durability): ``jobs_enabled`` also consumes queued jobs from JetStream (``trinity.coord.jobs``,
+      stream ``TRINITY_JOBS``) with the shared durable pull consumer ``coordinators`` and stores each result
+      once on ``trinity.coord.result.<request_id>`` (stream ``TRINITY_RESULTS``); ``jobs_ack_wait_s``: how
+      long a job may go without an acknowledgement (a running job sends in-progress acks every third of it)
+      before JetStream hands it to another coordinator; ``jobs_max_deliver``: deliveries per job before it
+      fails explicitly; ``jobs_concurrency``: jobs one node runs at once; ``stream_replicas``: replicas of
+      the jobs, results and trace streams this node creates (3 on a 3-node cluster);
+      ``results_max_age_s``: how long results are kept for late clients.
     Idempotency: ``dedupe_capacity`` finished results kept for ``dedupe_ttl_s`` seconds (0 disables caching).
     Tracing: ``trace_enabled`` publishes trace events (turn it off only to measure or where no trace stream
       exists; results still carry every TurnRecord); ``trace_buffer`` events queued for JetStream before
@@ -64,6 +72,12 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     trace_content: bool = False
     trace_publish_timeout_s: float = 5.0
     ensure_trace_stream: bool = True
+    jobs_enabled: bool = True
+    jobs_ack_wait_s: float = 30.0
+    jobs_max_deliver: int = 3
+    jobs_concurrency: int = 256
+    stream_replicas: int = 1
+    results_max_age_s: float = 24 * 3600.0
 
     def __post_init__(self) -> None:
         if self.verifier_before_worker not in ("worker", "allow"):
@@ -86,6 +100,12 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
             raise ValueError(f"agent_temperature: must be in 0..2, got {self.agent_temperature}")
         if self.max_concurrency < 1 or self.trace_buffer < 1:
             raise ValueError("max_concurrency and trace_buffer: must be >= 1")
+        if self.jobs_ack_wait_s <= 0 or self.results_max_age_s <= 0:
+            raise ValueError("jobs_ack_wait_s and results_max_age_s: must be > 0 seconds")
+        if self.jobs_max_deliver < 1 or self.jobs_concurrency < 1:
+            raise ValueError("jobs_max_deliver and jobs_concurrency: must be >= 1")
+        if self.stream_replicas not in (1, 3, 5):
+            raise ValueError(f"stream_replicas: must be 1, 3 or 5, got {self.stream_replicas}")
         if self.dedupe_capacity < 0 or self.dedupe_ttl_s < 0:
             raise ValueError("dedupe_capacity and dedupe_ttl_s: must be >= 0")
 

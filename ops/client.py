@@ -1,21 +1,45 @@
-"""Client commands against any running deployment: submit a coordination request, tail the traces."""
+"""Client commands against any running deployment: submit a coordination request, tail the traces.
+
+Two ways to submit: :func:`submit_job` (the default of ``run.py submit``) queues the request durably on the
+JetStream work queue and waits for its one stored result, so it survives a coordinator, runtime or NATS
+node dying mid-run and can be resubmitted or picked up by a client that connects later;
+:func:`submit` is plain request/reply on ``trinity.coord.request`` (lowest latency, nothing stored).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import uuid
 from collections.abc import Callable
 from typing import TextIO
 
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from actors.trace_sink.render import TraceFilter, format_event
 from bus import rpc, subjects
-from bus.codec import decode
-from bus.errors import MalformedPayload
+from bus.codec import decode, encode
+from bus.errors import BusError, MalformedPayload, RemoteError, RequestTimeout
+from bus.jetstream import MSG_ID_HEADER
+from bus.provenance import Provenance
 from schemas import Budget, CoordinationRequest, CoordinationResult, Role, TraceEvent
+
+
+class JobQueueMissing(BusError):
+    """The work-queue streams do not exist: no coordinator with ``jobs_enabled`` has started yet."""
+
+    def __init__(self) -> None:
+        super().__init__(f"no coordinator has set up the job queue (stream {subjects.JOBS_STREAM} or "
+                         f"{subjects.RESULTS_STREAM} not found); start one (`python run.py node`), or submit with "
+                         "--via request")
+
+
+_STREAM_NOT_FOUND = 10059
 
 
 def new_request_id() -> str:
@@ -35,6 +59,85 @@ def build_request(query: str, *, request_id: str | None = None, max_turns: int =
 async def submit(nc: Client, req: CoordinationRequest, *, timeout: float) -> CoordinationResult:
     """Publish a coordination request and wait for its result (typed bus errors propagate)."""
     return await rpc.request(nc, subjects.coord_request(), req, CoordinationResult, timeout=timeout)
+
+
+def decode_result(msg_data: bytes, headers: dict[str, str] | None, request_id: str) -> CoordinationResult:
+    """A stored job result: the :class:`CoordinationResult`, or :class:`RemoteError` for an error result."""
+    err = rpc.error_from_headers(msg_data, headers)
+    if err is not None:
+        raise RemoteError(err, subjects.coord_result(request_id))
+    return decode(msg_data, CoordinationResult, max_bytes=16 * 1_048_576, subject=subjects.coord_result(request_id))
+
+
+async def stored_result(nc: Client, request_id: str) -> CoordinationResult | None:
+    """The stored result of job ``request_id`` (``None`` while there is none; :class:`RemoteError` for an
+    error result)."""
+    try:
+        raw = await nc.jetstream().get_last_msg(subjects.RESULTS_STREAM, subjects.coord_result(request_id))
+    except nats.js.errors.NotFoundError as e:
+        if e.err_code == _STREAM_NOT_FOUND:
+            raise JobQueueMissing() from None
+        return None
+    return decode_result(raw.data or b"", raw.headers, request_id)
+
+
+async def submit_job(nc: Client, req: CoordinationRequest, *, timeout: float, poll_s: float = 2.0,
+                     publish_timeout: float = 5.0) -> CoordinationResult:
+    """Queue ``req`` durably on the work queue and wait for its one stored result.
+
+    The request id is the ``Nats-Msg-Id``, so publishing again (after a timeout or a reconnect, or a second
+    ``submit`` with the same id) stores the job once; a job that already finished returns its stored result
+    at once. The result is awaited on a subscription, with a look at the results stream every ``poll_s``
+    seconds as a backstop (a result published while this client was reconnecting is not missed).
+    Raises :class:`RemoteError` for an error result, :class:`RequestTimeout` past ``timeout`` (the job
+    stays queued: submit the same id again to keep waiting), :class:`JobQueueMissing` when no coordinator
+    has created the queue.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    rid = req.request_id
+    arrived: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def on_result(msg: Msg) -> None:
+        await arrived.put(msg)
+
+    sub = await nc.subscribe(subjects.coord_result(rid), cb=on_result)
+    try:
+        try:
+            done = await stored_result(nc, rid)
+        except nats.js.errors.ServiceUnavailableError:
+            raise JobQueueMissing() from None
+        if done is not None:
+            return done
+        headers = Provenance(request_id=rid, causation_id=rid).to_headers()
+        headers[MSG_ID_HEADER] = rid
+        js = nc.jetstream()
+        while True:
+            try:
+                await js.publish(subjects.coord_jobs(), encode(req), stream=subjects.JOBS_STREAM, headers=headers,
+                                 timeout=min(publish_timeout, max(0.1, deadline - loop.time())))
+                break
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.APIError,
+                    nats.errors.ConnectionReconnectingError):
+                # a cluster electing a leader or a reconnect in progress: retry until the deadline
+                if loop.time() >= deadline:
+                    raise RequestTimeout(subjects.coord_jobs(), timeout) from None
+                await asyncio.sleep(0.25)  # same Nats-Msg-Id: a retry cannot queue the job twice
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise RequestTimeout(subjects.coord_result(rid), timeout)
+            try:
+                msg = await asyncio.wait_for(arrived.get(), min(poll_s, left))
+                return decode_result(msg.data, msg.headers, rid)
+            except TimeoutError:
+                with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                    done = await stored_result(nc, rid)
+                    if done is not None:
+                        return done
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
 
 
 def _excerpt(text: str | None, n: int = 100) -> str:
@@ -68,7 +171,7 @@ def render_result(res: CoordinationResult, agent_names: Callable[[int], str] | N
     return "\n".join(lines)
 
 
-async def tail(nc: Client, flt: TraceFilter, *, replay: bool, follow: bool, out: TextIO = sys.stdout,
+async def tail(nc: Client, flt: TraceFilter, *, replay: bool, follow: bool, out: TextIO | None = None,
                color: bool = False, idle_timeout: float = 2.0, stop_on_finish: bool = False) -> int:
     """Print trace events matching ``flt`` from the trace stream. Returns how many were printed.
 
@@ -76,6 +179,7 @@ async def tail(nc: Client, flt: TraceFilter, *, replay: bool, follow: bool, out:
     are shown. Without ``follow`` it returns once no event arrived for ``idle_timeout`` seconds. With
     ``stop_on_finish`` (and a request id) it returns after that run's ``run_finished``/``run_failed``.
     """
+    out = out or sys.stdout  # looked up per call (pytest's capsys and redirections replace sys.stdout)
     js = nc.jetstream()
     queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=10_000)
 

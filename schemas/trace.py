@@ -120,6 +120,15 @@ class RunFailed(TraceBase, tag="run_failed", frozen=True):
     stop_reason: StopReason | None = None
 
 
+class RunRedelivered(TraceBase, tag="run_redelivered", frozen=True):
+    """A queued job came back from the work queue (its previous coordinator stopped acknowledging it, e.g.
+    killed mid-run) and runs again from the start: delivery ``delivery`` of at most ``max_deliver``."""
+
+    delivery: int
+    max_deliver: int
+    stream_seq: int = 0
+
+
 TraceEvent = Union[  # noqa: UP007 - msgspec needs a runtime Union object for decoding
     RunStarted,
     RouteDecided,
@@ -131,10 +140,11 @@ TraceEvent = Union[  # noqa: UP007 - msgspec needs a runtime Union object for de
     BudgetRecorded,
     RunFinished,
     RunFailed,
+    RunRedelivered,
 ]
 
 TRACE_KINDS: tuple[str, ...] = tuple(
     str(t.__struct_config__.tag)
     for t in (RunStarted, RouteDecided, RoleAssigned, AgentCallStarted, AgentCallFinished, AgentCallFailed,
-              VerdictRecorded, BudgetRecorded, RunFinished, RunFailed)
+              VerdictRecorded, BudgetRecorded, RunFinished, RunFailed, RunRedelivered)
 )

@@ -14,10 +14,14 @@
 - Idempotency (:mod:`.dedupe`): a duplicate request id joins the running run or gets the cached result;
   the same id with a different payload gets an ``invalid`` error reply.
 - Traces go through :class:`~.tracing.TracePublisher` (bounded buffer, never blocks coordination).
+- Durable intake (:mod:`.jobs`, ``jobs_enabled``): jobs from the JetStream work queue ``trinity.coord.jobs``
+  run through the same dedupe and state machine; each stores exactly one result on
+  ``trinity.coord.result.<request_id>`` and survives the coordinator being killed mid-run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -36,6 +40,7 @@ from actors.coordinator.errors import (
     RoleInjectFailed,
     RouteFailed,
 )
+from actors.coordinator.jobs import JobIntake
 from actors.coordinator.state_machine import CallContext, Policy, Ports, VerifierBeforeWorker, coordinate
 from actors.coordinator.tracing import TracePublisher
 from bus import rpc, subjects
@@ -129,29 +134,41 @@ class CoordinatorActor:
                                 handler=self.handle, queue_group=subjects.QUEUE_COORDINATORS,
                                 max_payload_bytes=self.settings.max_request_bytes,
                                 max_concurrency=self.settings.max_concurrency)])
+        self.jobs = JobIntake(nc, self.settings, run=self.run_once, emit=self.traces.emit, wall=wall)
 
     async def start(self) -> None:
         """Ensure the trace stream (if configured), start tracing, then start serving."""
         if self.settings.trace_enabled and self.settings.ensure_trace_stream:
-            await ensure_stream(self.nc.jetstream(), trace_stream_spec())
+            await ensure_stream(self.nc.jetstream(), trace_stream_spec(replicas=self.settings.stream_replicas))
         await self.traces.start()
         await self.service.start()
+        if self.settings.jobs_enabled:
+            await self.jobs.start()
         await self.nc.flush()  # the server has our subscriptions before start() returns
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Stop taking requests, finish running ones (up to ``timeout``), flush traces."""
-        await self.service.drain(timeout=timeout)
+        if self.settings.jobs_enabled:
+            await asyncio.gather(self.service.drain(timeout=timeout), self.jobs.drain(timeout=timeout))
+        else:
+            await self.service.drain(timeout=timeout)
         await self.traces.close(timeout=timeout)
 
     def stats(self) -> dict[str, Any]:
         """Service, trace and dedupe counters."""
         return {"service": self.service.stats(), "trace": self.traces.counters.as_dict(),
-                "dedupe": dict(self.dedupe.stats.__dict__), "cached_results": len(self.dedupe)}
+                "dedupe": dict(self.dedupe.stats.__dict__), "cached_results": len(self.dedupe),
+                "jobs": self.jobs.counters.as_dict()}
 
     async def handle(self, req: CoordinationRequest, ctx: RequestContext) -> CoordinationResult:
         """Endpoint handler: one coordination run per request id."""
+        return await self.run_once(req, ctx.provenance)
+
+    async def run_once(self, req: CoordinationRequest, base: Provenance) -> CoordinationResult:
+        """One coordination run per request id (joined or cached for duplicates); a reused id with another
+        payload is rejected ``invalid``. Shared by the request/reply endpoint and the work queue."""
         try:
-            return await self.dedupe.run(req.request_id, fingerprint(req), lambda: self.run(req, ctx.provenance))
+            return await self.dedupe.run(req.request_id, fingerprint(req), lambda: self.run(req, base))
         except DuplicateRequestConflict as e:
             raise Rejected(ErrorCode.INVALID, str(e)) from None
 

@@ -99,9 +99,12 @@ async def test_submit_and_tail_against_a_running_node(fresh_nats_server: NatsSer
 
 async def test_submit_without_coordinator_fails_with_a_clear_message(
         nats_server: NatsServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = await asyncio.to_thread(run.main, ["submit", "hi", "--nats", nats_server.url])
+    rc = await asyncio.to_thread(run.main, ["submit", "hi", "--nats", nats_server.url, "--via", "request"])
     err = capsys.readouterr().err
     assert rc == 1 and "no actor is serving trinity.coord.request" in err
+    rc = await asyncio.to_thread(run.main, ["submit", "hi", "--nats", nats_server.url])
+    err = capsys.readouterr().err
+    assert rc == 1 and "no coordinator has set up the job queue" in err
 
 
 def test_bad_flags_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

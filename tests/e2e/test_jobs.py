@@ -1,0 +1,139 @@
+"""The durable work queue in one process over a real nats-server: one stored result per job, resubmission,
+late clients, and the explicit failure of a job that ran out of deliveries."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client
+
+from actors.coordinator.actor import CoordinatorActor
+from bus import subjects
+from bus.codec import decode, encode
+from bus.embedded import NatsServerProcess
+from bus.errors import RemoteError
+from bus.jetstream import MSG_ID_HEADER, ensure_consumer, ensure_stream, jobs_consumer_spec, jobs_stream_spec
+from config.coordinator import CoordinatorSettings
+from ops.client import JobQueueMissing, build_request, stored_result, submit, submit_job
+from schemas import ErrorCode, Role, RunStatus, StopReason
+from schemas.trace import TraceEvent
+from tests.coordinator.fakes import BusFakes, FakeWorld, plan_of, reply_by_role
+
+FAST = CoordinatorSettings(route_timeout_s=2.0, agent_timeout_s=2.0, role_inject_mode="bus")
+
+
+async def _trace(nc: Client, request_id: str) -> list[TraceEvent]:
+    js = nc.jetstream()
+    sub = await js.subscribe(subjects.trace_filter(request_id), ordered_consumer=True, stream=subjects.TRACE_STREAM)
+    events: list[TraceEvent] = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except nats.errors.TimeoutError:
+                return events
+            events.append(decode(msg.data, TraceEvent))  # type: ignore[arg-type]
+    finally:
+        await sub.unsubscribe()
+
+
+async def _count_results(nc: Client, request_id: str) -> int:
+    info = await nc.jetstream().stream_info(subjects.RESULTS_STREAM, subjects_filter=subjects.coord_result(request_id))
+    return sum((info.state.subjects or {}).values())
+
+
+async def test_job_runs_once_and_its_result_is_stored_for_late_clients(fresh_nats_server: NatsServerProcess) -> None:
+    from actors.role_injector.actor import RoleInjectorActor
+
+    nc = await nats.connect(fresh_nats_server.url)
+    client = await nats.connect(fresh_nats_server.url)
+    with pytest.raises(JobQueueMissing):  # no coordinator has created the queue yet
+        await submit_job(client, build_request("early?"), timeout=2.0)
+    world = FakeWorld(route_plan=plan_of([(1, Role.WORKER), (2, Role.VERIFIER)]),
+                      reply_plan=reply_by_role(worker="42", verifier="ACCEPT"))
+    fakes = BusFakes(nc, world)
+    injector = RoleInjectorActor(nc)
+    coordinator = CoordinatorActor(nc, FAST)
+    for actor in (fakes, injector, coordinator):
+        await actor.start()
+    try:
+        req = build_request("What is 17 + 25?", request_id=f"j-{uuid.uuid4().hex[:8]}")
+        res = await submit_job(client, req, timeout=10.0)
+        assert (res.status, res.answer, res.stop_reason, len(res.turns)) == (RunStatus.OK, "42", StopReason.ACCEPTED, 2)
+        assert await _count_results(client, req.request_id) == 1
+
+        # the same id again (a retry, or another client): the stored result, no second run
+        again = await submit_job(client, req, timeout=10.0)
+        assert msgspec.json.encode(again) == msgspec.json.encode(res)
+        late = await nats.connect(fresh_nats_server.url)
+        assert msgspec.json.encode(await stored_result(late, req.request_id)) == msgspec.json.encode(res)
+        await late.close()
+        assert coordinator.dedupe.stats.started == 1 and len(world.calls) == 2
+
+        # a job stored twice on the queue (published past the client's dedupe) still gives one result
+        dup = build_request("twice", request_id=f"j-{uuid.uuid4().hex[:8]}")
+        js = client.jetstream()
+        await js.publish(subjects.COORD_JOBS, encode(dup), headers={MSG_ID_HEADER: dup.request_id + "-a"})
+        await js.publish(subjects.COORD_JOBS, encode(dup), headers={MSG_ID_HEADER: dup.request_id + "-b"})
+        for _ in range(100):
+            if coordinator.jobs.counters.received >= 3 and coordinator.jobs.running == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await _count_results(client, dup.request_id) == 1
+        assert (await stored_result(client, dup.request_id)).status == RunStatus.OK  # type: ignore[union-attr]
+        assert coordinator.jobs.counters.already_done >= 1
+        assert (await js.stream_info(subjects.JOBS_STREAM)).state.messages == 0  # every job acknowledged
+
+        assert coordinator.stats()["jobs"]["results"] == 2  # one stored result per request id
+
+        # the request/reply path still works beside the queue (nothing stored for it)
+        rr = await submit(client, build_request("direct", request_id="rr-1"), timeout=10.0)
+        assert rr.answer == "42" and await stored_result(client, "rr-1") is None
+    finally:
+        await coordinator.drain(timeout=2.0)
+        await injector.drain(timeout=1.0)
+        await fakes.drain()
+        await nc.close()
+        await client.close()
+
+
+async def test_a_job_that_runs_out_of_deliveries_fails_explicitly(fresh_nats_server: NatsServerProcess) -> None:
+    settings = msgspec.structs.replace(FAST, jobs_ack_wait_s=1.0, jobs_max_deliver=2, role_inject_mode="bus")
+    client = await nats.connect(fresh_nats_server.url)
+    js = client.jetstream()
+    await ensure_stream(js, jobs_stream_spec())
+    await ensure_consumer(js, subjects.JOBS_STREAM, jobs_consumer_spec(ack_wait_s=1.0, max_deliver=2))
+    req = build_request("never finishes", request_id=f"x-{uuid.uuid4().hex[:8]}")
+    await js.publish(subjects.COORD_JOBS, encode(req), headers={MSG_ID_HEADER: req.request_id})
+    # two coordinators take the job and die without acknowledging it (a raw consumer that never acks)
+    crashed = await js.pull_subscribe_bind(durable=subjects.JOBS_CONSUMER, stream=subjects.JOBS_STREAM)
+    seen = []
+    for _ in range(2):
+        msgs = await crashed.fetch(1, timeout=5.0)
+        seen.append(msgs[0].metadata.num_delivered)
+    await crashed.unsubscribe()
+    assert seen == [1, 2]
+    nc = await nats.connect(fresh_nats_server.url)
+    coordinator = CoordinatorActor(nc, settings)
+    await coordinator.start()
+    try:
+        with pytest.raises(RemoteError) as ei:
+            await submit_job(client, req, timeout=10.0)
+        assert ei.value.code == ErrorCode.UNAVAILABLE and "delivered 2 times" in ei.value.message
+        assert coordinator.jobs.counters.exhausted == 1
+        for _ in range(100):  # removed from the queue right after its failure is stored
+            if (await js.stream_info(subjects.JOBS_STREAM)).state.messages == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert (await js.stream_info(subjects.JOBS_STREAM)).state.messages == 0
+        await coordinator.traces.flush(5.0)
+        kinds = [(e.kind, getattr(e, "error_code", "")) for e in await _trace(client, req.request_id)]
+        assert kinds == [("run_failed", "deliveries_exhausted")]
+    finally:
+        await coordinator.drain(timeout=2.0)
+        await nc.close()
+        await client.close()
