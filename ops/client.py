@@ -127,14 +127,14 @@ async def submit_job(nc: Client, req: CoordinationRequest, *, timeout: float, po
             left = deadline - loop.time()
             if left <= 0:
                 raise RequestTimeout(subjects.coord_result(rid), timeout)
-            try:
-                msg = await asyncio.wait_for(arrived.get(), min(poll_s, left))
-                return decode_result(msg.data, msg.headers, rid)
-            except TimeoutError:
-                with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
-                    done = await stored_result(nc, rid)
-                    if done is not None:
-                        return done
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.get(), min(poll_s, left))
+            # what counts is the stored result: a result seen in flight whose store failed (its publisher
+            # died, the stream leader changed) is not the answer until JetStream has it
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                done = await stored_result(nc, rid)
+                if done is not None:
+                    return done
     finally:
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()

@@ -1,0 +1,86 @@
+"""Fast fake runtime and agents in a process of their own, for the kill tests (``python -m tests.e2e.fake_services``).
+
+Scripted like :mod:`tests.coordinator.fakes`: turn 0 routes to agent 1 as Worker (answers ``42``), turn 1 to
+agent 2 as Verifier (answers ``ACCEPT``), so every run ends accepted after two turns. ``--route-delay`` and
+``--agent-delay`` keep runs alive long enough to kill something mid-run. Prints ``ready`` once it serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import msgspec
+
+from actors.coordinator.errors import AgentCallFailed
+from bus import subjects
+from bus.connection import connect
+from bus.errors import Rejected
+from bus.service import ActorService, Endpoint, RequestContext
+from config.nats import NatsSettings
+from schemas import AgentCallIntent, AgentCallReceipt, ErrorCode, Role, RouteLogits, RouteRequest
+from tests.coordinator.fakes import FakeWorld, make_logits, plan_of, reply_by_role
+
+
+def world() -> FakeWorld:
+    """The scripted routing and replies every fake process shares."""
+    return FakeWorld(route_plan=plan_of([(1, Role.WORKER), (2, Role.VERIFIER)]),
+                     reply_plan=reply_by_role(worker="42", verifier="ACCEPT"))
+
+
+async def serve(urls: list[str], serve_what: set[str], route_delay: float, agent_delay: float, name: str,
+                user: str | None = None, password: str | None = None) -> None:
+    w = world()
+    nc = await connect(NatsSettings(servers=urls, reconnect_wait_s=0.2, user=user, password=password), name=name)
+
+    async def route(req: RouteRequest, ctx: RequestContext) -> RouteLogits:
+        await asyncio.sleep(route_delay)
+        agent, role = w.route_plan(req.turn)
+        return msgspec.structs.replace(make_logits(req.request_id, req.turn, agent, role), runtime_id=name)
+
+    async def call(intent: AgentCallIntent, ctx: RequestContext) -> AgentCallReceipt:
+        await asyncio.sleep(agent_delay)
+        try:
+            return w.receipt(intent)
+        except AgentCallFailed as e:
+            raise Rejected(ErrorCode.UPSTREAM, e.message, retryable=True) from None
+
+    services = []
+    if "runtime" in serve_what:
+        services.append(ActorService(nc, name="fake-runtime", endpoints=[
+            Endpoint("route", subjects.route("torch", "base"), RouteRequest, route,
+                     queue_group=subjects.QUEUE_RUNTIMES)]))
+    if "agents" in serve_what:
+        services.append(ActorService(nc, name="fake-agents", endpoints=[
+            Endpoint(f"agent{i}", subjects.agent_call(i), AgentCallIntent, call, queue_group=subjects.QUEUE_AGENTS)
+            for i in range(7)]))
+    for s in services:
+        await s.start()
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for s in services:
+        await s.drain(timeout=2.0)
+    await nc.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--nats", required=True, help="comma-separated server URLs")
+    p.add_argument("--serve", default="runtime,agents", help="runtime, agents or both")
+    p.add_argument("--route-delay", type=float, default=0.0)
+    p.add_argument("--agent-delay", type=float, default=0.0)
+    p.add_argument("--name", default="fake-services")
+    p.add_argument("--user")
+    p.add_argument("--password")
+    a = p.parse_args()
+    asyncio.run(serve(a.nats.split(","), set(a.serve.split(",")), a.route_delay, a.agent_delay, a.name,
+                      a.user, a.password))
+
+
+if __name__ == "__main__":
+    main()
