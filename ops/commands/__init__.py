@@ -21,6 +21,7 @@ MODULES: list[str] = [
     "ops.commands.gate",
     "ops.commands.bench",
     "ops.commands.env_check",
+    "ops.commands.nats_auth",
 ]
 
 
