@@ -158,6 +158,27 @@ async def test_runtime_killed_mid_run_the_other_runtime_serves_the_retry(
                 p.stop()
 
 
+async def test_the_only_runtime_killed_mid_run_ends_each_run_with_an_explicit_failure(
+        cluster: NatsCluster, client: Client, tmp_path: Path) -> None:
+    agents = procs.fakes("agents", cluster.urls, tmp_path, serve="agents")
+    runtime = procs.fakes("runtime", cluster.urls, tmp_path, serve="runtime", route_delay=1.0)
+    coordinator = procs.node("coord", cluster.urls, "coordinator", tmp_path, *COORDINATOR)
+    try:
+        rids, tasks = await submit_all(client, 3, "rx")
+        await wait_started(client, rids)
+        runtime.kill()  # no other runtime: routing cannot succeed
+        results = await asyncio.gather(*tasks)
+        for rid, res in zip(rids, results, strict=True):
+            assert (res.status, res.stop_reason, res.answer) == (RunStatus.FAILED, StopReason.ROUTE_FAILED, None)
+            assert res.error and "routing turn 0 failed" in res.error, res.error
+            assert await results_stored(client, rid) == 1
+            kinds = [e.kind for e in await trace_of(client, rid)]
+            assert kinds[0] == "run_started" and kinds[-1] == "run_failed" and kinds.count("run_failed") == 1, kinds
+    finally:
+        coordinator.stop()
+        agents.stop()
+
+
 @pytest.mark.slow
 async def test_nats_server_killed_mid_run_clients_reconnect_and_no_request_is_lost(
         cluster: NatsCluster, client: Client, tmp_path: Path) -> None:
