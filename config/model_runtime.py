@@ -38,7 +38,13 @@ class ModelRuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
         dtype: backbone dtype (``float32`` default; the head always runs in float32).
         num_threads: torch intra-op threads (``None``: torch's default).
         backend: backend label, the ``<backend>`` token of ``trinity.route.<backend>.<adapter>``.
-        adapter: adapter token served (``"base"``: unadapted weights).
+        adapter: the default adapter served (``"base"``: the checkpoint's own weights and the configured head;
+            otherwise the token of a vector in ``adapter_vectors``).
+        adapter_vectors: router vectors (``.npy`` / ``.safetensors``) loaded as cheap SVF adapters at start;
+            requests pick one per request by its token, next to ``"base"``.
+        factor_cache_dir: where the base weights' SVF factors are cached (computed once per base model).
+        adapter_memory_budget_mb: most memory all loaded adapters together may hold (their own tensors;
+            the factors shared by all adapters of the base model are not counted).
         profile: runtime profile label reported in every ``RouteLogits``.
         runtime_id: instance id reported in replies and heartbeats (``""``: derived at start).
         batch_window_ms: how long the batcher waits for more requests after the first one arrives.
@@ -63,6 +69,9 @@ class ModelRuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     num_threads: int | None = None
     backend: str = "torch"
     adapter: str = "base"
+    adapter_vectors: list[str] = msgspec.field(default_factory=list)
+    factor_cache_dir: str = "~/.cache/trinity-nats/svf-factors"
+    adapter_memory_budget_mb: float = 256.0
     profile: str = "cpu-f32"
     runtime_id: str = ""
     batch_window_ms: float = 2.0
@@ -90,6 +99,8 @@ class ModelRuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
                              f"got {self.max_context_tokens}")
         if self.cache_max_tokens < 0 or self.cache_max_bytes < 0:
             raise ValueError("cache_max_tokens / cache_max_bytes: must be >= 0 (0 disables the prefix cache)")
+        if self.adapter_memory_budget_mb < 0:
+            raise ValueError(f"adapter_memory_budget_mb: must be >= 0, got {self.adapter_memory_budget_mb}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads: must be >= 1, got {self.num_threads}")
 
@@ -105,4 +116,6 @@ class ModelRuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
             checkpoint_cache_dir=os.path.expanduser(self.checkpoint_cache_dir),
             tokenizer_path=_x(self.tokenizer_path),
             head_path=_x(self.head_path),
+            adapter_vectors=[os.path.expanduser(p) for p in self.adapter_vectors],
+            factor_cache_dir=os.path.expanduser(self.factor_cache_dir),
         )

@@ -9,7 +9,13 @@ Work is synchronous and meant for a single worker thread (see :mod:`actors.model
   block-diagonal causal mask keeps them independent and positions restart at 0 for each; packs hold at
   most ``max_batch`` requests and ``max_batch_tokens`` tokens (longer transcripts run alone);
 * transcripts of a run whose K/V is in the :class:`PrefixCache` crop it to the longest common prefix of
-  token ids and compute only the rest.
+  token ids and compute only the rest (an entry is only reused by a request of the adapter that made it).
+
+**Adapters.** Besides ``base`` (the checkpoint's weights and the configured head) the engine holds any
+number of cheap SVF adapters (:mod:`actors.model_runtime.adapters`) over the same, unmodified weights:
+:meth:`RouterEngine.load_adapter` reads a TRINITY vector, each request names its adapter, and a packed
+batch may mix adapters (each token gets its own adapter's offsets; each request its own adapter's head).
+Loading and unloading mutate engine state: call them on the worker thread (``RouterRuntime`` does).
 
 Example:
     >>> engine = RouterEngine.load(ModelRuntimeSettings(checkpoint_preset="qwen3-tiny-synthetic"))
@@ -23,14 +29,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 from transformers import DynamicCache, Qwen3Model
 from transformers.utils import logging as hf_logging
 
+from actors.model_runtime.adapters import Adapter, AdapterBank, AdapterInfo, VectorSource, read_vector
 from actors.model_runtime.checkpoints import resolve_checkpoint
 from actors.model_runtime.errors import (
+    AdapterBudgetExceeded,
+    AdapterNotLoaded,
     AdapterNotServed,
+    BaseAdapterPinned,
     CheckpointError,
     ContextTooLong,
     EmptyTranscript,
@@ -44,7 +55,7 @@ from actors.model_runtime.prefix_cache import PrefixCache, common_prefix_len, cr
 from actors.model_runtime.tokenizer import RouterTokenizer
 from config.model_runtime import ModelRuntimeSettings
 from schemas.routing import RouteLogits, RouteRequest
-from schemas.sakana import HeadSpec
+from schemas.sakana import BASE_ADAPTER_TOKEN, HeadSpec
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -69,6 +80,11 @@ class PreparedRoute:
     def feed(self) -> list[int]:
         """The tokens the decoder runs: all but the last."""
         return self.ids[:-1]
+
+    @property
+    def adapter(self) -> str:
+        """The adapter token the request asked for."""
+        return self.request.adapter
 
 
 @dataclass
@@ -102,6 +118,15 @@ class RouterEngine:
         self.max_batch_tokens = settings.max_batch_tokens
         self.max_context_tokens = min(settings.max_context_tokens, int(model.config.max_position_embeddings) + 1)
         self.cache = PrefixCache(settings.cache_max_tokens, settings.cache_max_bytes)
+        self.adapters = AdapterBank(model, self.head.spec, factor_cache_dir=settings.factor_cache_dir)
+        #: Vectors actually loaded (idempotent reloads excluded).
+        self.adapter_loads = 0
+        # token -> adapter (None: base); replaced, never mutated, so other threads may read it.
+        self._slots: MappingProxyType[str, Adapter | None] = MappingProxyType({BASE_ADAPTER_TOKEN: None})
+        for vector in settings.adapter_vectors:
+            self.load_adapter(vector)
+        if settings.adapter not in self._slots:
+            raise AdapterNotLoaded(settings.adapter, self.warm_adapters())
 
     @classmethod
     def load(cls, settings: ModelRuntimeSettings, *, checkpoint_dir: str | Path | None = None,
@@ -124,13 +149,72 @@ class RouterEngine:
             head = RoutingHead.load(s.head_path, spec) if s.head_path else RoutingHead.random(spec, s.head_seed)
         return cls(model, tok, head, s)
 
+    # -- adapters (worker thread) ------------------------------------------------------------------------
+
+    def load_adapter(self, source: VectorSource) -> AdapterInfo:
+        """Load a TRINITY router vector (``.npy``/``.safetensors`` path or array) as a cheap SVF adapter.
+
+        Idempotent: a vector already loaded (same adapter token) returns its info without loading again.
+        The first adapter of an engine factors the base matrices (or reads them from ``factor_cache_dir``).
+
+        Raises:
+            AdapterVectorInvalid: unreadable, wrong length for this backbone, NaN/inf, degenerate offsets.
+            AdapterBudgetExceeded: over ``adapter_memory_budget_mb``.
+        """
+        started = time.perf_counter()
+        vector, desc = read_vector(source)
+        plan, ref = self.adapters.plan_vector(vector, desc)
+        current = self._slots.get(ref.token)
+        if current is not None:
+            return current.info
+        adapter = self.adapters.build(plan, ref, desc, started)
+        used = sum(a.info.nbytes for a in self._slots.values() if a is not None)
+        budget = int(self.settings.adapter_memory_budget_mb * 2**20)
+        if used + adapter.info.nbytes > budget:
+            raise AdapterBudgetExceeded(adapter.info.nbytes, used, budget)
+        self._slots = MappingProxyType({**self._slots, ref.token: adapter})
+        self.adapter_loads += 1
+        return adapter.info
+
+    def unload_adapter(self, token: str) -> None:
+        """Forget an adapter and its prefix-cache entries; requests already queued for it fail as not served.
+
+        Raises:
+            BaseAdapterPinned: ``token`` is ``"base"``.
+            AdapterNotLoaded: no such adapter.
+        """
+        if token == BASE_ADAPTER_TOKEN:
+            raise BaseAdapterPinned()
+        if token not in self._slots:
+            raise AdapterNotLoaded(token, self.warm_adapters())
+        self._slots = MappingProxyType({k: v for k, v in self._slots.items() if k != token})
+        self.cache.drop_adapter(token)
+
+    def warm_adapters(self) -> list[str]:
+        """Adapter tokens served: ``"base"`` first, then adapters in load order."""
+        return list(self._slots)
+
+    def adapter_info(self, token: str) -> AdapterInfo:
+        """What ``token`` is and costs (``"base"``: the checkpoint's weights, 0 extra bytes).
+
+        Raises:
+            AdapterNotLoaded: no such adapter.
+        """
+        if token not in self._slots:
+            raise AdapterNotLoaded(token, self.warm_adapters())
+        adapter = self._slots[token]
+        if adapter is None:
+            return AdapterInfo(token=BASE_ADAPTER_TOKEN, nbytes=0,
+                               source=f"checkpoint weights, head {self.head.source}")
+        return adapter.info
+
     # -- preparation (any thread) -------------------------------------------------------------------------
 
     def prepare(self, request: RouteRequest) -> PreparedRoute:
         """Check labels, format, tokenize and bound-check a request; raises a :class:`ModelRuntimeError`."""
-        if request.backend != self.settings.backend or request.adapter != self.settings.adapter:
+        if request.backend != self.settings.backend or request.adapter not in self._slots:
             raise AdapterNotServed(f"{request.backend}.{request.adapter}",
-                                   f"{self.settings.backend}.{self.settings.adapter}")
+                                   f"{self.settings.backend}.{{{', '.join(self._slots)}}}")
         if not request.messages:
             raise EmptyTranscript()
         ids = self.tokenizer.encode(format_transcript(request.messages))
@@ -150,26 +234,39 @@ class RouterEngine:
         return result
 
     def run(self, batch: Sequence[PreparedRoute]) -> list[RouteLogits | ModelRuntimeError]:
-        """Route prepared requests together; one answer (or error) per request, in order."""
-        hidden = self._hidden(batch)
-        out: list[RouteLogits | ModelRuntimeError] = []
-        ok = [i for i, h in enumerate(hidden) if isinstance(h, HiddenResult)]
-        logits = self.head.apply(torch.stack([hidden[i].hidden for i in ok])) if ok else None  # type: ignore[union-attr]
-        agents, roles = self.head.split(logits) if logits is not None else ([], [])
-        row = {i: k for k, i in enumerate(ok)}
+        """Route prepared requests together; one answer (or error) per request, in order.
+
+        A request whose adapter was unloaded after :meth:`prepare` gets :class:`AdapterNotServed`.
+        """
+        slots = self._slots
+        out: list[RouteLogits | ModelRuntimeError | None] = [None] * len(batch)
+        live = [i for i, p in enumerate(batch) if p.adapter in slots]
+        for i in set(range(len(batch))) - set(live):
+            out[i] = AdapterNotServed(f"{batch[i].request.backend}.{batch[i].adapter}",
+                                      f"{self.settings.backend}.{{{', '.join(slots)}}}")
+        hidden = dict(zip(live, self._hidden([batch[i] for i in live]), strict=True))
+        ok: dict[str, list[int]] = {}
+        for i, h in hidden.items():
+            if isinstance(h, HiddenResult):
+                ok.setdefault(batch[i].adapter, []).append(i)
+            else:
+                out[i] = h
         done = time.perf_counter()
-        for i, (p, h) in enumerate(zip(batch, hidden, strict=True)):
-            if not isinstance(h, HiddenResult):
-                out.append(h)
-                continue
-            out.append(RouteLogits(
-                request_id=p.request.request_id, turn=p.request.turn, agent_logits=agents[row[i]],
-                role_logits=roles[row[i]], token_count=len(p.ids), transcript_hash=p.transcript_hash,
-                backend=self.settings.backend, profile=self.settings.profile, adapter=self.settings.adapter,
-                cached_tokens=h.cached_tokens, latency_ms=(done - p.received) * 1000.0,
-                runtime_id=self.settings.runtime_id,
-            ))
-        return out
+        for token, idx in ok.items():
+            adapter = slots[token]
+            head = self.head if adapter is None else adapter.head
+            agents, roles = head.split(head.apply(torch.stack([hidden[i].hidden for i in idx])))  # type: ignore[union-attr]
+            for k, i in enumerate(idx):
+                p, h = batch[i], hidden[i]
+                assert isinstance(h, HiddenResult)
+                out[i] = RouteLogits(
+                    request_id=p.request.request_id, turn=p.request.turn, agent_logits=agents[k],
+                    role_logits=roles[k], token_count=len(p.ids), transcript_hash=p.transcript_hash,
+                    backend=self.settings.backend, profile=self.settings.profile, adapter=token,
+                    cached_tokens=h.cached_tokens, latency_ms=(done - p.received) * 1000.0,
+                    runtime_id=self.settings.runtime_id,
+                )
+        return [r for r in out if r is not None]
 
     @torch.inference_mode()
     def _hidden(self, batch: Sequence[PreparedRoute]) -> list[HiddenResult | ModelRuntimeError]:
@@ -180,7 +277,7 @@ class RouterEngine:
             entry = None
             run_id = p.request.run_id
             if run_id is not None and self.cache.enabled:
-                entry = self.cache.take(run_id)
+                entry = self.cache.take(run_id, p.adapter)
             if entry is None:
                 fresh.append(i)
                 continue
@@ -190,10 +287,10 @@ class RouterEngine:
                 fresh.append(i)
                 continue
             crop_to(entry.cache, reuse)
-            state = self._forward_one(feed[reuse:], reuse, entry.cache)
+            state = self._forward_one(feed[reuse:], reuse, entry.cache, self._slots[p.adapter])
             self.cache.note_reuse(reuse)
             results[i] = HiddenResult(state, reuse)
-            self.cache.put(run_id, feed, entry.cache)  # type: ignore[arg-type]
+            self.cache.put(run_id, feed, entry.cache, p.adapter)  # type: ignore[arg-type]
         for group in self._groups(batch, fresh):
             for i, state in zip(group, self._forward_fresh([batch[i] for i in group]), strict=True):
                 results[i] = HiddenResult(state, 0)
@@ -213,10 +310,11 @@ class RouterEngine:
                 size = n
         return groups
 
-    def _forward_one(self, new_ids: list[int], past: int, cache: DynamicCache) -> torch.Tensor:
+    def _forward_one(self, new_ids: list[int], past: int, cache: DynamicCache, adapter: Adapter | None) -> torch.Tensor:
         ids = torch.tensor([new_ids], dtype=torch.long, device=self.device)
         pos = torch.arange(past, past + len(new_ids), device=self.device).unsqueeze(0)
-        out = self.model(input_ids=ids, position_ids=pos, cache=cache, use_cache=True)
+        with self.adapters.activate(self.adapters.plan([(adapter, len(new_ids))])):
+            out = self.model(input_ids=ids, position_ids=pos, cache=cache, use_cache=True)
         state: torch.Tensor = out.last_hidden_state[0, -1]
         return state
 
@@ -234,13 +332,15 @@ class RouterEngine:
             causal = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool, device=self.device).tril()
             mask = {"full_attention": (causal & (segment[:, None] == segment[None, :]))[None, None]}
         cache = DynamicCache(config=self.model.config) if any(keep) else None
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
-                         use_cache=cache is not None)
+        plan = self.adapters.plan([(self._slots[p.adapter], n) for p, n in zip(items, lengths, strict=True)])
+        with self.adapters.activate(plan):
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
+                             use_cache=cache is not None)
         states = [out.last_hidden_state[0, e - 1] for e in ends]
         if cache is not None:
             for r, p in enumerate(items):
                 if keep[r] and p.request.run_id is not None:
-                    self.cache.put(p.request.run_id, p.feed, self._slice_cache(cache, starts[r], ends[r]))
+                    self.cache.put(p.request.run_id, p.feed, self._slice_cache(cache, starts[r], ends[r]), p.adapter)
         return states
 
     def _slice_cache(self, cache: DynamicCache, start: int, end: int) -> DynamicCache:

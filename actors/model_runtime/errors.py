@@ -99,10 +99,51 @@ class RuntimeClosed(ModelRuntimeError):
 
 
 class AdapterNotServed(ModelRuntimeError):
-    """The request names a backend or adapter this runtime does not hold."""
+    """The request names a backend or adapter this runtime does not hold warm."""
 
     code = ErrorCode.NOT_FOUND
 
     def __init__(self, asked: str, served: str) -> None:
         super().__init__(f"this runtime serves {served}, not {asked}; send the request to "
-                         f"trinity.route.<backend>.<adapter> of a runtime holding {asked}")
+                         f"trinity.route.<backend>.<adapter> of a runtime holding {asked}, or load the adapter")
+
+
+class AdapterNotLoaded(ModelRuntimeError):
+    """An adapter token that this runtime has not loaded (unload, info, or the configured default adapter)."""
+
+    code = ErrorCode.NOT_FOUND
+
+    def __init__(self, token: str, warm: list[str]) -> None:
+        self.token = token
+        super().__init__(f"adapter {token!r} is not loaded here (warm: {', '.join(warm)}); load its vector first "
+                         "(settings adapter_vectors, or load_adapter)")
+
+
+class BaseAdapterPinned(ModelRuntimeError):
+    """``base`` (the checkpoint's own weights) cannot be unloaded."""
+
+    code = ErrorCode.INVALID
+
+    def __init__(self) -> None:
+        super().__init__("'base' is the checkpoint's own weights and cannot be unloaded; unload an adapter token")
+
+
+class AdapterVectorInvalid(ModelRuntimeError):
+    """A router vector that cannot become an adapter of this backbone (unreadable, wrong length, NaN ...)."""
+
+    code = ErrorCode.INVALID
+
+    def __init__(self, source: str, problem: str) -> None:
+        self.source = source
+        super().__init__(f"adapter vector {source}: {problem}")
+
+
+class AdapterBudgetExceeded(ModelRuntimeError):
+    """Loading one more adapter would exceed ``adapter_memory_budget_mb``."""
+
+    code = ErrorCode.TOO_LARGE
+    retryable = True
+
+    def __init__(self, needed: int, used: int, budget: int) -> None:
+        super().__init__(f"adapter needs {needed} bytes, {used} of {budget} bytes of the adapter budget are in use; "
+                         "unload an adapter or raise adapter_memory_budget_mb")

@@ -1,8 +1,10 @@
 """Per-run KV prefix cache: the next turn of a run extends the previous transcript, so keep its K/V.
 
-Entries are keyed by run id and hold the token ids whose K/V they contain. A new request reuses the
-longest common prefix of *token ids* (never of text): when appended text changes how the last tokens of
-the old transcript segment, the cache is cropped to the common prefix and only the rest is computed.
+Entries are keyed by run id and hold the token ids whose K/V they contain and the adapter that computed
+them: an entry is only reused by a request of the same adapter (one adapter's K/V are wrong for another).
+A new request reuses the longest common prefix of *token ids* (never of text): when appended text changes
+how the last tokens of the old transcript segment, the cache is cropped to the common prefix and only the
+rest is computed.
 
 Memory is bounded by an LRU over two budgets, cached tokens and K/V bytes; an entry that alone exceeds a
 budget is not kept. Entries are *taken* out while a forward pass extends them (the worker thread owns them
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+
+from schemas.sakana import BASE_ADAPTER_TOKEN
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
@@ -54,11 +58,12 @@ def crop_to(cache: DynamicCache, length: int) -> None:
 
 @dataclass
 class CacheEntry:
-    """K/V of one run: ``token_ids[i]`` is the token whose K/V sit at position ``i``."""
+    """K/V of one run: ``token_ids[i]`` is the token whose K/V sit at position ``i``, computed by ``adapter``."""
 
     token_ids: list[int]
     cache: DynamicCache
     nbytes: int
+    adapter: str = BASE_ADAPTER_TOKEN
 
 
 @dataclass
@@ -73,6 +78,7 @@ class CacheStats:
     tokens: int = 0
     bytes: int = 0
     reused_tokens: int = 0
+    adapter_mismatches: int = 0
 
 
 class PrefixCache:
@@ -96,9 +102,17 @@ class PrefixCache:
         """Run ids held, least recently used first."""
         return list(self._entries)
 
-    def take(self, key: str) -> CacheEntry | None:
-        """Remove and return the entry of ``key`` (the caller owns it until :meth:`put`), or ``None``."""
-        entry = self._entries.pop(key, None)
+    def take(self, key: str, adapter: str = BASE_ADAPTER_TOKEN) -> CacheEntry | None:
+        """Remove and return the entry of ``key`` (the caller owns it until :meth:`put`), or ``None``.
+
+        An entry computed by another adapter is a miss and stays (a later :meth:`put` of ``key`` replaces it).
+        """
+        entry = self._entries.get(key)
+        if entry is not None and entry.adapter != adapter:
+            self._stats.adapter_mismatches += 1
+            entry = None
+        else:
+            self._entries.pop(key, None)
         if entry is None:
             self._stats.misses += 1
         else:
@@ -111,8 +125,9 @@ class PrefixCache:
         """Count ``tokens`` positions served from cache."""
         self._stats.reused_tokens += tokens
 
-    def put(self, key: str, token_ids: list[int], cache: DynamicCache) -> bool:
-        """Keep ``cache`` (holding ``token_ids``) as the most recent entry; evict LRU entries over budget.
+    def put(self, key: str, token_ids: list[int], cache: DynamicCache, adapter: str = BASE_ADAPTER_TOKEN) -> bool:
+        """Keep ``cache`` (holding ``token_ids``, computed by ``adapter``) as the most recent entry; evict LRU
+        entries over budget.
 
         Returns ``False`` (and keeps nothing) when the entry alone exceeds a budget.
         """
@@ -125,7 +140,7 @@ class PrefixCache:
             self._stats.rejected += 1
             self._stats.entries = len(self._entries)
             return False
-        self._entries[key] = CacheEntry(list(token_ids), cache, nbytes)
+        self._entries[key] = CacheEntry(list(token_ids), cache, nbytes, adapter)
         self._stats.tokens += len(token_ids)
         self._stats.bytes += nbytes
         while self._stats.tokens > self.max_tokens or self._stats.bytes > self.max_bytes:
@@ -144,8 +159,15 @@ class PrefixCache:
             self._stats.bytes -= entry.nbytes
             self._stats.entries = len(self._entries)
 
+    def drop_adapter(self, adapter: str) -> int:
+        """Forget every entry computed by ``adapter`` (e.g. when it is unloaded); returns how many."""
+        keys = [k for k, e in self._entries.items() if e.adapter == adapter]
+        for k in keys:
+            self.drop(k)
+        return len(keys)
+
     def stats(self) -> CacheStats:
         """A snapshot of the counters."""
         s = self._stats
         return CacheStats(s.hits, s.misses, s.evictions, s.rejected, len(self._entries), s.tokens, s.bytes,
-                          s.reused_tokens)
+                          s.reused_tokens, s.adapter_mismatches)

@@ -1,17 +1,24 @@
 """The async face of the engine: validate on the event loop, batch, run torch work on one worker thread.
 
+Adapters load and unload on the same single worker thread as the forward passes, between batches, so a
+load never races a forward pass and never changes what a request in flight uses.
+
 Example:
     >>> rt = RouterRuntime(engine)  # doctest: +SKIP
     >>> await rt.start(); logits = await rt.route(request); await rt.close()  # doctest: +SKIP
+    >>> info = await rt.load_adapter("model_iter_60.npy")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from actors.model_runtime.adapters import AdapterInfo, VectorSource
 from actors.model_runtime.batcher import BatcherStats, DynamicBatcher
 from actors.model_runtime.engine import PreparedRoute, RouterEngine
-from actors.model_runtime.errors import ModelRuntimeError
+from actors.model_runtime.errors import ModelRuntimeError, RuntimeClosed
 from actors.model_runtime.prefix_cache import CacheStats
 from schemas.routing import RouteLogits, RouteRequest
 
@@ -35,11 +42,15 @@ class RouterRuntime:
                  max_queue: int | None = None) -> None:
         s = engine.settings
         self.engine = engine
+        # The one worker thread: batches and adapter loads run here, one at a time.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-runtime")
+        self._closed = False
         self.batcher: DynamicBatcher[PreparedRoute, RouteLogits] = DynamicBatcher(
             self._run,
             window_ms=s.batch_window_ms if window_ms is None else window_ms,
             max_batch=s.max_batch if max_batch is None else max_batch,
             max_queue=s.max_queue if max_queue is None else max_queue,
+            executor=self._worker,
         )
 
     def _run(self, batch: list[PreparedRoute]) -> list[RouteLogits | ModelRuntimeError]:
@@ -53,9 +64,25 @@ class RouterRuntime:
         """Route one request (batched with concurrent ones); raises :class:`ModelRuntimeError` on bad input."""
         return await self.batcher.submit(self.engine.prepare(request))
 
+    async def load_adapter(self, source: VectorSource) -> AdapterInfo:
+        """Load a router vector as an adapter on the worker thread (between batches); see
+        :meth:`RouterEngine.load_adapter` for errors."""
+        if self._closed:
+            raise RuntimeClosed()
+        return await asyncio.get_running_loop().run_in_executor(self._worker, self.engine.load_adapter, source)
+
+    async def unload_adapter(self, token: str) -> None:
+        """Unload an adapter on the worker thread (between batches); requests already queued for it fail as
+        not served. See :meth:`RouterEngine.unload_adapter` for errors."""
+        if self._closed:
+            raise RuntimeClosed()
+        await asyncio.get_running_loop().run_in_executor(self._worker, self.engine.unload_adapter, token)
+
     async def close(self) -> None:
         """Finish queued work and stop the worker thread."""
+        self._closed = True
         await self.batcher.close()
+        self._worker.shutdown(wait=True)
 
     def stats(self) -> RuntimeStats:
         """Batching and cache counters."""

@@ -11,6 +11,10 @@ tied to ``embed_tokens`` the shared storage is adapted once with the embedding's
 (``TiedWeights.FIRST_WINS``) and ``lm_head`` is reported as skipped. The exported bundle
 (:mod:`crucible.registry.export`) instead writes both matrices, each with its own offsets.
 
+The model runtime's cheap adapters (``actors/model_runtime/adapters.py``) apply the same vector without
+patching: they use :func:`plan_adaptation`, :func:`base_factors` and :func:`adapter_ref_for` from here, so
+the same vector gets the same adapter token and the same tied-embedding policy in both paths.
+
 Example::
 
     result = adapt_backbone(engine.model, vector, factor_cache_dir="~/.cache/trinity-nats/svf-factors")
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +34,7 @@ import torch
 from numpy.typing import NDArray
 
 from crucible.errors import RouterVectorError
-from crucible.factor_cache import FactorCache
+from crucible.factor_cache import FactorCache, FactorSet
 from crucible.registry.errors import ExportError
 from crucible.registry.layout import trinity_slots
 from crucible.router_vector import split_router_vector
@@ -79,6 +83,22 @@ class Adaptation:
     factors_from_cache: bool
 
 
+@dataclass(frozen=True, slots=True)
+class AdapterPlan:
+    """How a router vector maps onto one module (see :func:`plan_adaptation`).
+
+    Attributes:
+        parts: the split vector and its digests.
+        offsets: SVF offsets per *module* parameter name, in layout order, for the matrices the module holds.
+        skipped: HF names of the layout the module does not hold (the LM head of a bare ``Qwen3Model``),
+            with the reason.
+    """
+
+    parts: VectorParts
+    offsets: Mapping[str, NDArray[np.float64]]
+    skipped: Mapping[str, str]
+
+
 def _param_names(module: torch.nn.Module) -> dict[str, str]:
     """HF ``Qwen3ForCausalLM`` name -> this module's parameter name."""
     names = {n for n, _ in module.named_parameters(remove_duplicate=False)}
@@ -90,17 +110,8 @@ def _param_names(module: torch.nn.Module) -> dict[str, str]:
     return out
 
 
-def adapt_backbone(module: torch.nn.Module, vector: NDArray[np.floating], *, factor_cache_dir: str | os.PathLike[str],
-                   progress: Progress | None = None) -> Adaptation:
-    """SVF-adapt ``module``'s TRINITY matrices with ``vector``'s offsets (in place); returns the head too.
-
-    Factors of the base matrices are computed once per set of base weights and cached under
-    ``factor_cache_dir`` (the expensive step: minutes for the 151936 x 1024 embedding on a CPU).
-
-    Raises:
-        ExportError: the vector does not fit the backbone's shapes.
-        crucible errors from factorization or patching.
-    """
+def _backbone_shapes(module: torch.nn.Module) -> tuple[dict[str, str], dict[str, tuple[int, int]], int, int]:
+    """HF name -> own name, HF name -> shape (``lm_head`` added when tied/absent), layers, hidden size."""
     config = getattr(module, "config", None)
     num_layers = int(getattr(config, "num_hidden_layers", 0))
     hidden = int(getattr(config, "hidden_size", 0))
@@ -115,7 +126,17 @@ def adapt_backbone(module: torch.nn.Module, vector: NDArray[np.floating], *, fac
             shapes[hf_name] = (int(t.shape[0]), int(t.shape[1]))
     if "lm_head.weight" not in shapes and "model.embed_tokens.weight" in shapes:
         shapes["lm_head.weight"] = shapes["model.embed_tokens.weight"]  # tied or absent: same shape
-    parts = split_for(vector, shapes, num_layers, hidden)
+    return mapping, shapes, num_layers, hidden
+
+
+def plan_adaptation(module: torch.nn.Module, vector: NDArray[np.floating], num_rows: int = 10) -> AdapterPlan:
+    """Split ``vector`` for ``module`` and name its offsets by the module's own parameters.
+
+    Raises:
+        ExportError: the module has no Qwen3 config, or the vector does not fit its shapes.
+    """
+    mapping, shapes, num_layers, hidden = _backbone_shapes(module)
+    parts = split_for(vector, shapes, num_layers, hidden, num_rows)
     offsets: dict[str, NDArray[np.float64]] = {}
     skipped: dict[str, str] = {}
     for hf_name, d in parts.offsets.items():
@@ -123,12 +144,54 @@ def adapt_backbone(module: torch.nn.Module, vector: NDArray[np.floating], *, fac
             offsets[mapping[hf_name]] = d
         else:
             skipped[hf_name] = "not in this module (routing reads the input embedding; no LM head is loaded)"
-    named = [(own, params[own].detach()) for own in offsets]
+    return AdapterPlan(parts, offsets, skipped)
+
+
+def base_factors(module: torch.nn.Module, names: Sequence[str], factor_cache_dir: str | os.PathLike[str]) -> FactorSet:
+    """SVF factors of ``module``'s *current* parameters ``names`` (own names, layout order), via the on-disk cache.
+
+    The key hashes those weights, so call it on unadapted weights and with the same names to get the same
+    key (and adapter tokens) as :func:`adapt_backbone`.
+    """
+    params = dict(module.named_parameters(remove_duplicate=False))
+    return FactorCache(Path(factor_cache_dir).expanduser()).get_or_compute([(n, params[n].detach()) for n in names])
+
+
+def adapter_ref_for(factor_key: str, parts: VectorParts) -> AdapterRef:
+    """The content address of an adapter: base factors key, offsets, head and formula."""
+    return AdapterRef.build(factor_key, parts.offsets_sha256, parts.head_sha256, SVF_FORMULA)
+
+
+def synthetic_router_vector(module: torch.nn.Module, *, seed: int, offset_std: float = 0.2, head_std: float = 1.0,
+                            num_rows: int = 10) -> NDArray[np.float64]:
+    """A seeded random vector of the TRINITY layout for ``module`` (normal offsets, then a normal head).
+
+    Synthetic: for tests and benchmarks of the adapter machinery on random-weight checkpoints.
+    """
+    _, shapes, num_layers, hidden = _backbone_shapes(module)
+    total = sum(end - start for _, _, start, end in trinity_slots(shapes, num_layers))
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.normal(0.0, offset_std, total), rng.normal(0.0, head_std, num_rows * hidden)])
+
+
+def adapt_backbone(module: torch.nn.Module, vector: NDArray[np.floating], *, factor_cache_dir: str | os.PathLike[str],
+                   progress: Progress | None = None) -> Adaptation:
+    """SVF-adapt ``module``'s TRINITY matrices with ``vector``'s offsets (in place); returns the head too.
+
+    Factors of the base matrices are computed once per set of base weights and cached under
+    ``factor_cache_dir`` (the expensive step: minutes for the 151936 x 1024 embedding on a CPU).
+
+    Raises:
+        ExportError: the vector does not fit the backbone's shapes.
+        crucible errors from factorization or patching.
+    """
+    plan = plan_adaptation(module, vector)
+    offsets = dict(plan.offsets)
+    skipped = dict(plan.skipped)
     if progress is not None:
-        progress(f"SVF factors of {len(named)} base matrices (cached under {factor_cache_dir})")
-    cache = FactorCache(Path(factor_cache_dir).expanduser())
-    factor_set = cache.get_or_compute(named)
-    ref = AdapterRef.build(factor_set.key, parts.offsets_sha256, parts.head_sha256, SVF_FORMULA)
+        progress(f"SVF factors of {len(offsets)} base matrices (cached under {factor_cache_dir})")
+    factor_set = base_factors(module, list(offsets), factor_cache_dir)
+    ref = adapter_ref_for(factor_set.key, plan.parts)
     if progress is not None:
         how = "loaded from cache" if factor_set.from_cache else f"computed ({factor_set.factorizations})"
         progress(f"factors {how}; applying SVF adapter {ref.token}")
@@ -136,4 +199,4 @@ def adapt_backbone(module: torch.nn.Module, vector: NDArray[np.floating], *, fac
         applied = apply_svf_adapter(module, offsets, factor_set.factors, adapter_ref=ref.token, order=list(offsets),
                                     tied=TiedWeights.FIRST_WINS)
     skipped.update({k: f"tied to {v}: adapted once with {v}'s offsets" for k, v in applied.skipped.items()})
-    return Adaptation(ref, applied.receipts, skipped, parts.head, factor_set.from_cache)
+    return Adaptation(ref, applied.receipts, skipped, plan.parts.head, factor_set.from_cache)
