@@ -128,6 +128,27 @@ class ActorService:
                                              handler=self._dispatcher(ep), metadata=ep.metadata or None)
         await self.nc.flush()  # the server knows our subscriptions before start() returns
 
+    async def add_endpoint(self, ep: Endpoint[Any]) -> None:
+        """Add and subscribe an endpoint to the running service (e.g. a runtime that loaded an adapter)."""
+        if ep.name in self.counters:
+            raise ValueError(f"service {self.name} already has an endpoint named {ep.name!r}")
+        self.endpoints.append(ep)
+        self.counters[ep.name] = EndpointCounters()
+        await self.service.add_endpoint(name=ep.name, subject=ep.subject, queue_group=ep.queue_group,
+                                        handler=self._dispatcher(ep), metadata=ep.metadata or None)
+        await self.nc.flush()
+
+    async def remove_endpoint(self, name: str) -> None:
+        """Unsubscribe and forget endpoint ``name`` (requests already running finish; unknown names are ignored)."""
+        self.endpoints = [ep for ep in self.endpoints if ep.name != name]
+        self.counters.pop(name, None)
+        svc = self.service
+        for mep in list(svc._endpoints):  # nats.micro has no public removal; unsubscribe as Service.stop() does
+            if mep._name == name:
+                await mep._stop()
+                svc._endpoints.remove(mep)
+        await self.nc.flush()
+
     def _stats_data(self, stats: EndpointStats) -> dict[str, Any]:
         c = self.counters.get(stats.name)
         return c.as_dict() if c else {}

@@ -10,6 +10,11 @@
 ``trinity.trace.<rid>.<kind>``     trace events (JetStream stream ``TRINITY_TRACE``)
 ``trinity.runtime.heartbeat.<id>`` runtime heartbeats
 ``trinity.runtime.control.<id>``   runtime control (ensure/evict adapters, drain)
+``trinity.runtime.route.<id>``     routing on one runtime (placed by the fleet registry)
+``trinity.runtime.announce``       ask every runtime to heartbeat now (a registry starting)
+``trinity.fleet.place``            placement: lease runtimes for (backend, base, adapter)
+``trinity.fleet.release``          give a placement lease back early
+``trinity.fleet.status``           a registry's view of the fleet
 =================================  ======================================================
 """
 
@@ -24,6 +29,10 @@ COORD_RESULT_ALL = f"{PREFIX}.coord.result.>"
 ROLE_INJECT = f"{PREFIX}.role.inject"
 TRACE_ALL = f"{PREFIX}.trace.>"
 HEARTBEAT_ALL = f"{PREFIX}.runtime.heartbeat.*"
+RUNTIME_ANNOUNCE = f"{PREFIX}.runtime.announce"
+FLEET_PLACE = f"{PREFIX}.fleet.place"
+FLEET_RELEASE = f"{PREFIX}.fleet.release"
+FLEET_STATUS = f"{PREFIX}.fleet.status"
 
 TRACE_STREAM = "TRINITY_TRACE"
 JOBS_STREAM = "TRINITY_JOBS"
@@ -35,6 +44,7 @@ QUEUE_RUNTIMES = "runtimes"
 QUEUE_AGENTS = "agents"
 QUEUE_ROLE_INJECTORS = "role-injectors"
 QUEUE_TRACE_SINKS = "trace-sinks"
+QUEUE_REGISTRIES = "fleet-registries"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 
@@ -114,3 +124,8 @@ def runtime_heartbeat(runtime_id: str) -> str:
 def runtime_control(runtime_id: str) -> str:
     """Control subject of one runtime."""
     return f"{PREFIX}.runtime.control.{token('runtime_id', runtime_id)}"
+
+
+def runtime_route(runtime_id: str) -> str:
+    """Routing subject of one runtime (any adapter it holds warm; no queue group)."""
+    return f"{PREFIX}.runtime.route.{token('runtime_id', runtime_id)}"

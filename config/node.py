@@ -5,7 +5,8 @@ from __future__ import annotations
 import msgspec
 
 #: Every actor a node can run, in start order (the runtime before those that call it).
-ALL_ACTORS: tuple[str, ...] = ("trace_sink", "model_runtime", "provider_agents", "role_injector", "coordinator")
+ALL_ACTORS: tuple[str, ...] = ("trace_sink", "model_runtime", "fleet_registry", "provider_agents", "role_injector",
+                               "coordinator")
 
 
 class NodeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

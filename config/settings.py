@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 
 from config.coordinator import CoordinatorSettings, RoleInjectorSettings
+from config.fleet import FleetSettings
 from config.model_runtime import ModelRuntimeSettings
 from config.nats import NatsSettings
 from config.node import NodeSettings
@@ -49,6 +50,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "provider_agents": ProviderAgentsSettings,
     "trace_sink": TraceSinkSettings,
     "registry": RegistrySettings,
+    "fleet": FleetSettings,
 }
 
 
@@ -67,6 +69,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     provider_agents: ProviderAgentsSettings = msgspec.field(default_factory=ProviderAgentsSettings)
     trace_sink: TraceSinkSettings = msgspec.field(default_factory=TraceSinkSettings)
     registry: RegistrySettings = msgspec.field(default_factory=RegistrySettings)
+    fleet: FleetSettings = msgspec.field(default_factory=FleetSettings)
 
 
 def _parse_value(text: str) -> Any:

@@ -52,7 +52,13 @@ def _trace_sink(nc: Client, s: Settings) -> Actor:
 def _model_runtime(nc: Client, s: Settings) -> Actor:
     from actors.model_runtime.actor import ModelRuntimeActor
 
-    return ModelRuntimeActor(nc, s.model_runtime)
+    return ModelRuntimeActor(nc, s.model_runtime, fleet=s.fleet)
+
+
+def _fleet_registry(nc: Client, s: Settings) -> Actor:
+    from actors.fleet_registry.actor import FleetRegistryActor
+
+    return FleetRegistryActor(nc, s.fleet)
 
 
 def _provider_agents(nc: Client, s: Settings) -> Actor:
@@ -75,7 +81,12 @@ def _coordinator(nc: Client, s: Settings) -> Actor:
         from actors.role_injector.actor import local_injector, registry_from_settings
 
         injector = local_injector(registry_from_settings(s.role_injector))
-    return CoordinatorActor(nc, s.coordinator, local_injector=injector)
+    placement = None
+    if s.fleet.placement == "registry":  # leases from the fleet registry; else the queue-group route subjects
+        from actors.coordinator.placement import PlacementClient
+
+        placement = PlacementClient(nc, s.fleet, owner=s.fleet.owner or f"{s.node.node_id}.coordinator")
+    return CoordinatorActor(nc, s.coordinator, local_injector=injector, placement=placement)
 
 
 #: Actor name -> factory. Imports are deferred so a node loads only the actors it runs (a coordinator-only
@@ -83,6 +94,7 @@ def _coordinator(nc: Client, s: Settings) -> Actor:
 FACTORIES: dict[str, ActorFactory] = {
     "trace_sink": _trace_sink,
     "model_runtime": _model_runtime,
+    "fleet_registry": _fleet_registry,
     "provider_agents": _provider_agents,
     "role_injector": _role_injector,
     "coordinator": _coordinator,

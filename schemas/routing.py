@@ -52,7 +52,8 @@ class RouteRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Ask a model runtime for routing logits over a transcript.
 
     ``run_id`` keys the runtime's prefix cache (turns of one run extend the same transcript);
-    ``adapter`` is the adapter token the runtime must hold (``"base"`` for none).
+    ``adapter`` is the adapter token the runtime must hold (``"base"`` for none); ``base_model`` the base
+    model identity it must serve (``None``: any runtime of ``backend``; see ``schemas.fleet``).
     """
 
     request_id: RequestId
@@ -62,6 +63,7 @@ class RouteRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     adapter: str = BASE_ADAPTER_TOKEN
     run_id: str | None = None
     deadline_ms: int | None = None
+    base_model: str | None = None
 
     def __post_init__(self) -> None:
         require(self.turn >= 0, "turn", f"must be >= 0, got {self.turn}")
@@ -70,6 +72,8 @@ class RouteRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         check_token(self.adapter, "adapter")
         if self.deadline_ms is not None:
             require(self.deadline_ms > 0, "deadline_ms", f"must be positive, got {self.deadline_ms}")
+        if self.base_model is not None:
+            require(bool(self.base_model), "base_model", "must be null (any) or a base model identity")
 
 
 class RouteLogits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

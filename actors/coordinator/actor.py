@@ -41,6 +41,7 @@ from actors.coordinator.errors import (
     RouteFailed,
 )
 from actors.coordinator.jobs import JobIntake
+from actors.coordinator.placement import PlacementClient
 from actors.coordinator.state_machine import CallContext, Policy, Ports, VerifierBeforeWorker, coordinate
 from actors.coordinator.tracing import TracePublisher
 from bus import rpc, subjects
@@ -113,6 +114,7 @@ class CoordinatorActor:
 
     def __init__(self, nc: Client, settings: CoordinatorSettings | None = None, *,
                  local_injector: LocalInjector | None = None,
+                 placement: PlacementClient | None = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self.nc = nc
         self.settings = settings or CoordinatorSettings()
@@ -120,6 +122,7 @@ class CoordinatorActor:
             raise CoordinatorConfigError("role_inject_mode is 'local' but no local_injector was passed; pass the "
                                          "role injector's builder (run.py does) or use role_inject_mode='bus'")
         self.local_injector = local_injector if self.settings.role_inject_mode == "local" else None
+        self.placement = placement  # fleet placement (leases, failover); None: queue-group subject
         self.policy = policy_from_settings(self.settings)
         self.clock, self.wall = clock, wall
         self.dedupe: Deduper[CoordinationResult] = Deduper(self.settings.dedupe_capacity, self.settings.dedupe_ttl_s,
@@ -177,6 +180,10 @@ class CoordinatorActor:
         nc = self.nc
 
         async def route(req: RouteRequest, ctx: CallContext) -> RouteLogits:
+            if self.placement is not None:
+                prov = Provenance(request_id=ctx.request_id, turn=ctx.turn, causation_id=ctx.causation_id,
+                                  traceparent=base.traceparent, tracestate=base.tracestate)
+                return await self.placement.route(req, ctx.timeout_s, provenance=prov)
             logits = await _call(nc, subjects.route(req.backend, req.adapter), req, RouteLogits, ctx, base,
                                  RouteFailed)
             if logits.request_id != req.request_id or logits.turn != req.turn:
