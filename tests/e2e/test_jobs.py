@@ -9,41 +9,20 @@ import uuid
 import msgspec
 import nats
 import pytest
-from nats.aio.client import Client
 
 from actors.coordinator.actor import CoordinatorActor
 from bus import subjects
-from bus.codec import decode, encode
+from bus.codec import encode
 from bus.embedded import NatsServerProcess
 from bus.errors import RemoteError
 from bus.jetstream import MSG_ID_HEADER, ensure_consumer, ensure_stream, jobs_consumer_spec, jobs_stream_spec
 from config.coordinator import CoordinatorSettings
 from ops.client import JobQueueMissing, build_request, stored_result, submit, submit_job
 from schemas import ErrorCode, Role, RunStatus, StopReason
-from schemas.trace import TraceEvent
 from tests.coordinator.fakes import BusFakes, FakeWorld, plan_of, reply_by_role
+from tests.e2e.support import results_stored, trace_of
 
 FAST = CoordinatorSettings(route_timeout_s=2.0, agent_timeout_s=2.0, role_inject_mode="bus")
-
-
-async def _trace(nc: Client, request_id: str) -> list[TraceEvent]:
-    js = nc.jetstream()
-    sub = await js.subscribe(subjects.trace_filter(request_id), ordered_consumer=True, stream=subjects.TRACE_STREAM)
-    events: list[TraceEvent] = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=0.5)
-            except nats.errors.TimeoutError:
-                return events
-            events.append(decode(msg.data, TraceEvent))  # type: ignore[arg-type]
-    finally:
-        await sub.unsubscribe()
-
-
-async def _count_results(nc: Client, request_id: str) -> int:
-    info = await nc.jetstream().stream_info(subjects.RESULTS_STREAM, subjects_filter=subjects.coord_result(request_id))
-    return sum((info.state.subjects or {}).values())
 
 
 async def test_job_runs_once_and_its_result_is_stored_for_late_clients(fresh_nats_server: NatsServerProcess) -> None:
@@ -64,7 +43,7 @@ async def test_job_runs_once_and_its_result_is_stored_for_late_clients(fresh_nat
         req = build_request("What is 17 + 25?", request_id=f"j-{uuid.uuid4().hex[:8]}")
         res = await submit_job(client, req, timeout=10.0)
         assert (res.status, res.answer, res.stop_reason, len(res.turns)) == (RunStatus.OK, "42", StopReason.ACCEPTED, 2)
-        assert await _count_results(client, req.request_id) == 1
+        assert await results_stored(client, req.request_id) == 1
 
         # the same id again (a retry, or another client): the stored result, no second run
         again = await submit_job(client, req, timeout=10.0)
@@ -83,7 +62,7 @@ async def test_job_runs_once_and_its_result_is_stored_for_late_clients(fresh_nat
             if coordinator.jobs.counters.received >= 3 and coordinator.jobs.running == 0:
                 break
             await asyncio.sleep(0.05)
-        assert await _count_results(client, dup.request_id) == 1
+        assert await results_stored(client, dup.request_id) == 1
         assert (await stored_result(client, dup.request_id)).status == RunStatus.OK  # type: ignore[union-attr]
         assert coordinator.jobs.counters.already_done >= 1
         assert (await js.stream_info(subjects.JOBS_STREAM)).state.messages == 0  # every job acknowledged
@@ -131,7 +110,7 @@ async def test_a_job_that_runs_out_of_deliveries_fails_explicitly(fresh_nats_ser
             await asyncio.sleep(0.05)
         assert (await js.stream_info(subjects.JOBS_STREAM)).state.messages == 0
         await coordinator.traces.flush(5.0)
-        kinds = [(e.kind, getattr(e, "error_code", "")) for e in await _trace(client, req.request_id)]
+        kinds = [(e.kind, getattr(e, "error_code", "")) for e in await trace_of(client, req.request_id)]
         assert kinds == [("run_failed", "deliveries_exhausted")]
     finally:
         await coordinator.drain(timeout=2.0)

@@ -15,13 +15,12 @@ import pytest
 from nats.aio.client import Client
 
 from bus import subjects
-from bus.codec import decode
 from bus.embedded import NatsCluster
 from bus.jetstream import wait_for_jetstream
 from ops.client import build_request, submit_job
 from schemas import CoordinationResult, RunStatus, StopReason
-from schemas.trace import TraceEvent
 from tests.e2e import procs
+from tests.e2e.support import results_stored, trace_of
 
 ACK_WAIT = 2.0
 COORDINATOR = ("coordinator.stream_replicas=3", f"coordinator.jobs_ack_wait_s={ACK_WAIT}",
@@ -47,35 +46,6 @@ async def client(cluster: NatsCluster) -> AsyncIterator[Client]:
     await wait_for_jetstream(nc.jetstream(), timeout=30.0)
     yield nc
     await nc.close()
-
-
-async def trace_of(nc: Client, request_id: str) -> list[TraceEvent]:
-    """Every stored trace event of one request, in stream order."""
-    for attempt in range(10):  # right after a server kill the stream may still be electing a leader
-        try:
-            sub = await nc.jetstream().subscribe(subjects.trace_filter(request_id), ordered_consumer=True,
-                                                 stream=subjects.TRACE_STREAM)
-            break
-        except nats.errors.TimeoutError:
-            if attempt == 9:
-                raise
-            await asyncio.sleep(1.0)
-    events: list[TraceEvent] = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=1.0)
-            except nats.errors.TimeoutError:
-                return events
-            events.append(decode(msg.data, TraceEvent))  # type: ignore[arg-type]
-    finally:
-        await sub.unsubscribe()
-
-
-async def results_stored(nc: Client, request_id: str) -> int:
-    """How many results the results stream holds for ``request_id``."""
-    info = await nc.jetstream().stream_info(subjects.RESULTS_STREAM, subjects_filter=subjects.coord_result(request_id))
-    return sum((info.state.subjects or {}).values())
 
 
 async def wait_started(nc: Client, request_ids: list[str], timeout: float = 30.0) -> None:
@@ -130,53 +100,39 @@ async def test_coordinator_killed_mid_run_another_finishes_each_request_once(
                 p.stop()
 
 
-async def test_runtime_killed_mid_run_the_other_runtime_serves_the_retry(
-        cluster: NatsCluster, client: Client, tmp_path: Path) -> None:
+@pytest.mark.parametrize("spare", [True, False], ids=["a-spare-runtime", "the-only-runtime"])
+async def test_runtime_killed_mid_run_the_retry_goes_to_a_spare_or_the_run_fails_explicitly(
+        cluster: NatsCluster, client: Client, tmp_path: Path, spare: bool) -> None:
     agents = procs.fakes("agents", cluster.urls, tmp_path, serve="agents")
     runtime_a = procs.fakes("runtime-a", cluster.urls, tmp_path, serve="runtime", route_delay=1.0)
     coordinator = procs.node("coord", cluster.urls, "coordinator", tmp_path, *COORDINATOR)
     runtime_b: procs.Proc | None = None
     try:
-        rids, tasks = await submit_all(client, 4, "rk")
+        rids, tasks = await submit_all(client, 3, "rk")
         await wait_started(client, rids)  # every run is waiting on runtime A's (slow) routing reply
-        runtime_b = await asyncio.to_thread(procs.fakes, "runtime-b", cluster.urls, tmp_path, serve="runtime",
-                                            route_delay=0.2)
+        if spare:
+            runtime_b = await asyncio.to_thread(procs.fakes, "runtime-b", cluster.urls, tmp_path, serve="runtime",
+                                                route_delay=0.2)
         runtime_a.kill()
         results = await asyncio.gather(*tasks)
         for rid, res in zip(rids, results, strict=True):
-            # the route call to the dead runtime timed out (retryable), the retry went to runtime B
-            assert (res.status, res.answer, len(res.turns)) == (RunStatus.OK, "42", 2), res
             assert await results_stored(client, rid) == 1
             events = await trace_of(client, rid)
             kinds = [e.kind for e in events]
-            assert kinds.count("run_started") == 1 and kinds.count("run_finished") == 1, kinds
-            runtimes = [e.runtime_id for e in events if e.kind == "route_decided"]  # type: ignore[union-attr]
-            assert runtimes[0] == "runtime-b", runtimes  # the first turn could only be answered by B
+            assert kinds.count("run_started") == 1, kinds
+            if spare:  # the route call to the dead runtime timed out (retryable); the retry went to runtime B
+                assert (res.status, res.answer, len(res.turns)) == (RunStatus.OK, "42", 2), res
+                assert kinds[-1] == "run_finished" and kinds.count("run_finished") == 1, kinds
+                runtimes = [e.runtime_id for e in events if e.kind == "route_decided"]  # type: ignore[union-attr]
+                assert runtimes[0] == "runtime-b", runtimes  # the first turn could only be answered by B
+            else:  # no runtime left: an explicit failure, stored once and traced
+                assert (res.status, res.stop_reason, res.answer) == (RunStatus.FAILED, StopReason.ROUTE_FAILED, None)
+                assert res.error and "routing turn 0 failed" in res.error, res.error
+                assert kinds[-1] == "run_failed" and kinds.count("run_failed") == 1, kinds
     finally:
         for p in (coordinator, runtime_b, runtime_a, agents):
             if p is not None:
                 p.stop()
-
-
-async def test_the_only_runtime_killed_mid_run_ends_each_run_with_an_explicit_failure(
-        cluster: NatsCluster, client: Client, tmp_path: Path) -> None:
-    agents = procs.fakes("agents", cluster.urls, tmp_path, serve="agents")
-    runtime = procs.fakes("runtime", cluster.urls, tmp_path, serve="runtime", route_delay=1.0)
-    coordinator = procs.node("coord", cluster.urls, "coordinator", tmp_path, *COORDINATOR)
-    try:
-        rids, tasks = await submit_all(client, 3, "rx")
-        await wait_started(client, rids)
-        runtime.kill()  # no other runtime: routing cannot succeed
-        results = await asyncio.gather(*tasks)
-        for rid, res in zip(rids, results, strict=True):
-            assert (res.status, res.stop_reason, res.answer) == (RunStatus.FAILED, StopReason.ROUTE_FAILED, None)
-            assert res.error and "routing turn 0 failed" in res.error, res.error
-            assert await results_stored(client, rid) == 1
-            kinds = [e.kind for e in await trace_of(client, rid)]
-            assert kinds[0] == "run_started" and kinds[-1] == "run_failed" and kinds.count("run_failed") == 1, kinds
-    finally:
-        coordinator.stop()
-        agents.stop()
 
 
 @pytest.mark.slow
