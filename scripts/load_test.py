@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import statistics
 import sys
 import time
@@ -127,7 +128,7 @@ async def run(n: int, concurrency: int, coordinators: int) -> int:
         queued = (await js.stream_info(subjects.JOBS_STREAM)).state.messages
         events = await trace_count(client) - before
         dropped = sum(a.traces.counters.dropped + a.traces.counters.failed for a in actors)
-        job_counts = [a.jobs.counters.as_dict() for a in actors]
+        job_counts = [dataclasses.asdict(a.jobs.counters) for a in actors]
 
         print("\nresults")
         base.report(n)

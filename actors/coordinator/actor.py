@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -161,7 +162,7 @@ class CoordinatorActor:
         """Service, trace and dedupe counters."""
         return {"service": self.service.stats(), "trace": self.traces.counters.as_dict(),
                 "dedupe": dict(self.dedupe.stats.__dict__), "cached_results": len(self.dedupe),
-                "jobs": self.jobs.counters.as_dict()}
+                "jobs": dataclasses.asdict(self.jobs.counters)}
 
     async def handle(self, req: CoordinationRequest, ctx: RequestContext) -> CoordinationResult:
         """Endpoint handler: one coordination run per request id."""

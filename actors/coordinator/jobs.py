@@ -90,10 +90,6 @@ class JobCounters:
     exhausted: int = 0
     store_failed: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        """Counters as a plain dict."""
-        return dict(self.__dict__)
-
 
 def _valid_request_id(text: str | None) -> str | None:
     if not text:
