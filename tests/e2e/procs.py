@@ -60,10 +60,13 @@ def spawn(name: str, args: list[str], log_dir: Path) -> Proc:
     return Proc(name=name, proc=proc, log=log)
 
 
-def node(name: str, urls: list[str], actors: str, log_dir: Path, *settings: str) -> Proc:
-    """``run.py node --actors ...`` on ``urls`` with ``--set`` overrides; ready once every actor serves."""
+def node(name: str, urls: list[str], actors: str, log_dir: Path, *settings: str, config: Path | None = None) -> Proc:
+    """``run.py node --actors ...`` on ``urls`` with ``--set`` overrides (and a ``--config`` file); ready once
+    every actor serves."""
     args = ["run.py", "node", "--nats", ",".join(urls), "--actors", actors, "--node-id", name,
-            "--set", "nats.embedded=never"]
+            "--set", "nats.embedded=never", "--log-level", "DEBUG"]
+    if config is not None:
+        args += ["--config", str(config)]
     for item in settings:
         args += ["--set", item]
     p = spawn(name, args, log_dir)

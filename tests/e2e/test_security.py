@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
+import run
 from actors.coordinator.actor import CoordinatorActor
 from actors.role_injector.actor import RoleInjectorActor
 from actors.trace_sink.actor import TraceSinkActor
@@ -29,9 +30,10 @@ from config.nats import NatsSettings
 from config.settings import load_settings, redacted
 from config.trace_sink import JsonlSettings, TraceSinkSettings
 from ops.client import build_request, stored_result, submit, submit_job, tail
-from ops.nats_auth import NatsUser, generate_users, render_authorization
+from ops.nats_auth import NatsUser, generate_users, render_authorization, write_auth_files
 from schemas import AgentCallIntent, AgentCallReceipt, RouteLogits, RouteRequest, RunStatus
 from tests.coordinator.fakes import make_logits
+from tests.e2e import procs
 from tests.e2e.fake_services import world
 
 ACTORS = ["coordinator", "model_runtime", "provider_agents", "role_injector", "trace_sink", "client"]
@@ -155,3 +157,53 @@ async def test_a_wrong_password_is_refused_without_echoing_it(
     assert "not-the-password-1234" not in str(ei.value) and "not-the-password-1234" not in caplog.text
     with pytest.raises(ConnectFailed):  # no credentials at all
         await connect(NatsSettings(servers=[secure_server.url]), name="anonymous")
+
+
+async def test_cli_processes_with_credentials_from_files_never_log_them(
+        secure_server: NatsServerProcess, users: list[NatsUser], tmp_path: Path,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """``run.py nats-auth`` files drive a real ``run.py node`` coordinator and ``run.py submit``; their logs (at
+    DEBUG) hold no password."""
+    files = write_auth_files(tmp_path / "auth", users, [secure_server.url])
+    assert all(f.stat().st_mode & 0o077 == 0 for f in files)  # owner-only
+    conns = {name: await connect(settings_for(secure_server, users, name), name=name)
+             for name in ("model_runtime", "provider_agents", "role_injector")}
+    w = world()
+
+    async def route(req: RouteRequest, ctx: RequestContext) -> RouteLogits:
+        agent, role = w.route_plan(req.turn)
+        return make_logits(req.request_id, req.turn, agent, role)
+
+    async def call(intent: AgentCallIntent, ctx: RequestContext) -> AgentCallReceipt:
+        return w.receipt(intent)
+
+    services = [
+        ActorService(conns["model_runtime"], name="fake-runtime", endpoints=[
+            Endpoint("route", subjects.route("torch", "base"), RouteRequest, route, queue_group="runtimes")]),
+        ActorService(conns["provider_agents"], name="fake-agents", endpoints=[
+            Endpoint(f"agent{i}", subjects.agent_call(i), AgentCallIntent, call, queue_group="agents")
+            for i in range(7)]),
+        RoleInjectorActor(conns["role_injector"]),
+    ]
+    for svc in services:
+        await svc.start()
+    coordinator = await asyncio.to_thread(procs.node, "coord-secure", [secure_server.url], "coordinator", tmp_path,
+                                          config=tmp_path / "auth" / "coordinator.toml")
+    try:
+        rc = await asyncio.to_thread(run.main, ["submit", "What is 17 + 25?", "--config",
+                                                str(tmp_path / "auth" / "client.toml"), "--request-id", "sec-cli",
+                                                "--log-level", "DEBUG"])
+        assert rc == 0
+        out = capfd.readouterr()
+        assert "answer: 42" in out.out
+    finally:
+        coordinator.stop()
+        for svc in reversed(services):
+            await svc.drain(timeout=1.0)
+        for nc in conns.values():
+            await nc.close()
+    logs = coordinator.text() + out.err
+    assert "actor coordinator serving" in logs and "nats" in logs.lower()
+    for u in users:
+        assert u.password.reveal() not in logs
+
