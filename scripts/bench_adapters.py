@@ -25,6 +25,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,14 @@ GOAL_BYTES = 16 * 2**20
 
 def _mb(n: float) -> str:
     return f"{n / 2**20:9.3f} MiB"
+
+
+def _memory(device: torch.device) -> tuple[str, float]:
+    """Where tensors live and how many bytes are in use there: RSS on CPU, allocated CUDA memory on a GPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return "CUDA memory", float(torch.cuda.memory_allocated(device))
+    return "RSS", rss_mb() * 2**20
 
 
 def main() -> int:
@@ -75,24 +84,24 @@ def main() -> int:
 
     # -- (a) memory per extra adapter -------------------------------------------------------------------------
     vectors = [synthetic_router_vector(engine.model, seed=100 + i) for i in range(args.adapters)]
-    rss0 = rss_mb()
+    where, before = _memory(engine.device)
     load_times = [timed(lambda v=v: engine.load_adapter(v)) for v in vectors]  # type: ignore[misc]
-    rss_delta = (rss_mb() - rss0) * 2**20 / args.adapters
+    delta = (_memory(engine.device)[1] - before) / args.adapters
     per_adapter = engine.adapter_info(engine.warm_adapters()[-1]).nbytes
     adapted = [engine.model.get_parameter(n) for n in engine.adapters._targets]
     adapted_bytes = sum(p.numel() * p.element_size() for p in adapted)
     print(f"\n(a) memory per extra adapter ({args.adapters} loaded)")
     print(f"    tensor bytes held per adapter  {_mb(per_adapter)}  goal <= 16 MiB: "
           f"ratio {per_adapter / GOAL_BYTES:.5f}")
-    print(f"    RSS delta per adapter          {_mb(rss_delta)}  (allocator noise included)")
-    rss1 = rss_mb()
+    print(f"    {where} delta per adapter {_mb(delta)}  (allocator granularity included)")
+    before = _memory(engine.device)[1]
     dense = copy.deepcopy(engine.model)
     t = time.perf_counter()
     adapt_backbone(dense, real, factor_cache_dir=settings.factor_cache_dir)
     patch_s = time.perf_counter() - t
-    dense_rss = (rss_mb() - rss1) * 2**20
-    print(f"    dense patched copy of the model {_mb(model_bytes)} (RSS delta measured {_mb(dense_rss).strip()}): "
-          f"adapter / copy = {per_adapter / model_bytes:.6f}")
+    dense_delta = _memory(engine.device)[1] - before
+    print(f"    dense patched copy of the model {_mb(model_bytes)} ({where} delta measured {_mb(dense_delta).strip()}, "
+          f"patching buffers included): adapter / copy = {per_adapter / model_bytes:.6f}")
     print(f"    dense copies of the 8 adapted matrices only {_mb(adapted_bytes)}: "
           f"adapter / matrices = {per_adapter / adapted_bytes:.6f}")
     del dense
@@ -113,7 +122,7 @@ def main() -> int:
         return [RouteRequest(f"q{i}", 0, [Message("user", x)], adapter=adapters[i % len(adapters)])
                 for i, x in enumerate(texts)]
 
-    cases = {
+    cases: dict[str, Callable[[], object]] = {
         "single base": lambda: [engine.route(r) for r in requests(["base"])],
         "single adapter": lambda: [engine.route(r) for r in requests([a])],
         "packed base": lambda: engine.run([engine.prepare(r) for r in requests(["base"])]),
