@@ -156,6 +156,9 @@ class CoordinatorActor:
             await asyncio.gather(self.service.drain(timeout=timeout), self.jobs.drain(timeout=timeout))
         else:
             await self.service.drain(timeout=timeout)
+        if cancelled := self.dedupe.cancel_all():  # past the timeout: their jobs went back to the queue
+            log.warning("drain: cancelled %d coordination runs still going after %.1fs", cancelled, timeout)
+            await asyncio.sleep(0)
         await self.traces.close(timeout=timeout)
 
     def stats(self) -> dict[str, Any]:

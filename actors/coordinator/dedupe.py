@@ -113,6 +113,14 @@ class Deduper(Generic[V]):
         task.add_done_callback(lambda t: self._settle(key, fingerprint, future, t))
         return await asyncio.shield(future)
 
+    def cancel_all(self) -> int:
+        """Cancel every run still in progress (a node stopping past its drain timeout: their work is handed
+        to another node, so it must not go on here). Returns how many were cancelled."""
+        running = [t for t in self._tasks if not t.done()]
+        for task in running:
+            task.cancel()
+        return len(running)
+
     def _settle(self, key: str, fingerprint: str, future: asyncio.Future[V], task: asyncio.Future[V]) -> None:
         self._inflight.pop(key, None)
         self._tasks.discard(task)

@@ -139,16 +139,22 @@ class JobIntake:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        # withdraw the outstanding pull request first, or the server would hand a job given back below to
+        # this draining node's inbox again (and it would sit there until the ack wait ran out)
+        if self._sub is not None and not self.nc.is_closed:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+                await self.nc.flush(timeout=2)
+        self._sub = None
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for t in pending:
                 t.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-        for sub in (self._advisories, self._sub):
-            if sub is not None and not self.nc.is_closed:
-                with contextlib.suppress(nats.errors.Error):
-                    await sub.unsubscribe()
+        if self._advisories is not None and not self.nc.is_closed:
+            with contextlib.suppress(nats.errors.Error):
+                await self._advisories.unsubscribe()
 
     @property
     def running(self) -> int:

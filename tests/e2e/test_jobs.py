@@ -116,3 +116,48 @@ async def test_a_job_that_runs_out_of_deliveries_fails_explicitly(fresh_nats_ser
         await coordinator.drain(timeout=2.0)
         await nc.close()
         await client.close()
+
+
+async def test_a_draining_coordinator_hands_its_running_job_back_at_once(
+        fresh_nats_server: NatsServerProcess) -> None:
+    from actors.role_injector.actor import RoleInjectorActor
+
+    # the ack wait is long: only an explicit hand-back (nak) can get the job to the other coordinator in time
+    settings = msgspec.structs.replace(FAST, jobs_ack_wait_s=60.0, agent_timeout_s=30.0)
+    nc = await nats.connect(fresh_nats_server.url)
+    nc_a = await nats.connect(fresh_nats_server.url)
+    nc_b = await nats.connect(fresh_nats_server.url)
+    client = await nats.connect(fresh_nats_server.url)
+    world = FakeWorld(route_plan=plan_of([(1, Role.WORKER), (2, Role.VERIFIER)]),
+                      reply_plan=reply_by_role(worker="42", verifier="ACCEPT"))
+    fakes = BusFakes(nc, world, slow_agents={1: 1.0})
+    injector = RoleInjectorActor(nc)
+    first, second = CoordinatorActor(nc_a, settings), CoordinatorActor(nc_b, settings)
+    for actor in (fakes, injector, first):
+        await actor.start()
+    try:
+        req = build_request("slow one", request_id=f"d-{uuid.uuid4().hex[:8]}")
+        waiting = asyncio.create_task(submit_job(client, req, timeout=20.0))
+        for _ in range(200):
+            if first.jobs.running == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert first.jobs.running == 1
+        await second.start()
+        await first.drain(timeout=0.1)  # the run cannot finish in 0.1 s: it goes back to the queue
+        res = await waiting
+        assert (res.status, res.answer) == (RunStatus.OK, "42")
+        assert first.jobs.counters.requeued == 1 and first.jobs.counters.results == 0
+        assert second.jobs.counters.redelivered == 1 and second.jobs.counters.results == 1
+        assert await results_stored(client, req.request_id) == 1
+        await second.traces.flush(5.0)
+        kinds = [e.kind for e in await trace_of(client, req.request_id)]
+        # the first run was cut short (no end event); the second ran to the end
+        assert kinds.count("run_redelivered") == 1 and kinds.count("run_finished") == 1, kinds
+        assert kinds.index("run_redelivered") > kinds.index("run_started")
+    finally:
+        await second.drain(timeout=2.0)
+        await injector.drain(timeout=1.0)
+        await fakes.drain()
+        for c in (nc, nc_a, nc_b, client):
+            await c.close()

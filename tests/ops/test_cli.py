@@ -98,7 +98,9 @@ async def test_submit_and_tail_against_a_running_node(fresh_nats_server: NatsSer
 
 
 async def test_submit_without_coordinator_fails_with_a_clear_message(
-        nats_server: NatsServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
+        fresh_nats_server: NatsServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    # a server of its own: once any coordinator has created the job queue, a job waits there for one instead
+    nats_server = fresh_nats_server
     rc = await asyncio.to_thread(run.main, ["submit", "hi", "--nats", nats_server.url, "--via", "request"])
     err = capsys.readouterr().err
     assert rc == 1 and "no actor is serving trinity.coord.request" in err
