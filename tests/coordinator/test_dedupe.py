@@ -114,3 +114,20 @@ async def test_cancelled_waiter_does_not_cancel_the_run() -> None:
     await asyncio.sleep(0)
     gate.set()
     assert await second == "done" and d.stats.started == 1 and d.stats.joined == 1
+
+
+async def test_cancel_all_stops_runs_in_progress_and_their_waiters() -> None:
+    d: Deduper[str] = Deduper(capacity=10, ttl_s=60.0, clock=lambda: 0.0)
+    started = asyncio.Event()
+
+    async def work() -> str:
+        started.set()
+        await asyncio.sleep(30)
+        return "never"
+
+    waiter = asyncio.create_task(d.run("k", "fp", work))
+    await started.wait()
+    assert d.inflight == 1 and d.cancel_all() == 1
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert d.inflight == 0 and len(d) == 0 and d.cancel_all() == 0
