@@ -20,7 +20,8 @@ Failures, all within the route's deadline (never an unbounded wait):
 * other typed errors (``invalid``, ``too_large``...) are the request's fault and are raised as they are.
 
 Without a registry on the bus the client falls back to the queue-group subject
-``trinity.route.<backend>.<adapter>`` (single-node deployments need no registry).
+``trinity.route.<backend>.<adapter>`` (single-node deployments need no registry) and looks for a registry
+again after one lease TTL.
 
 Example:
     >>> client = PlacementClient(nc, FleetSettings())                  # doctest: +SKIP
@@ -95,6 +96,7 @@ class PlacementClient:
         self._leases: dict[PlacementKey, _Cached] = {}
         self._placing: SingleFlight[PlacementKey, Lease | None] = SingleFlight()
         self._no_registry_logged = False
+        self._no_registry_until = float("-inf")  # after NoResponders on placement: use the subjects until then
         self._suspects: dict[str, float] = {}  # runtimes that just timed out or vanished -> until when
 
     def key_of(self, req: RouteRequest) -> PlacementKey:
@@ -207,6 +209,9 @@ class PlacementClient:
                 any(r not in tried for r in cached.lease.runtimes):
             self.counters.cache_hits += 1
             return cached.lease
+        if self.clock() < self._no_registry_until:
+            self.counters.subject_fallbacks += 1
+            return None
         suspects = self._live_suspects()
         if tried or fresh:
             return await self._place(key, sorted({*tried, *suspects}), timeout)
@@ -221,6 +226,7 @@ class PlacementClient:
                                       timeout=max(1e-3, min(timeout, self.settings.place_timeout_s)))
         except NoResponders:
             self.counters.subject_fallbacks += 1
+            self._no_registry_until = self.clock() + self.settings.lease_ttl_s  # look again after one lease TTL
             if not self._no_registry_logged:
                 self._no_registry_logged = True
                 log.warning("no fleet registry on %s; routing on the queue-group subjects instead (start a "

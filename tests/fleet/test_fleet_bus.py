@@ -288,3 +288,13 @@ async def test_node_wires_registry_and_placement_from_settings(fresh_nats_server
         assert "fleet_registry" in settings.node.actors  # single-node runs a registry too
     finally:
         await nc.close()
+
+
+async def test_without_a_registry_the_client_routes_on_the_queue_group_subject(harness: Harness,
+                                                                               make_engine: EngineMaker) -> None:
+    await harness.start_runtime("rt-1", make_engine("a"), FAST)
+    client = await harness.start_client(FAST)
+    msgs = random_transcript(random.Random(6), (1, 3))
+    outs = [await client.route(RouteRequest(f"n{i}", 0, msgs), 10.0) for i in range(3)]
+    assert {o.runtime_id for o in outs} == {"rt-1"}
+    assert client.counters.placements == 1 and client.counters.subject_fallbacks == 3  # asked once, then cached
