@@ -14,9 +14,10 @@ waits on ``trinity.coord.result.<request_id>``. Every coordinator binds the shar
    ``jobs_ack_wait_s``.
 4. The outcome is stored on the results stream (one message per subject, a second one refused; the
    request id as ``Nats-Msg-Id``), then the job is acknowledged. A result is either a
-   :class:`~schemas.CoordinationResult` or, for a job that cannot run (malformed, too large, conflicting
-   id, crashed handler on its last delivery), an :class:`~schemas.wire.ErrorReply` carrying the bus's
-   error headers.
+   :class:`~schemas.CoordinationResult` or, for a job that cannot run (malformed, too large, crashed
+   handler on its last delivery), an :class:`~schemas.wire.ErrorReply` carrying the bus's error headers.
+   A job reusing the id of a run still going here with another payload is dropped (the running one's
+   result answers that id).
 5. A job that ran out of deliveries (``jobs_max_deliver``; JetStream's max-deliveries advisory, taken by
    one coordinator of the queue group) gets an explicit ``unavailable`` error result and a ``run_failed``
    trace event (``deliveries_exhausted``), and is removed from the queue: no request is lost silently.
@@ -78,7 +79,8 @@ _STORE_ATTEMPTS = 5
 @dataclass
 class JobCounters:
     """Jobs fetched, results stored (ok results and error results), jobs found already done, redeliveries
-    seen, malformed jobs, jobs handed back (nak), jobs that ran out of deliveries, failed result stores."""
+    seen, malformed jobs, jobs refused for reusing a running id with another payload, jobs handed back
+    (nak), jobs that ran out of deliveries, failed result stores."""
 
     received: int = 0
     results: int = 0
@@ -86,6 +88,7 @@ class JobCounters:
     already_done: int = 0
     redelivered: int = 0
     malformed: int = 0
+    conflicts: int = 0
     requeued: int = 0
     exhausted: int = 0
     store_failed: int = 0
@@ -199,7 +202,7 @@ class JobIntake:
                 await self._store(rid, ErrorReply(code=code, message=str(e)), Provenance(request_id=rid))
             else:
                 log.warning("dropped job #%d: %s (and no valid Nats-Msg-Id to answer on)", seq, e)
-            await msg.term()
+            await self._settle(msg, term=True)
             return
         rid = req.request_id
         prov = Provenance.from_headers(headers)
@@ -207,7 +210,7 @@ class JobIntake:
                           traceparent=prov.traceparent, tracestate=prov.tracestate)
         if await self._stored(rid):
             self.counters.already_done += 1
-            await msg.ack()
+            await self._settle(msg)
             return
         keepalive = asyncio.create_task(self._keep_in_progress(msg))
         try:
@@ -220,7 +223,12 @@ class JobIntake:
             try:
                 outcome = await self.run_once(req, prov)
             except Rejected as e:
-                outcome = e.reply
+                # the id is running here with another payload: its own result will answer this id; an error
+                # stored now would take the place of that result
+                self.counters.conflicts += 1
+                log.warning("job #%d refused: %s", seq, e.reply.message)
+                await self._settle(msg, term=True)
+                return
             except asyncio.CancelledError:
                 await self._requeue(msg, 0)  # draining past its timeout: hand the job to another coordinator
                 raise
@@ -232,7 +240,7 @@ class JobIntake:
                 outcome = ErrorReply(code=ErrorCode.INTERNAL, message=f"coordination of {rid} failed on its last "
                                      f"delivery ({delivery}): {type(e).__name__}")
             if await self._store(rid, outcome, prov):
-                await msg.ack()
+                await self._settle(msg)
             else:
                 await self._requeue(msg, 1.0)
         finally:
@@ -244,6 +252,12 @@ class JobIntake:
             await asyncio.sleep(period)
             with contextlib.suppress(nats.errors.Error, OSError):
                 await msg.in_progress()
+
+    async def _settle(self, msg: Msg, *, term: bool = False) -> None:
+        """Acknowledge (or terminate) a job. A lost ack is harmless: the redelivered job finds its stored
+        result and is acknowledged then."""
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await (msg.term() if term else msg.ack())
 
     async def _requeue(self, msg: Msg, delay: float) -> None:
         self.counters.requeued += 1

@@ -161,3 +161,38 @@ async def test_a_draining_coordinator_hands_its_running_job_back_at_once(
         await fakes.drain()
         for c in (nc, nc_a, nc_b, client):
             await c.close()
+
+
+async def test_a_conflicting_job_under_a_running_id_does_not_take_the_result(
+        fresh_nats_server: NatsServerProcess) -> None:
+    from actors.role_injector.actor import RoleInjectorActor
+
+    nc = await nats.connect(fresh_nats_server.url)
+    client = await nats.connect(fresh_nats_server.url)
+    world = FakeWorld(route_plan=plan_of([(1, Role.WORKER), (2, Role.VERIFIER)]),
+                      reply_plan=reply_by_role(worker="42", verifier="ACCEPT"))
+    fakes = BusFakes(nc, world, slow_agents={1: 1.0})
+    injector = RoleInjectorActor(nc)
+    coordinator = CoordinatorActor(nc, FAST)
+    for actor in (fakes, injector, coordinator):
+        await actor.start()
+    try:
+        rid = f"c-{uuid.uuid4().hex[:8]}"
+        waiting = asyncio.create_task(submit_job(client, build_request("the real one", request_id=rid), timeout=20.0))
+        for _ in range(200):
+            if coordinator.jobs.running == 1:
+                break
+            await asyncio.sleep(0.02)
+        other = build_request("another question under the same id", request_id=rid)
+        await client.jetstream().publish(subjects.COORD_JOBS, encode(other), headers={MSG_ID_HEADER: rid + "-x"})
+        res = await waiting
+        assert (res.status, res.answer) == (RunStatus.OK, "42")
+        assert coordinator.jobs.counters.conflicts == 1 and coordinator.jobs.counters.results == 1
+        assert await results_stored(client, rid) == 1
+        assert len(world.calls) == 2  # one run only: its Worker and Verifier calls
+    finally:
+        await coordinator.drain(timeout=2.0)
+        await injector.drain(timeout=1.0)
+        await fakes.drain()
+        await nc.close()
+        await client.close()
