@@ -213,8 +213,7 @@ class RouterEngine:
     def prepare(self, request: RouteRequest) -> PreparedRoute:
         """Check labels, format, tokenize and bound-check a request; raises a :class:`ModelRuntimeError`."""
         if request.backend != self.settings.backend or request.adapter not in self._slots:
-            raise AdapterNotServed(f"{request.backend}.{request.adapter}",
-                                   f"{self.settings.backend}.{{{', '.join(self._slots)}}}")
+            raise self._not_served(request)
         if not request.messages:
             raise EmptyTranscript()
         ids = self.tokenizer.encode(format_transcript(request.messages))
@@ -223,6 +222,10 @@ class RouterEngine:
         if len(ids) > self.max_context_tokens:
             raise ContextTooLong(len(ids), self.max_context_tokens)
         return PreparedRoute(request, ids, transcript_hash(request.messages))
+
+    def _not_served(self, request: RouteRequest) -> AdapterNotServed:
+        return AdapterNotServed(f"{request.backend}.{request.adapter}",
+                                f"{self.settings.backend}.{{{', '.join(self._slots)}}}")
 
     # -- worker-thread work ---------------------------------------------------------------------------------
 
@@ -242,8 +245,7 @@ class RouterEngine:
         out: list[RouteLogits | ModelRuntimeError | None] = [None] * len(batch)
         live = [i for i, p in enumerate(batch) if p.adapter in slots]
         for i in set(range(len(batch))) - set(live):
-            out[i] = AdapterNotServed(f"{batch[i].request.backend}.{batch[i].adapter}",
-                                      f"{self.settings.backend}.{{{', '.join(slots)}}}")
+            out[i] = self._not_served(batch[i].request)
         hidden = dict(zip(live, self._hidden([batch[i] for i in live]), strict=True))
         ok: dict[str, list[int]] = {}
         for i, h in hidden.items():
