@@ -129,9 +129,11 @@ def results_stream_spec(replicas: int = 1, max_age_s: float = 24 * 3600.0) -> St
 
     At most one message per subject, and a second one is refused (discard new per subject): a job that is
     redelivered after its result was stored cannot produce a second result. A client that connects late
-    reads the stored result (kept ``max_age_s``)."""
+    reads the stored result (kept ``max_age_s``). No size cap (``max_bytes=-1``): with discard-new a full
+    stream would refuse new results, so age alone bounds it (size the server's JetStream store for
+    ``max_age_s`` of results)."""
     return StreamSpec(name=subjects.RESULTS_STREAM, subjects=[subjects.COORD_RESULT_ALL], replicas=replicas,
-                      max_age_s=max_age_s, duplicate_window_s=600.0, max_msgs_per_subject=1,
+                      max_age_s=max_age_s, max_bytes=-1, duplicate_window_s=600.0, max_msgs_per_subject=1,
                       discard_new_per_subject=True)
 
 
