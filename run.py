@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     node = sub.add_parser("node", help="run actors under supervision until SIGINT/SIGTERM")
     _common(node)
     node.add_argument("--actors", metavar="A,B", help="comma-separated actors (default: all): trace_sink, "
-                      "model_runtime, provider_agents, role_injector, coordinator")
+                      "model_runtime, fleet_registry, provider_agents, role_injector, coordinator")
     node.add_argument("--node-id", help="node id (names connections and services)")
 
     submit = sub.add_parser("submit", help="submit a question and wait for the coordinated answer")

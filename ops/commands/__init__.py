@@ -22,6 +22,7 @@ MODULES: list[str] = [
     "ops.commands.bench",
     "ops.commands.env_check",
     "ops.commands.nats_auth",
+    "ops.commands.fleet",
 ]
 
 

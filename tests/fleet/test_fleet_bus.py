@@ -298,3 +298,26 @@ async def test_without_a_registry_the_client_routes_on_the_queue_group_subject(h
     outs = [await client.route(RouteRequest(f"n{i}", 0, msgs), 10.0) for i in range(3)]
     assert {o.runtime_id for o in outs} == {"rt-1"}
     assert client.counters.placements == 1 and client.counters.subject_fallbacks == 3  # asked once, then cached
+
+
+async def test_run_py_fleet_shows_the_registry_and_drains_a_runtime(
+        harness: Harness, make_engine: EngineMaker, fleet_models: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+    import run
+
+    await harness.start_registry(FAST)
+    rt = await harness.start_runtime("rt-1", make_engine("a"), FAST)
+    await harness.wait_for(lambda st: len(st.runtimes) == 1)
+    rc = await asyncio.to_thread(run.main, ["fleet", "--nats", harness.url])
+    out = capsys.readouterr().out
+    assert rc == 0 and "1 runtime(s)" in out and "rt-1" in out and fleet_models.a.identity in out
+    rc = await asyncio.to_thread(run.main, ["fleet", "--nats", harness.url, "--drain", "rt-1"])
+    assert rc == 0 and "rt-1: draining" in capsys.readouterr().out
+    st = await harness.wait_for(lambda s: all(hb.draining for hb in s.runtimes))
+    assert rt.draining and st.runtime("rt-1") is not None
+    client = await harness.start_client(FAST)
+    with pytest.raises(RouteFailed) as refused:  # the only runtime is draining: typed, at once
+        await client.route(RouteRequest("d1", 0, random_transcript(random.Random(1), (1, 2))), 5.0)
+    assert refused.value.code == "unavailable"
+    rc = await asyncio.to_thread(run.main, ["fleet", "--nats", harness.url, "--drain", "no-such-runtime",
+                                            "--timeout", "1"])
+    assert rc == 1 and "fleet_registry" in capsys.readouterr().err
