@@ -34,6 +34,7 @@ from config.model_runtime import ModelRuntimeSettings
 from config.nats import NatsSettings
 from config.settings import load_settings
 from ops.node import FACTORIES
+from schemas.common import Role
 from schemas.fleet import FleetStatus, FleetStatusRequest
 from schemas.routing import RouteLogits, RouteRequest
 from schemas.wire import ErrorCode
@@ -321,3 +322,48 @@ async def test_run_py_fleet_shows_the_registry_and_drains_a_runtime(
     rc = await asyncio.to_thread(run.main, ["fleet", "--nats", harness.url, "--drain", "no-such-runtime",
                                             "--timeout", "1"])
     assert rc == 1 and "fleet_registry" in capsys.readouterr().err
+
+
+async def test_single_node_coordinates_through_the_registry(fresh_nats_server: NatsServerProcess,
+                                                            fleet_models: Fleet) -> None:
+    from ops.node import Node
+    from schemas.coordination import Budget, CoordinationRequest, CoordinationResult
+    from tests.coordinator.fakes import BusFakes, FakeWorld, plan_of, reply_by_role
+
+    url = fresh_nats_server.url
+    base = load_settings(environ={})
+    settings = msgspec.structs.replace(
+        base, nats=NatsSettings(servers=[url], embedded="never"),
+        node=msgspec.structs.replace(base.node, actors=["model_runtime", "fleet_registry", "role_injector",
+                                                        "coordinator"], node_id="fleet-e2e"),
+        model_runtime=ModelRuntimeSettings(checkpoint_dir=str(fleet_models.a.checkpoint), runtime_id="rt-node",
+                                           factor_cache_dir=str(fleet_models.factor_cache)),
+        coordinator=msgspec.structs.replace(base.coordinator, trace_enabled=False, jobs_enabled=False),
+        fleet=FAST)
+    started: list[str] = []
+
+    async def on_started(name: str) -> None:
+        started.append(name)
+
+    fakes_nc = await nats.connect(url)
+    world = FakeWorld(route_plan=plan_of([(0, Role.WORKER)]), reply_plan=reply_by_role(verifier="ACCEPT: ok"))
+    fakes = BusFakes(fakes_nc, world, backend="unused")  # agents only: routing is the real runtime's
+    await fakes.start()
+    node = Node(settings, on_started=on_started)
+    await node.start()
+    try:
+        for _ in range(600):
+            if len(started) == 4:
+                break
+            await asyncio.sleep(0.05)
+        req = CoordinationRequest(request_id="fleet-e2e-1", query="What is 17 + 25?", budget=Budget(max_turns=2))
+        result = await rpc.request(fakes_nc, subjects.coord_request(), req, CoordinationResult, timeout=60)
+        assert result.request_id == "fleet-e2e-1" and result.turns and not world.routes
+        st = await rpc.request(fakes_nc, subjects.FLEET_STATUS, FleetStatusRequest(), FleetStatus, timeout=5)
+        assert [hb.runtime_id for hb in st.runtimes] == ["rt-node"]
+        assert [lease.owner for lease in st.leases] == ["fleet-e2e.coordinator"]  # placed through the registry
+        assert st.leases[0].base_model == fleet_models.a.identity
+    finally:
+        await node.stop()
+        await fakes.drain()
+        await fakes_nc.close()
