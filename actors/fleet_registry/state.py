@@ -36,7 +36,7 @@ class RuntimeRecord:
     heartbeat: RuntimeHeartbeat
     last_seen: float
     joined_at: float
-    assigned: int = 0  # routes leased since the last heartbeat (heartbeats lag; spreads bursts)
+    assigned: int = 0  # leases granted on it since its last heartbeat (heartbeats lag; spreads placements)
     adapters: dict[str, WarmAdapter] = field(default_factory=dict)
 
     @property
@@ -55,7 +55,8 @@ class RuntimeRecord:
         return self.heartbeat.spec.limits.max_queue
 
     def load(self) -> float:
-        """Queue occupancy in ``[0, inf)``: queued + running + recently assigned over ``max_queue``."""
+        """Queue occupancy in ``[0, inf)``: queued + running + leases granted since the heartbeat, over
+        ``max_queue``."""
         hb = self.heartbeat
         return (hb.queue_depth + hb.in_flight + self.assigned) / self.max_queue
 

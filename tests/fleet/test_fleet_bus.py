@@ -367,3 +367,23 @@ async def test_single_node_coordinates_through_the_registry(fresh_nats_server: N
         await node.stop()
         await fakes.drain()
         await fakes_nc.close()
+
+
+async def test_a_restarted_registry_relearns_the_fleet_at_once_and_routing_never_stops(
+        harness: Harness, make_engine: EngineMaker) -> None:
+    slow_beat = msgspec.structs.replace(FAST, heartbeat_interval_s=30.0, heartbeat_timeout_s=60.0)
+    first = await harness.start_registry(slow_beat)
+    await harness.start_runtime("rt-1", make_engine("a"), slow_beat)
+    await harness.wait_for(lambda st: len(st.runtimes) == 1)  # the runtime's first heartbeat, sent on start
+    client = await harness.start_client(slow_beat)
+    msgs = random_transcript(random.Random(8), (1, 3))
+    assert (await client.route(RouteRequest("g1", 0, msgs), 10.0)).runtime_id == "rt-1"
+    await first.drain(timeout=2)
+    # No registry: routes keep flowing on the cached lease (the registry is not on the route path).
+    assert (await client.route(RouteRequest("g2", 0, msgs), 10.0)).runtime_id == "rt-1"
+    second = FleetRegistryActor(await harness.conn(), slow_beat, registry_id="reg-2")
+    await second.start()
+    harness.registry = second
+    # Heartbeats come every 30 s here; the new registry knows the runtime at once because it asked.
+    st = await harness.wait_for(lambda s: s.registry_id == "reg-2" and len(s.runtimes) == 1)
+    assert st.runtimes[0].runtime_id == "rt-1" and client.counters.placements == 1
