@@ -227,13 +227,15 @@ class ModelRuntimeActor:
         if ctl.source is None:
             raise Rejected(ErrorCode.INVALID, f"ensure of {ctl.adapter!r}: no source; put the adapter's vector in "
                            "fleet.adapter_catalog")
+        before = set(self.warm_adapters())
         try:
             info = await self.runtime.load_adapter(ctl.source)
         except ModelRuntimeError as e:
             raise Rejected(e.code, f"loading {ctl.source}: {e}", retryable=e.retryable) from None
-        if info.token != ctl.adapter:
-            with contextlib.suppress(ModelRuntimeError):
-                await self.runtime.unload_adapter(info.token)
+        if info.token != ctl.adapter:  # e.g. a vector of another base model: its token here is another one
+            if info.token not in before:  # never unload an adapter that was already serving
+                with contextlib.suppress(ModelRuntimeError):
+                    await self.runtime.unload_adapter(info.token)
             raise Rejected(ErrorCode.INVALID, f"the vector at {ctl.source} is adapter {info.token!r}, not "
                            f"{ctl.adapter!r}; fix fleet.adapter_catalog")
         await self.service.add_endpoint(self._route_endpoint(info.token))

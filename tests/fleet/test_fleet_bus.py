@@ -35,7 +35,7 @@ from config.nats import NatsSettings
 from config.settings import load_settings
 from ops.node import FACTORIES
 from schemas.common import Role
-from schemas.fleet import FleetStatus, FleetStatusRequest
+from schemas.fleet import ControlOp, FleetStatus, FleetStatusRequest, RuntimeControl, RuntimeControlReply
 from schemas.routing import RouteLogits, RouteRequest
 from schemas.wire import ErrorCode
 from tests.fleet.support import EngineMaker, Fleet
@@ -387,3 +387,27 @@ async def test_a_restarted_registry_relearns_the_fleet_at_once_and_routing_never
     # Heartbeats come every 30 s here; the new registry knows the runtime at once because it asked.
     st = await harness.wait_for(lambda s: s.registry_id == "reg-2" and len(s.runtimes) == 1)
     assert st.runtimes[0].runtime_id == "rt-1" and client.counters.placements == 1
+
+
+async def test_ensure_checks_the_vector_is_the_adapter_asked_for(harness: Harness, fleet_models: Fleet,
+                                                                 make_engine: EngineMaker) -> None:
+    rt = await harness.start_runtime("rt-a", make_engine("a"), FAST)
+    nc = await harness.conn()
+    token_b, path_b = next(iter(fleet_models.b.adapters.items()))  # a vector built for base B
+    with pytest.raises(RemoteError) as wrong:
+        await rpc.request(nc, subjects.runtime_control("rt-a"),
+                          RuntimeControl(op=ControlOp.ENSURE, adapter=token_b, source=str(path_b)),
+                          RuntimeControlReply, timeout=30)
+    assert wrong.value.code is ErrorCode.INVALID and "adapter_catalog" in wrong.value.message
+    assert rt.warm_adapters() == ["base"]  # nothing was left loaded
+    assert rt.engine is not None
+    loads = rt.engine.adapter_loads  # the refused vector was read and dropped: one load
+    token_a, path_a = next(iter(fleet_models.a.adapters.items()))
+    ctl = RuntimeControl(op=ControlOp.ENSURE, adapter=token_a, source=str(path_a))
+    first, again = [await rpc.request(nc, subjects.runtime_control("rt-a"), ctl, RuntimeControlReply, timeout=30)
+                    for _ in range(2)]
+    assert (first.loaded, again.loaded) == (True, False) and again.warm_adapters == ["base", token_a]
+    assert again.heartbeat is not None and again.heartbeat.adapter_loads == loads + 1  # ensured twice, loaded once
+    evicted = await rpc.request(nc, subjects.runtime_control("rt-a"),
+                                RuntimeControl(op=ControlOp.EVICT, evict=[token_a]), RuntimeControlReply, timeout=30)
+    assert evicted.evicted == [token_a] and evicted.warm_adapters == ["base"]
