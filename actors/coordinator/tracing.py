@@ -4,8 +4,12 @@
 dropped and counted (``dropped``), and coordination goes on. One background task drains the queue in
 batches, publishing each batch in order with pipelined acks (``publish_async``) on
 ``trinity.trace.<request_id>.<kind>``, the event id as ``Nats-Msg-Id`` (JetStream dedupes retries) and the
-event's provenance as headers. Events of one request reach the stream in the order they were emitted.
-Publishes that fail or get no ack within ``publish_timeout_s`` are counted (``failed``) and not retried.
+event's provenance as headers. Events of one request reach the stream in the order they were emitted,
+except after a failure: publishes that fail or get no ack within ``publish_timeout_s`` (a NATS server
+dying, a stream electing a new leader) are retried with backoff for up to ``retry_window_s`` seconds (by
+default six publish timeouts: long enough for a reconnect and a leader election), and only then counted
+(``failed``). A retry of an event that was in fact stored is dropped by
+JetStream's dedupe.
 
 Example:
     >>> pub = TracePublisher(js, capacity=10_000)            # doctest: +SKIP
@@ -54,11 +58,12 @@ class TracePublisher:
     """Bounded, non-blocking trace sink feeding JetStream (see the module docstring)."""
 
     def __init__(self, js: JetStreamContext, *, capacity: int, publish_timeout_s: float = 5.0,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, retry_window_s: float | None = None) -> None:
         self.js = js
         self.enabled = enabled
         self.capacity = capacity
         self.publish_timeout_s = publish_timeout_s
+        self.retry_window_s = 6 * publish_timeout_s if retry_window_s is None else retry_window_s
         self.counters = TraceCounters()
         self._queue: asyncio.Queue[TraceEvent] = asyncio.Queue(maxsize=capacity)
         self._task: asyncio.Task[None] | None = None
@@ -99,7 +104,26 @@ class TracePublisher:
                 self._idle.set()
 
     async def _publish(self, batch: list[TraceEvent]) -> None:
-        futures: list[asyncio.Future[PubAck]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_window_s
+        pending, attempt = batch, 0
+        while True:
+            pending = await self._publish_once(pending)
+            if not pending:
+                return
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(min(self.publish_timeout_s, 0.25 * 2 ** attempt))
+            attempt += 1
+        self.counters.failed += len(pending)
+        log.warning("%d trace events not stored after %d tries in %.0fs (is stream %s there?); first: %s (%s)",
+                    len(pending), attempt + 1, self.retry_window_s, subjects.TRACE_STREAM, pending[0].event_id,
+                    pending[0].kind)
+
+    async def _publish_once(self, batch: list[TraceEvent]) -> list[TraceEvent]:
+        """Publish ``batch`` with pipelined acks; returns the events that failed (to retry)."""
+        failed: list[TraceEvent] = []
+        sent: list[tuple[TraceEvent, asyncio.Future[PubAck]]] = []
         for ev in batch:
             headers = Provenance(request_id=ev.request_id, turn=ev.turn, causation_id=ev.causation_id).to_headers()
             headers[MSG_ID_HEADER] = ev.event_id
@@ -107,21 +131,21 @@ class TracePublisher:
                 fut = await self.js.publish_async(subjects.trace(ev.request_id, ev.kind), encode(ev),
                                                   wait_stall=self.publish_timeout_s, headers=headers)
             except (TimeoutError, nats.errors.Error, OSError) as e:
-                self.counters.failed += 1
-                log.warning("trace event %s (%s) not published: %r", ev.event_id, ev.kind, e)
+                log.debug("trace event %s (%s) not published: %r", ev.event_id, ev.kind, e)
+                failed.append(ev)
                 continue
-            futures.append(fut)
-        if not futures:
-            return
-        done, pending = await asyncio.wait(futures, timeout=self.publish_timeout_s)
+            sent.append((ev, fut))
+        if not sent:
+            return failed
+        done, pending = await asyncio.wait([f for _, f in sent], timeout=self.publish_timeout_s)
         for fut in pending:
             fut.cancel()
-        failed = len(pending) + sum(1 for f in done if f.cancelled() or f.exception() is not None)
-        self.counters.failed += failed
-        self.counters.published += len(futures) - failed
-        if failed:
-            log.warning("%d of %d trace events got no JetStream ack (is stream %s there?)", failed, len(futures),
-                        subjects.TRACE_STREAM)
+        for ev, fut in sent:
+            if fut in done and not fut.cancelled() and fut.exception() is None:
+                self.counters.published += 1
+            else:
+                failed.append(ev)
+        return failed
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every queued event was published (or failed); False when ``timeout`` ran out first."""

@@ -69,3 +69,31 @@ async def test_disabled_publisher_ignores_events() -> None:
     assert await pub.flush(1.0)
     assert js.published == [] and pub.counters.emitted == 0
     await pub.close()
+
+
+class FlakyJS(FakeJS):
+    """Never acks the first publish of each event (a server dying under it), acks the retries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    async def publish_async(self, subject: str, payload: bytes, wait_stall: float | None = None,
+                            headers: dict[str, str] | None = None) -> asyncio.Future[Any]:
+        msg_id = (headers or {})["Nats-Msg-Id"]
+        self.stall = msg_id not in self.seen
+        self.seen.add(msg_id)
+        return await super().publish_async(subject, payload, wait_stall, headers)
+
+
+async def test_unacknowledged_events_are_retried_with_their_ids() -> None:
+    js = FlakyJS()
+    pub = TracePublisher(js, capacity=10, publish_timeout_s=0.05)  # type: ignore[arg-type]
+    await pub.start()
+    for i in range(4):
+        await pub.emit(event(i))
+    assert await pub.flush(2.0)
+    assert (pub.counters.published, pub.counters.failed) == (4, 0)
+    ids = [h["Nats-Msg-Id"] for _, h in js.published]
+    assert sorted(ids) == sorted([f"e{i}" for i in range(4)] * 2)  # each sent twice, same id (JetStream dedupes)
+    await pub.close()
