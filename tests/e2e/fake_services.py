@@ -12,6 +12,7 @@ import asyncio
 import signal
 
 import msgspec
+from nats.aio.client import Client
 
 from actors.coordinator.errors import AgentCallFailed
 from bus import subjects
@@ -29,15 +30,16 @@ def world() -> FakeWorld:
                      reply_plan=reply_by_role(worker="42", verifier="ACCEPT"))
 
 
-async def serve(urls: list[str], serve_what: set[str], route_delay: float, agent_delay: float, name: str,
-                user: str | None = None, password: str | None = None) -> None:
+def fake_services(runtime_nc: Client | None, agents_nc: Client | None, *, route_delay: float = 0.0,
+                  agent_delay: float = 0.0, runtime_id: str = "fake-runtime") -> list[ActorService]:
+    """The scripted fake runtime (on ``runtime_nc``) and the 7 fake agents (on ``agents_nc``), not started;
+    ``None`` leaves one out."""
     w = world()
-    nc = await connect(NatsSettings(servers=urls, reconnect_wait_s=0.2, user=user, password=password), name=name)
 
     async def route(req: RouteRequest, ctx: RequestContext) -> RouteLogits:
         await asyncio.sleep(route_delay)
         agent, role = w.route_plan(req.turn)
-        return msgspec.structs.replace(make_logits(req.request_id, req.turn, agent, role), runtime_id=name)
+        return msgspec.structs.replace(make_logits(req.request_id, req.turn, agent, role), runtime_id=runtime_id)
 
     async def call(intent: AgentCallIntent, ctx: RequestContext) -> AgentCallReceipt:
         await asyncio.sleep(agent_delay)
@@ -47,14 +49,22 @@ async def serve(urls: list[str], serve_what: set[str], route_delay: float, agent
             raise Rejected(ErrorCode.UPSTREAM, e.message, retryable=True) from None
 
     services = []
-    if "runtime" in serve_what:
-        services.append(ActorService(nc, name="fake-runtime", endpoints=[
+    if runtime_nc is not None:
+        services.append(ActorService(runtime_nc, name="fake-runtime", endpoints=[
             Endpoint("route", subjects.route("torch", "base"), RouteRequest, route,
                      queue_group=subjects.QUEUE_RUNTIMES)]))
-    if "agents" in serve_what:
-        services.append(ActorService(nc, name="fake-agents", endpoints=[
+    if agents_nc is not None:
+        services.append(ActorService(agents_nc, name="fake-agents", endpoints=[
             Endpoint(f"agent{i}", subjects.agent_call(i), AgentCallIntent, call, queue_group=subjects.QUEUE_AGENTS)
             for i in range(7)]))
+    return services
+
+
+async def serve(urls: list[str], serve_what: set[str], route_delay: float, agent_delay: float, name: str,
+                user: str | None = None, password: str | None = None) -> None:
+    nc = await connect(NatsSettings(servers=urls, reconnect_wait_s=0.2, user=user, password=password), name=name)
+    services = fake_services(nc if "runtime" in serve_what else None, nc if "agents" in serve_what else None,
+                             route_delay=route_delay, agent_delay=agent_delay, runtime_id=name)
     for s in services:
         await s.start()
     print("ready", flush=True)

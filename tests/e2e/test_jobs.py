@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 import nats
@@ -18,27 +19,49 @@ from bus.errors import RemoteError
 from bus.jetstream import MSG_ID_HEADER, ensure_consumer, ensure_stream, jobs_consumer_spec, jobs_stream_spec
 from config.coordinator import CoordinatorSettings
 from ops.client import JobQueueMissing, build_request, stored_result, submit, submit_job
-from schemas import ErrorCode, Role, RunStatus, StopReason
-from tests.coordinator.fakes import BusFakes, FakeWorld, plan_of, reply_by_role
+from schemas import ErrorCode, RunStatus, StopReason
+from tests.coordinator.fakes import BusFakes, FakeWorld
+from tests.e2e.fake_services import world
 from tests.e2e.support import results_stored, trace_of
 
 FAST = CoordinatorSettings(route_timeout_s=2.0, agent_timeout_s=2.0, role_inject_mode="bus")
 
+Scripted = Callable[..., Awaitable[FakeWorld]]
 
-async def test_job_runs_once_and_its_result_is_stored_for_late_clients(fresh_nats_server: NatsServerProcess) -> None:
+
+@pytest.fixture
+async def scripted(fresh_nats_server: NatsServerProcess) -> AsyncIterator[Scripted]:
+    """Starts the scripted fake runtime and agents (agent 1 answers ``42`` as Worker, agent 2 ``ACCEPT``, agent 1
+    taking ``slow_agent_s``) and a role injector on the test's own server; drains them afterwards."""
     from actors.role_injector.actor import RoleInjectorActor
 
+    nc = await nats.connect(fresh_nats_server.url)
+    running: list[BusFakes | RoleInjectorActor] = []
+
+    async def start(slow_agent_s: float = 0.0) -> FakeWorld:
+        w = world()
+        fakes = BusFakes(nc, w, slow_agents={1: slow_agent_s} if slow_agent_s else None)
+        injector = RoleInjectorActor(nc)
+        for actor in (fakes, injector):
+            await actor.start()
+            running.append(actor)
+        return w
+
+    yield start
+    for actor in reversed(running):
+        await actor.drain()
+    await nc.close()
+
+
+async def test_job_runs_once_and_its_result_is_stored_for_late_clients(
+        fresh_nats_server: NatsServerProcess, scripted: Scripted) -> None:
     nc = await nats.connect(fresh_nats_server.url)
     client = await nats.connect(fresh_nats_server.url)
     with pytest.raises(JobQueueMissing):  # no coordinator has created the queue yet
         await submit_job(client, build_request("early?"), timeout=2.0)
-    world = FakeWorld(route_plan=plan_of([(1, Role.WORKER), (2, Role.VERIFIER)]),
-                      reply_plan=reply_by_role(worker="42", verifier="ACCEPT"))
-    fakes = BusFakes(nc, world)
-    injector = RoleInjectorActor(nc)
+    fake_world = await scripted()
     coordinator = CoordinatorActor(nc, FAST)
-    for actor in (fakes, injector, coordinator):
-        await actor.start()
+    await coordinator.start()
     try:
         req = build_request("What is 17 + 25?", request_id=f"j-{uuid.uuid4().hex[:8]}")
         res = await submit_job(client, req, timeout=10.0)
@@ -51,7 +74,7 @@ async def test_job_runs_once_and_its_result_is_stored_for_late_clients(fresh_nat
         late = await nats.connect(fresh_nats_server.url)
         assert msgspec.json.encode(await stored_result(late, req.request_id)) == msgspec.json.encode(res)
         await late.close()
-        assert coordinator.dedupe.stats.started == 1 and len(world.calls) == 2
+        assert coordinator.dedupe.stats.started == 1 and len(fake_world.calls) == 2
 
         # a job stored twice on the queue (published past the client's dedupe) still gives one result
         dup = build_request("twice", request_id=f"j-{uuid.uuid4().hex[:8]}")
@@ -74,8 +97,6 @@ async def test_job_runs_once_and_its_result_is_stored_for_late_clients(fresh_nat
         assert rr.answer == "42" and await stored_result(client, "rr-1") is None
     finally:
         await coordinator.drain(timeout=2.0)
-        await injector.drain(timeout=1.0)
-        await fakes.drain()
         await nc.close()
         await client.close()
 
@@ -119,22 +140,15 @@ async def test_a_job_that_runs_out_of_deliveries_fails_explicitly(fresh_nats_ser
 
 
 async def test_a_draining_coordinator_hands_its_running_job_back_at_once(
-        fresh_nats_server: NatsServerProcess) -> None:
-    from actors.role_injector.actor import RoleInjectorActor
-
+        fresh_nats_server: NatsServerProcess, scripted: Scripted) -> None:
     # the ack wait is long: only an explicit hand-back (nak) can get the job to the other coordinator in time
     settings = msgspec.structs.replace(FAST, jobs_ack_wait_s=60.0, agent_timeout_s=30.0)
-    nc = await nats.connect(fresh_nats_server.url)
     nc_a = await nats.connect(fresh_nats_server.url)
     nc_b = await nats.connect(fresh_nats_server.url)
     client = await nats.connect(fresh_nats_server.url)
-    world = FakeWorld(route_plan=plan_of([(1, Role.WORKER), (2, Role.VERIFIER)]),
-                      reply_plan=reply_by_role(worker="42", verifier="ACCEPT"))
-    fakes = BusFakes(nc, world, slow_agents={1: 1.0})
-    injector = RoleInjectorActor(nc)
+    await scripted(slow_agent_s=1.0)
     first, second = CoordinatorActor(nc_a, settings), CoordinatorActor(nc_b, settings)
-    for actor in (fakes, injector, first):
-        await actor.start()
+    await first.start()
     try:
         req = build_request("slow one", request_id=f"d-{uuid.uuid4().hex[:8]}")
         waiting = asyncio.create_task(submit_job(client, req, timeout=20.0))
@@ -157,25 +171,17 @@ async def test_a_draining_coordinator_hands_its_running_job_back_at_once(
         assert kinds.index("run_redelivered") > kinds.index("run_started")
     finally:
         await second.drain(timeout=2.0)
-        await injector.drain(timeout=1.0)
-        await fakes.drain()
-        for c in (nc, nc_a, nc_b, client):
+        for c in (nc_a, nc_b, client):
             await c.close()
 
 
 async def test_a_conflicting_job_under_a_running_id_does_not_take_the_result(
-        fresh_nats_server: NatsServerProcess) -> None:
-    from actors.role_injector.actor import RoleInjectorActor
-
+        fresh_nats_server: NatsServerProcess, scripted: Scripted) -> None:
     nc = await nats.connect(fresh_nats_server.url)
     client = await nats.connect(fresh_nats_server.url)
-    world = FakeWorld(route_plan=plan_of([(1, Role.WORKER), (2, Role.VERIFIER)]),
-                      reply_plan=reply_by_role(worker="42", verifier="ACCEPT"))
-    fakes = BusFakes(nc, world, slow_agents={1: 1.0})
-    injector = RoleInjectorActor(nc)
+    fake_world = await scripted(slow_agent_s=1.0)
     coordinator = CoordinatorActor(nc, FAST)
-    for actor in (fakes, injector, coordinator):
-        await actor.start()
+    await coordinator.start()
     try:
         rid = f"c-{uuid.uuid4().hex[:8]}"
         waiting = asyncio.create_task(submit_job(client, build_request("the real one", request_id=rid), timeout=20.0))
@@ -189,10 +195,8 @@ async def test_a_conflicting_job_under_a_running_id_does_not_take_the_result(
         assert (res.status, res.answer) == (RunStatus.OK, "42")
         assert coordinator.jobs.counters.conflicts == 1 and coordinator.jobs.counters.results == 1
         assert await results_stored(client, rid) == 1
-        assert len(world.calls) == 2  # one run only: its Worker and Verifier calls
+        assert len(fake_world.calls) == 2  # one run only: its Worker and Verifier calls
     finally:
         await coordinator.drain(timeout=2.0)
-        await injector.drain(timeout=1.0)
-        await fakes.drain()
         await nc.close()
         await client.close()

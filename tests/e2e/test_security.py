@@ -24,17 +24,15 @@ from bus import subjects
 from bus.connection import connect
 from bus.embedded import NatsServerProcess
 from bus.errors import ConnectFailed
-from bus.service import ActorService, Endpoint, RequestContext
 from config.coordinator import CoordinatorSettings
 from config.nats import NatsSettings
 from config.settings import load_settings, redacted
 from config.trace_sink import JsonlSettings, TraceSinkSettings
 from ops.client import build_request, stored_result, submit, submit_job, tail
 from ops.nats_auth import NatsUser, generate_users, render_authorization, write_auth_files
-from schemas import AgentCallIntent, AgentCallReceipt, RouteLogits, RouteRequest, RunStatus
-from tests.coordinator.fakes import make_logits
+from schemas import RunStatus
 from tests.e2e import procs
-from tests.e2e.fake_services import world
+from tests.e2e.fake_services import fake_services
 
 ACTORS = ["coordinator", "model_runtime", "provider_agents", "role_injector", "trace_sink", "client"]
 
@@ -63,20 +61,7 @@ async def test_per_actor_users_allow_a_run_and_deny_an_agent_publishing_results(
     conns: dict[str, Client] = {}
     for name in ACTORS:
         conns[name] = await connect(settings_for(secure_server, users, name), name=name)
-    w = world()
-
-    async def route(req: RouteRequest, ctx: RequestContext) -> RouteLogits:
-        agent, role = w.route_plan(req.turn)
-        return make_logits(req.request_id, req.turn, agent, role)
-
-    async def call(intent: AgentCallIntent, ctx: RequestContext) -> AgentCallReceipt:
-        return w.receipt(intent)
-
-    runtime = ActorService(conns["model_runtime"], name="fake-runtime", endpoints=[
-        Endpoint("route", subjects.route("torch", "base"), RouteRequest, route, queue_group=subjects.QUEUE_RUNTIMES)])
-    agents = ActorService(conns["provider_agents"], name="fake-agents", endpoints=[
-        Endpoint(f"agent{i}", subjects.agent_call(i), AgentCallIntent, call, queue_group=subjects.QUEUE_AGENTS)
-        for i in range(7)])
+    runtime, agents = fake_services(conns["model_runtime"], conns["provider_agents"])
     injector = RoleInjectorActor(conns["role_injector"])
     coordinator = CoordinatorActor(conns["coordinator"], CoordinatorSettings(route_timeout_s=2.0, agent_timeout_s=2.0))
     jsonl = tmp_path / "trace.jsonl"
@@ -168,23 +153,8 @@ async def test_cli_processes_with_credentials_from_files_never_log_them(
     assert all(f.stat().st_mode & 0o077 == 0 for f in files)  # owner-only
     conns = {name: await connect(settings_for(secure_server, users, name), name=name)
              for name in ("model_runtime", "provider_agents", "role_injector")}
-    w = world()
-
-    async def route(req: RouteRequest, ctx: RequestContext) -> RouteLogits:
-        agent, role = w.route_plan(req.turn)
-        return make_logits(req.request_id, req.turn, agent, role)
-
-    async def call(intent: AgentCallIntent, ctx: RequestContext) -> AgentCallReceipt:
-        return w.receipt(intent)
-
-    services = [
-        ActorService(conns["model_runtime"], name="fake-runtime", endpoints=[
-            Endpoint("route", subjects.route("torch", "base"), RouteRequest, route, queue_group="runtimes")]),
-        ActorService(conns["provider_agents"], name="fake-agents", endpoints=[
-            Endpoint(f"agent{i}", subjects.agent_call(i), AgentCallIntent, call, queue_group="agents")
-            for i in range(7)]),
-        RoleInjectorActor(conns["role_injector"]),
-    ]
+    services = [*fake_services(conns["model_runtime"], conns["provider_agents"]),
+                RoleInjectorActor(conns["role_injector"])]
     for svc in services:
         await svc.start()
     coordinator = await asyncio.to_thread(procs.node, "coord-secure", [secure_server.url], "coordinator", tmp_path,
