@@ -5,8 +5,9 @@ Causal attention makes the state at position -2 depend only on tokens ``0..n-2``
 
 Work is synchronous and meant for a single worker thread (see :mod:`actors.model_runtime.batcher`):
 
-* fresh transcripts of a batch run as one forward pass, packed into a single row (no padding): a
-  block-diagonal causal mask keeps them independent and positions restart at 0 for each; packs hold at
+* fresh transcripts of a batch run as one forward pass, packed into a single row (no padding): attention
+  runs causally within each transcript only (:mod:`.packed_attention`, no dense mask) and positions restart
+  at 0 for each; packs hold at
   most ``max_batch`` requests and ``max_batch_tokens`` tokens (longer transcripts run alone);
 * transcripts of a run whose K/V is in the :class:`PrefixCache` crop it to the longest common prefix of
   token ids and compute only the rest (an entry is only reused by a request of the adapter that made it).
@@ -51,6 +52,7 @@ from actors.model_runtime.errors import (
 )
 from actors.model_runtime.formatting import format_transcript, transcript_hash
 from actors.model_runtime.head import RoutingHead
+from actors.model_runtime.packed_attention import ATTN_IMPLEMENTATION, PackedSegments
 from actors.model_runtime.prefix_cache import PrefixCache, common_prefix_len, crop_to
 from actors.model_runtime.tokenizer import RouterTokenizer
 from config.model_runtime import ModelRuntimeSettings
@@ -107,6 +109,8 @@ class RouterEngine:
             raise CheckpointError("model", f"tokenizer {tokenizer.source} has {tokenizer.vocab_size} ids but the "
                                            f"model's vocabulary is {model.config.vocab_size}")
         model.train(False)
+        if model.config._attn_implementation != ATTN_IMPLEMENTATION:  # packed batches need it (SDPA otherwise)
+            model.set_attn_implementation(ATTN_IMPLEMENTATION)
         if any(t != "full_attention" for t in (model.config.layer_types or [])):
             raise CheckpointError("model", "uses sliding-window attention layers; this runtime packs batches with "
                                            "a full-attention mask and supports full-attention Qwen3 only")
@@ -139,7 +143,7 @@ class RouterEngine:
         if not (path / "config.json").is_file():
             raise CheckpointError(str(path), "no config.json; point checkpoint_dir at a Qwen3 checkpoint folder")
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        model = Qwen3Model.from_pretrained(str(path), dtype=_DTYPES[s.dtype], attn_implementation="sdpa")
+        model = Qwen3Model.from_pretrained(str(path), dtype=_DTYPES[s.dtype], attn_implementation=ATTN_IMPLEMENTATION)
         if model.config.model_type != "qwen3":
             raise CheckpointError(str(path), f"model_type is {model.config.model_type!r}, expected 'qwen3'")
         model.to(pick_device(s.device))  # type: ignore[arg-type]  # transformers' stub misses devices
@@ -321,18 +325,15 @@ class RouterEngine:
         return state
 
     def _forward_fresh(self, items: list[PreparedRoute]) -> list[torch.Tensor]:
-        """Run fresh transcripts packed into one row: block-diagonal causal mask, positions restart per item."""
+        """Run fresh transcripts packed into one row: each attends only to itself (:mod:`.packed_attention`),
+        positions restart at 0 for each."""
         keep = [p.request.run_id is not None and self.cache.enabled for p in items]
         lengths = [len(p.feed) for p in items]
         ends = torch.tensor(lengths).cumsum(0).tolist()
         starts = [e - n for e, n in zip(ends, lengths, strict=True)]
         ids = torch.tensor([[t for p in items for t in p.feed]], dtype=torch.long, device=self.device)
         pos = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0).to(self.device)
-        mask: dict[str, torch.Tensor] | None = None
-        if len(items) > 1:
-            segment = torch.repeat_interleave(torch.arange(len(items)), torch.tensor(lengths)).to(self.device)
-            causal = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool, device=self.device).tril()
-            mask = {"full_attention": (causal & (segment[:, None] == segment[None, :]))[None, None]}
+        mask = {"full_attention": PackedSegments(tuple(lengths))} if len(items) > 1 else None
         cache = DynamicCache(config=self.model.config) if any(keep) else None
         plan = self.adapters.plan([(self._slots[p.adapter], n) for p, n in zip(items, lengths, strict=True)])
         with self.adapters.activate(plan):
