@@ -24,7 +24,7 @@ import msgspec
 
 from bus.connection import connect
 from config.settings import Settings
-from ops.client import build_request, render_result, submit
+from ops.client import build_request, render_result, submit, submit_job
 from ops.embedded_nats import ensure_nats
 from ops.node import Node
 
@@ -122,7 +122,9 @@ async def run_demo(settings: Settings, questions: list[str], *, repo_root: Path,
                 req = build_request(q, max_turns=max_turns, deadline_s=deadline_s)
                 print(f"\n> {q}", file=out, flush=True)
                 t = time.monotonic()
-                res = await submit(nc, req, timeout=deadline_s + 30.0)
+                # durably through the work queue when coordinators consume it, else request/reply
+                send = submit_job if settings.coordinator.jobs_enabled else submit
+                res = await send(nc, req, timeout=deadline_s + 30.0)
                 print(render_result(res, lambda a: names.get(a, f"agent {a}")), file=out)
                 print(f"  ({time.monotonic() - t:.1f}s; replay its trace: python run.py tail --request-id "
                       f"{res.request_id} --replay --until-finished)", file=out, flush=True)

@@ -72,7 +72,8 @@ ACTOR_PERMISSIONS: dict[str, Permissions] = {
         publish=("trinity.runtime.announce", "trinity.runtime.control.>", "trinity.fleet.>"),
         subscribe=("trinity.fleet.>", "trinity.runtime.heartbeat.>", _INBOX, _SERVICE)),
     "client": Permissions(
-        publish=(subjects.COORD_REQUEST, subjects.COORD_JOBS, "$JS.API.INFO", "$JS.API.STREAM.INFO.*",
+        publish=(subjects.COORD_REQUEST, subjects.COORD_JOBS, subjects.FLEET_STATUS, "$JS.API.INFO",
+                 "$JS.API.STREAM.INFO.*",
                  f"$JS.API.STREAM.MSG.GET.{subjects.RESULTS_STREAM}", *_TRACE_CONSUMERS, "$JS.FC.>"),
         subscribe=(subjects.COORD_RESULT_ALL, _INBOX),
         allow_responses=False),
