@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -89,6 +89,17 @@ class EndpointCounters:
         """Counters as a plain dict."""
         return dict(self.__dict__)
 
+
+
+async def finish_or_cancel(tasks: Iterable[asyncio.Task[Any]], timeout: float) -> set[asyncio.Task[Any]]:
+    """Wait up to ``timeout`` seconds for ``tasks``; cancel the ones still running, wait for them to unwind,
+    and return them (empty when everything finished in time)."""
+    _done, pending = await asyncio.wait(set(tasks), timeout=timeout)
+    for t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+    return pending
 
 class ActorService:
     """A micro service wrapping typed endpoints; see the module docstring."""
@@ -233,11 +244,8 @@ class ActorService:
         if self._service is not None:
             await self._service.stop()
         if self._tasks:
-            _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-            for t in pending:
-                t.cancel()
+            pending = await finish_or_cancel(self._tasks, timeout)
             if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
                 log.warning("%s: cancelled %d requests still running after %.1fs drain", self.name, len(pending),
                             timeout)
 

@@ -60,6 +60,7 @@ from bus.jetstream import (
 )
 from bus.provenance import Provenance
 from bus.rpc import error_headers
+from bus.service import finish_or_cancel
 from config.coordinator import CoordinatorSettings
 from schemas.coordination import CoordinationRequest, CoordinationResult
 from schemas.trace import RunFailed, RunRedelivered, TraceEvent
@@ -150,11 +151,7 @@ class JobIntake:
                 await self.nc.flush(timeout=2)
         self._sub = None
         if self._tasks:
-            _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+            await finish_or_cancel(self._tasks, timeout)
         if self._advisories is not None and not self.nc.is_closed:
             with contextlib.suppress(nats.errors.Error):
                 await self._advisories.unsubscribe()
