@@ -68,7 +68,10 @@ async def connect(settings: NatsSettings, name: str | None = None) -> Client:
         log.warning("nats error on %s: %s", label, e)
 
     async def on_disconnected() -> None:
-        log.warning("nats disconnected: %s", label)
+        if nc.is_closed:  # our own close(): expected, not worth a warning
+            log.debug("nats disconnected on close: %s", label)
+        else:
+            log.warning("nats disconnected: %s", label)
 
     async def on_reconnected() -> None:
         log.info("nats reconnected: %s", label)

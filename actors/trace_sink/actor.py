@@ -106,7 +106,8 @@ class TraceSinkActor:
         """Stop fetching, flush the exporters and close them."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # nats-py's pull fetch can turn the cancellation into a TimeoutError or a nats error on its way out
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError, nats.errors.Error):
                 await self._task
             self._task = None
         if self._sub is not None:
