@@ -32,6 +32,14 @@ def fresh_nats_server() -> Iterator[NatsServerProcess]:
     srv.close()
 
 
+@pytest.fixture
+def fresh_nats_cluster() -> Iterator[NatsCluster]:
+    """A 3-node JetStream cluster of the test's own, for tests that kill or restart its nodes."""
+    cluster = NatsCluster.start(3)
+    yield cluster
+    cluster.close()
+
+
 @pytest.fixture(scope="session")
 def nats_cluster() -> Iterator[NatsCluster]:
     """A 3-node JetStream cluster on loopback for the whole test session."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -29,11 +29,9 @@ COORDINATOR = ("coordinator.stream_replicas=3", f"coordinator.jobs_ack_wait_s={A
 
 
 @pytest.fixture
-def cluster() -> Iterator[NatsCluster]:
+def cluster(fresh_nats_cluster: NatsCluster) -> NatsCluster:
     """A 3-node cluster of this test's own (these tests kill its nodes)."""
-    c = NatsCluster.start(3)
-    yield c
-    c.close()
+    return fresh_nats_cluster
 
 
 @pytest.fixture
