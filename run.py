@@ -255,15 +255,13 @@ def _read_question(args: argparse.Namespace) -> str:
 
 
 def _connection_flags(args: argparse.Namespace) -> str:
-    """The flags that say where to connect, for a command line shown to the user (no ``--set``: secrets)."""
-    flags: list[str] = []
-    if args.config:
-        flags += ["--config", args.config]
-    if args.nats:
-        flags += ["--nats", args.nats]
+    """The flags that say where to connect, for a command line shown to the user. ``--set`` values are not
+    repeated (they may hold credentials): ``--set ...`` stands for them."""
+    flags = [f"{flag} {shlex.quote(value)}" for flag, value in (("--config", args.config), ("--nats", args.nats))
+             if value]
     if args.overrides:
         flags.append("--set ...")
-    return (" " + " ".join(shlex.quote(f) if f != "--set ..." else f for f in flags)) if flags else ""
+    return "".join(" " + f for f in flags)
 
 
 async def _cmd_submit(args: argparse.Namespace) -> int:
