@@ -5,10 +5,17 @@ Commands:
   demo     the main job: a single node with every actor, a few questions, each turn printed
   node     run actors under supervision (all of them for single-node, or the ones named by --actors)
   submit   publish a coordination request to a running deployment and print the result
+  result   wait for (or look up) the stored result of a job submitted earlier
   tail     follow trace events live, filtered by request id or kind, or replay a finished run
 
 Every command takes --config FILE (TOML), --set section.field=value (repeatable) and --nats URL; see
-README.md for the settings reference. Exit status: 0 on success, 1 on a failed request, 2 on bad usage.
+README.md for the settings reference. Exit status: 0 on success, 1 on a failed request, 2 on bad usage
+(one line on stderr naming the flag and the rule; checked before connecting), 130 when interrupted (Ctrl-C).
+
+`submit` prints its request id first, on stderr (`run.py submit: request id q-...`), so stdout holds only
+the result (pure JSON with --json). The question comes from the argument, from --file PATH, or from stdin
+(`-`, or no argument with stdin not a terminal). Ctrl-C while waiting prints one line saying how to resume:
+`run.py result ID` waits for the stored result of a queued job without submitting it again.
 """
 
 from __future__ import annotations
@@ -17,16 +24,88 @@ import argparse
 import asyncio
 import json
 import logging
+import math
+import re
+import shlex
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
 from ops.commands import UsageError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: Rules of the flag values, as the contracts in ``schemas`` state them (checked before connecting).
+MAX_TURNS = 64  # schemas.coordination.Budget.max_turns: 1..64
+_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")  # schemas.common.RequestId and check_token (adapter)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``run.py submit: argument --max-turns: must be ...`` and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _turns(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_TURNS:
+        raise argparse.ArgumentTypeError(f"must be a whole number of turns in 1..{MAX_TURNS}, got {text!r}")
+    return n
+
+
+def _seconds(minimum: float, rule: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            x = math.nan
+        if not (math.isfinite(x) and x >= minimum):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return x
+
+    return parse
+
+
+_deadline = _seconds(0.001, "a number of seconds >= 0.001")
+_positive = _seconds(0.001, "a number of seconds > 0")
+_non_negative = _seconds(0.0, "a number of seconds >= 0")
+
+
+def _identifier(text: str) -> str:
+    if not _ID.match(text):
+        raise argparse.ArgumentTypeError(f"must be 1-128 characters of A-Z a-z 0-9 _ -, got {text!r}")
+    return text
+
+
+def _agent_ids(text: str) -> list[int]:
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"must be comma-separated agent ids (whole numbers >= 0), got {text!r}")
+    return [int(p) for p in parts]
+
+
+def _actors(text: str) -> str:
+    from config.node import ALL_ACTORS
+
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    unknown = [a for a in names if a not in ALL_ACTORS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"must be comma-separated actors from {', '.join(ALL_ACTORS)}; "
+                                         f"got {text!r}")
+    return text
+
+
+def _question(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -39,45 +118,56 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
-    parser = argparse.ArgumentParser(prog="run.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="the main job: start every actor, ask a few questions, print each turn")
     _common(demo)
-    demo.add_argument("--question", action="append", default=[], metavar="TEXT",
+    demo.add_argument("--question", action="append", default=[], metavar="TEXT", type=_question,
                       help="a question to ask (repeatable; default: three built-in ones)")
-    demo.add_argument("--max-turns", type=int, default=5, help="turn budget K (default 5)")
-    demo.add_argument("--deadline", type=float, default=600.0, metavar="SECONDS", help="per-question deadline")
+    demo.add_argument("--max-turns", type=_turns, default=5, help=f"turn budget K, 1..{MAX_TURNS} (default 5)")
+    demo.add_argument("--deadline", type=_deadline, default=600.0, metavar="SECONDS", help="per-question deadline")
 
     node = sub.add_parser("node", help="run actors under supervision until SIGINT/SIGTERM")
     _common(node)
-    node.add_argument("--actors", metavar="A,B", help="comma-separated actors (default: all): trace_sink, "
-                      "model_runtime, fleet_registry, provider_agents, role_injector, coordinator")
+    node.add_argument("--actors", metavar="A,B", type=_actors,
+                      help="comma-separated actors (default: all): trace_sink, model_runtime, fleet_registry, "
+                      "provider_agents, role_injector, coordinator")
     node.add_argument("--node-id", help="node id (names connections and services)")
 
     submit = sub.add_parser("submit", help="submit a question and wait for the coordinated answer")
     _common(submit)
-    submit.add_argument("query", help="the question")
-    submit.add_argument("--request-id", help="request id (default: random); resubmitting one is idempotent")
-    submit.add_argument("--max-turns", type=int, default=5, help="turn budget K (default 5)")
-    submit.add_argument("--deadline", type=float, default=120.0, metavar="SECONDS", help="run deadline")
-    submit.add_argument("--agents", metavar="0,1,..", help="agent mask: only these agent ids may be chosen")
-    submit.add_argument("--adapter", default="base", help="adapter token of the routing runtime")
+    submit.add_argument("query", nargs="?", metavar="QUESTION", type=_question,
+                        help="the question; '-' (or none, with stdin not a terminal) reads it from stdin")
+    submit.add_argument("--file", metavar="PATH", help="read the question from this file ('-': stdin)")
+    submit.add_argument("--request-id", type=_identifier,
+                        help="request id (default: random); resubmitting one is idempotent")
+    submit.add_argument("--max-turns", type=_turns, default=5, help=f"turn budget K, 1..{MAX_TURNS} (default 5)")
+    submit.add_argument("--deadline", type=_deadline, default=120.0, metavar="SECONDS", help="run deadline")
+    submit.add_argument("--agents", metavar="0,1,..", type=_agent_ids,
+                        help="agent mask: only these agent ids may be chosen")
+    submit.add_argument("--adapter", default="base", type=_identifier, help="adapter token of the routing runtime")
     submit.add_argument("--json", action="store_true", help="print the full result as JSON")
     submit.add_argument("--via", choices=["jobs", "request"], default="jobs",
                         help="jobs (default): durable JetStream work queue, one stored result, survives a "
                         "coordinator/runtime/NATS node dying mid-run; request: plain request/reply")
 
+    result = sub.add_parser("result", help="wait for the stored result of a job submitted earlier (no resubmit)")
+    _common(result)
+    result.add_argument("request_id", metavar="REQUEST_ID", type=_identifier, help="the job's request id")
+    result.add_argument("--timeout", type=_non_negative, default=600.0, metavar="SECONDS",
+                        help="how long to wait for the result (default 600; 0: look once)")
+    result.add_argument("--json", action="store_true", help="print the full result as JSON")
+
     tail = sub.add_parser("tail", help="follow or replay trace events")
     _common(tail)
-    tail.add_argument("--request-id", help="only this request's events")
+    tail.add_argument("--request-id", type=_identifier, help="only this request's events")
     tail.add_argument("--kind", action="append", default=[], help="only these kinds (repeatable or a,b)")
     tail.add_argument("--replay", action="store_true", help="start from the first stored event")
     tail.add_argument("--follow", action="store_true", help="keep following (default: stop when idle)")
     tail.add_argument("--until-finished", action="store_true",
                       help="stop after the request's run_finished/run_failed (needs --request-id)")
-    tail.add_argument("--idle", type=float, default=2.0, metavar="SECONDS", help="idle time before stopping")
+    tail.add_argument("--idle", type=_positive, default=2.0, metavar="SECONDS", help="idle time before stopping")
     tail.add_argument("--color", action="store_true", help="colour event kinds")
     for module in _command_modules():
         extra = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
@@ -136,21 +226,103 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if failed == 0 else EXIT_FAILED
 
 
+def _read_question(args: argparse.Namespace) -> str:
+    """The question from the argument, ``--file`` or stdin; :class:`UsageError` naming the source when bad."""
+    from schemas.coordination import MAX_QUERY_CHARS
+
+    if args.file is not None and args.query is not None:
+        raise UsageError("QUESTION and --file: give the question one way, not both")
+    stdin_piped = sys.stdin is not None and not sys.stdin.isatty()
+    if args.file is not None or args.query == "-" or (args.query is None and stdin_piped):
+        source = "--file" if args.file not in (None, "-") else "stdin"
+        try:
+            if source == "--file":
+                text = Path(args.file).expanduser().read_text(encoding="utf-8")
+            else:
+                text = sys.stdin.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"{source}: cannot read the question: {e}") from None
+    elif args.query is None:
+        raise UsageError("QUESTION: give the question as an argument, with --file PATH, or on stdin ('-')")
+    else:
+        source, text = "QUESTION", args.query
+    text = text.strip()
+    if not text:
+        raise UsageError(f"{source}: the question must not be empty")
+    if len(text) > MAX_QUERY_CHARS:
+        raise UsageError(f"{source}: the question is {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
+    return text
+
+
+def _connection_flags(args: argparse.Namespace) -> str:
+    """The flags that say where to connect, for a command line shown to the user. ``--set`` values are not
+    repeated (they may hold credentials): ``--set ...`` stands for them."""
+    flags = [f"{flag} {shlex.quote(value)}" for flag, value in (("--config", args.config), ("--nats", args.nats))
+             if value]
+    if args.overrides:
+        flags.append("--set ...")
+    return "".join(" " + f for f in flags)
+
+
 async def _cmd_submit(args: argparse.Namespace) -> int:
     from bus.connection import connect
-    from ops.client import build_request, render_result, submit, submit_job
+    from ops.client import build_request, new_request_id, render_result, submit, submit_job
     from schemas import RunStatus
 
     settings = _settings(args)
-    mask = [int(a) for a in args.agents.split(",")] if args.agents else None
-    req = build_request(args.query, request_id=args.request_id, max_turns=args.max_turns, deadline_s=args.deadline,
-                        agent_mask=mask, adapter=args.adapter)
-    nc = await connect(settings.nats, name="trinity-submit")
+    query = _read_question(args)
+    rid = args.request_id or new_request_id()
     try:
-        send = submit_job if args.via == "jobs" else submit
-        res = await send(nc, req, timeout=args.deadline + 10.0)
-    finally:
-        await nc.close()
+        req = build_request(query, request_id=rid, max_turns=args.max_turns, deadline_s=args.deadline,
+                            agent_mask=args.agents, adapter=args.adapter)
+    except (ValueError, msgspec.ValidationError) as e:
+        raise UsageError(f"the request is not valid: {e}") from None
+    print(f"run.py submit: request id {rid}", file=sys.stderr, flush=True)
+    queued = False
+
+    def on_queued() -> None:
+        nonlocal queued
+        queued = True
+
+    try:
+        nc = await connect(settings.nats, name="trinity-submit")
+        try:
+            if args.via == "jobs":
+                res = await submit_job(nc, req, timeout=args.deadline + 10.0, on_queued=on_queued)
+            else:
+                res = await submit(nc, req, timeout=args.deadline + 10.0)
+        finally:
+            await nc.close()
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        conn = _connection_flags(args)
+        if queued:
+            hint = (f"job {rid} stays queued; wait for its result with: run.py result {rid}{conn}")
+        else:
+            again = f"--file {shlex.quote(args.file)}" if args.file not in (None, "-") else "QUESTION"
+            hint = (f"job {rid} was not queued yet; submit it again (same id, idempotent) with: "
+                    f"run.py submit --request-id {rid}{conn} {again}")
+        print(f"run.py submit: interrupted; {hint}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    print(msgspec.json.encode(res).decode() if args.json else render_result(res))
+    return EXIT_OK if res.status == RunStatus.OK else EXIT_FAILED
+
+
+async def _cmd_result(args: argparse.Namespace) -> int:
+    from bus.connection import connect
+    from ops.client import render_result, wait_job
+    from schemas import RunStatus
+
+    settings = _settings(args)
+    try:
+        nc = await connect(settings.nats, name="trinity-result")
+        try:
+            res = await wait_job(nc, args.request_id, timeout=args.timeout)
+        finally:
+            await nc.close()
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print(f"run.py result: interrupted; wait again with: run.py result {args.request_id}"
+              f"{_connection_flags(args)}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     print(msgspec.json.encode(res).decode() if args.json else render_result(res))
     return EXIT_OK if res.status == RunStatus.OK else EXIT_FAILED
 
@@ -164,7 +336,10 @@ async def _cmd_tail(args: argparse.Namespace) -> int:
         raise UsageError("--until-finished needs --request-id")
     settings = _settings(args)
     kinds = [k for item in args.kind for k in item.split(",") if k]
-    flt = TraceFilter.parse(request_id=args.request_id, kinds=kinds or None)
+    try:
+        flt = TraceFilter.parse(request_id=args.request_id, kinds=kinds or None)
+    except ValueError as e:
+        raise UsageError(f"--kind: {e}") from None
     nc = await connect(settings.nats, name="trinity-tail")
     try:
         await tail(nc, flt, replay=args.replay, follow=args.follow, color=args.color, idle_timeout=args.idle,
@@ -175,7 +350,7 @@ async def _cmd_tail(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
-    "demo": _cmd_demo, "node": _cmd_node, "submit": _cmd_submit, "tail": _cmd_tail}
+    "demo": _cmd_demo, "node": _cmd_node, "submit": _cmd_submit, "result": _cmd_result, "tail": _cmd_tail}
 
 
 def _plugged(module: Any) -> Callable[[argparse.Namespace], Coroutine[Any, Any, int]]:
@@ -207,7 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"run.py {args.command}: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        return EXIT_FAILED
+        print(f"run.py {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -247,32 +247,71 @@ def _offline_agents() -> list[AgentSpec]:
             for i, name in enumerate(TRINITY_AGENT_NAMES)]
 
 
-def provider_agents_settings_from_env(environ: Mapping[str, str]) -> ProviderAgentsSettings:
-    """Build settings from an environment mapping (pass ``os.environ``; nothing else is read).
+def _reveal(obj: Any) -> Any:
+    if isinstance(obj, Secret):
+        return obj.reveal()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
-    ``TRINITY_AGENTS_PRESET``: ``offline`` (default) or ``paper``. With ``paper`` the keys come from
-    ``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ``GEMINI_API_KEY`` (or ``GOOGLE_API_KEY``) and
+
+def provider_agents_env_doc(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``[provider_agents]`` fields the environment's convenience variables give, as a partial document.
+
+    Only variables that are set contribute, so a TOML file or ``--set`` override of another field keeps them
+    (see :mod:`config.settings`). Secrets are plain strings here; :func:`secret_dec_hook` wraps them.
+
+    ``TRINITY_AGENTS_PRESET``: ``offline`` or ``paper`` gives ``providers`` and ``agents``. With ``paper`` the
+    keys come from ``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ``GEMINI_API_KEY`` (or ``GOOGLE_API_KEY``) and
     ``TRINITY_VLLM_API_KEY``; ``TRINITY_VLLM_BASE_URL`` points at the open-weights server.
-    ``TRINITY_AGENTS_JSON`` (a JSON document of :class:`ProviderAgentsSettings`, keys as plain strings)
-    overrides the preset entirely. ``TRINITY_LOCAL_MODEL_CACHE`` moves the converted checkpoint cache.
+    ``TRINITY_LOCAL_MODEL_CACHE`` gives ``local.cache_dir``. ``TRINITY_AGENTS_JSON`` (a JSON object of
+    :class:`ProviderAgentsSettings` fields, keys as plain strings) is applied last: the fields it names replace
+    the preset's.
+
+    Example:
+        >>> sorted(provider_agents_env_doc({"TRINITY_AGENTS_PRESET": "paper"}))
+        ['agents', 'providers']
+        >>> provider_agents_env_doc({"TRINITY_LOCAL_MODEL_CACHE": "/m"})
+        {'local': {'cache_dir': '/m'}}
     """
-    local = LocalModelSettings()
+    doc: dict[str, Any] = {}
+    preset = environ.get("TRINITY_AGENTS_PRESET", "")
+    if preset:
+        if preset == "offline":
+            base = ProviderAgentsSettings.offline()
+        elif preset == "paper":
+            keys: dict[str, Secret] = {}
+            for name, var in (("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY"),
+                              ("gemini", "GEMINI_API_KEY"), ("vllm", "TRINITY_VLLM_API_KEY")):
+                if value := environ.get(var):
+                    keys[name] = Secret(value)
+            if "gemini" not in keys and (g := environ.get("GOOGLE_API_KEY")):
+                keys["gemini"] = Secret(g)
+            base = ProviderAgentsSettings.trinity_paper(
+                keys, open_weights_base_url=environ.get("TRINITY_VLLM_BASE_URL", "http://127.0.0.1:8000/v1"))
+        else:
+            raise ValueError(f"TRINITY_AGENTS_PRESET: expected 'offline' or 'paper', got {preset!r}")
+        doc["providers"] = msgspec.to_builtins(base.providers, enc_hook=_reveal)
+        doc["agents"] = msgspec.to_builtins(base.agents, enc_hook=_reveal)
     if cache := environ.get("TRINITY_LOCAL_MODEL_CACHE"):
-        local = msgspec.structs.replace(local, cache_dir=cache)
-    if doc := environ.get("TRINITY_AGENTS_JSON"):
-        return msgspec.json.decode(doc.encode(), type=ProviderAgentsSettings, dec_hook=secret_dec_hook)
-    preset = environ.get("TRINITY_AGENTS_PRESET", "offline")
-    if preset == "offline":
-        return ProviderAgentsSettings(local=local)
-    if preset == "paper":
-        keys: dict[str, Secret] = {}
-        for name, var in (("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY"),
-                          ("gemini", "GEMINI_API_KEY"), ("vllm", "TRINITY_VLLM_API_KEY")):
-            if value := environ.get(var):
-                keys[name] = Secret(value)
-        if "gemini" not in keys and (g := environ.get("GOOGLE_API_KEY")):
-            keys["gemini"] = Secret(g)
-        base = environ.get("TRINITY_VLLM_BASE_URL", "http://127.0.0.1:8000/v1")
-        s = ProviderAgentsSettings.trinity_paper(keys, open_weights_base_url=base)
-        return msgspec.structs.replace(s, local=local)
-    raise ValueError(f"TRINITY_AGENTS_PRESET: expected 'offline' or 'paper', got {preset!r}")
+        doc["local"] = {"cache_dir": cache}
+    if text := environ.get("TRINITY_AGENTS_JSON"):
+        try:
+            given = msgspec.json.decode(text.encode())
+        except msgspec.DecodeError as e:
+            raise ValueError(f"TRINITY_AGENTS_JSON: not valid JSON: {e}") from None
+        if not isinstance(given, dict):
+            raise ValueError(f"TRINITY_AGENTS_JSON: expected a JSON object, got {type(given).__name__}")
+        for key, value in given.items():
+            if isinstance(value, dict) and isinstance(doc.get(key), dict):
+                doc[key] = {**doc[key], **value}
+            else:
+                doc[key] = value
+    return doc
+
+
+def provider_agents_settings_from_env(environ: Mapping[str, str]) -> ProviderAgentsSettings:
+    """Defaults updated by :func:`provider_agents_env_doc` (pass ``os.environ``; nothing else is read)."""
+    try:
+        return msgspec.convert(provider_agents_env_doc(environ), ProviderAgentsSettings, strict=False,
+                               dec_hook=secret_dec_hook)
+    except msgspec.ValidationError as e:
+        raise ValueError(f"provider agents from the environment: {e}") from None

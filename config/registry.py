@@ -1,13 +1,13 @@
 """Settings of the model registry (artifact fetch, verification and cache).
 
 A frozen msgspec Struct with defaults; the token is a :class:`config.secrets.Secret` so it never prints.
-Nothing here reads the environment: :func:`registry_settings_from_env` takes the mapping it reads
+Nothing here reads the environment: :func:`registry_env_doc` takes the mapping it reads
 (``config.settings`` passes ``os.environ``).
 
 Example:
     >>> s = registry_settings_from_env({"HF_TOKEN": "hf_abc", "HF_HUB_OFFLINE": "1"})
     >>> (s.token, s.offline, s.endpoint)
-    (Secret('***'), True, 'https://huggingface.co')
+    (***, True, 'https://huggingface.co')
 """
 
 from __future__ import annotations
@@ -70,14 +70,28 @@ def registry_enc_hook(obj: Any) -> Any:
     raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 
-def registry_settings_from_env(env: Mapping[str, str], base: RegistrySettings | None = None) -> RegistrySettings:
-    """``base`` (default: defaults) updated from ``HF_ENDPOINT``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE`` in ``env``."""
-    s = base or RegistrySettings()
-    changes: dict[str, Any] = {}
+def registry_env_doc(env: Mapping[str, str]) -> dict[str, Any]:
+    """The ``[registry]`` fields ``HF_ENDPOINT``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE`` give, as a partial document
+    (only the variables that are set; the token as a plain string).
+
+    Example:
+        >>> registry_env_doc({"HF_HUB_OFFLINE": "1"})
+        {'offline': True}
+    """
+    doc: dict[str, Any] = {}
     if endpoint := env.get("HF_ENDPOINT"):
-        changes["endpoint"] = endpoint.rstrip("/")
+        doc["endpoint"] = endpoint.rstrip("/")
     if token := env.get("HF_TOKEN"):
-        changes["token"] = Secret(token)
+        doc["token"] = token
     if (offline := env.get("HF_HUB_OFFLINE")) is not None:
-        changes["offline"] = offline.strip().lower() in ("1", "true", "yes", "on")
+        doc["offline"] = offline.strip().lower() in ("1", "true", "yes", "on")
+    return doc
+
+
+def registry_settings_from_env(env: Mapping[str, str], base: RegistrySettings | None = None) -> RegistrySettings:
+    """``base`` (default: defaults) updated from :func:`registry_env_doc` of ``env``."""
+    s = base or RegistrySettings()
+    changes = registry_env_doc(env)
+    if "token" in changes:
+        changes["token"] = Secret(changes["token"])
     return msgspec.structs.replace(s, **changes) if changes else s

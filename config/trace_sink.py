@@ -1,6 +1,6 @@
 """Settings of the trace sink actor: the stream and durable consumer, redaction, exports, buffers.
 
-No environment is read here; :func:`trace_sink_settings_from_env` takes the mapping explicitly.
+No environment is read here; :func:`trace_sink_env_doc` takes the mapping explicitly.
 
 Example:
     >>> s = TraceSinkSettings()
@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -105,27 +106,67 @@ class TraceSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
             raise ValueError("buffer_size and fetch_batch must be >= 1")
 
 
+def _int_var(environ: Mapping[str, str], var: str) -> int | None:
+    text = environ.get(var)
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{var}: expected an integer, got {text!r}") from None
+
+
+def trace_sink_env_doc(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``[trace_sink]`` fields the ``TRINITY_TRACE_*`` variables give, as a partial document.
+
+    Only variables that are set contribute, so an override of another field keeps them (see
+    :mod:`config.settings`). Variables: ``TRINITY_TRACE_FULL_TEXT`` (1/true/yes/on, else false),
+    ``TRINITY_TRACE_JSONL`` (path, or ``off``), ``TRINITY_TRACE_JSONL_MAX_BYTES``, ``TRINITY_TRACE_JSONL_KEEP``,
+    ``TRINITY_TRACE_OTEL`` (none|console|in-memory|otlp), ``OTEL_EXPORTER_OTLP_ENDPOINT``,
+    ``TRINITY_TRACE_REDACT_PATTERNS`` (regexes separated by newlines), ``TRINITY_TRACE_DURABLE``.
+    Redaction secrets are not read here: :func:`config.settings.load_settings` adds every configured secret
+    after the last layer.
+
+    Example:
+        >>> trace_sink_env_doc({"TRINITY_TRACE_JSONL": "off", "TRINITY_TRACE_DURABLE": "ts-2"})
+        {'jsonl': {'enabled': False}, 'durable': 'ts-2'}
+    """
+    doc: dict[str, Any] = {}
+    redaction: dict[str, Any] = {}
+    if (full := environ.get("TRINITY_TRACE_FULL_TEXT")) is not None:
+        redaction["store_full_text"] = full.strip().lower() in ("1", "true", "yes", "on")
+    if patterns := [p for p in environ.get("TRINITY_TRACE_REDACT_PATTERNS", "").split("\n") if p.strip()]:
+        redaction["patterns"] = patterns
+    if redaction:
+        doc["redaction"] = redaction
+    jsonl: dict[str, Any] = {}
+    if path := environ.get("TRINITY_TRACE_JSONL"):
+        jsonl.update({"enabled": False} if path.lower() == "off" else {"path": path})
+    if (max_bytes := _int_var(environ, "TRINITY_TRACE_JSONL_MAX_BYTES")) is not None:
+        jsonl["max_bytes"] = max_bytes
+    if (keep := _int_var(environ, "TRINITY_TRACE_JSONL_KEEP")) is not None:
+        jsonl["keep"] = keep
+    if jsonl:
+        doc["jsonl"] = jsonl
+    otel: dict[str, Any] = {}
+    if exporter := environ.get("TRINITY_TRACE_OTEL"):
+        if exporter not in {k.value for k in OtelExporterKind}:
+            raise ValueError(f"TRINITY_TRACE_OTEL: expected one of {', '.join(k.value for k in OtelExporterKind)}, "
+                             f"got {exporter!r}")
+        otel["exporter"] = exporter
+    if endpoint := environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        otel["otlp_endpoint"] = endpoint
+    if otel:
+        doc["otel"] = otel
+    if durable := environ.get("TRINITY_TRACE_DURABLE"):
+        doc["durable"] = durable
+    return doc
+
+
 def trace_sink_settings_from_env(environ: Mapping[str, str], *, secrets: list[Secret] | None = None,
                                  ) -> TraceSinkSettings:
-    """Settings from an environment mapping (pass ``os.environ``); ``secrets`` adds values to redact.
-
-    Variables: ``TRINITY_TRACE_FULL_TEXT`` (1/true), ``TRINITY_TRACE_JSONL`` (path, or ``off``),
-    ``TRINITY_TRACE_JSONL_MAX_BYTES``, ``TRINITY_TRACE_JSONL_KEEP``, ``TRINITY_TRACE_OTEL``
-    (none|console|in-memory|otlp), ``OTEL_EXPORTER_OTLP_ENDPOINT``, ``TRINITY_TRACE_REDACT_PATTERNS``
-    (regexes separated by newlines), ``TRINITY_TRACE_DURABLE``.
-    """
-    full = environ.get("TRINITY_TRACE_FULL_TEXT", "").lower() in ("1", "true", "yes", "on")
-    patterns = [p for p in environ.get("TRINITY_TRACE_REDACT_PATTERNS", "").split("\n") if p.strip()]
-    redaction = RedactionSettings(secrets=list(secrets or []), patterns=patterns, store_full_text=full)
-    jsonl = JsonlSettings()
-    if (path := environ.get("TRINITY_TRACE_JSONL")) is not None:
-        jsonl = (msgspec.structs.replace(jsonl, enabled=False) if path.lower() == "off"
-                 else msgspec.structs.replace(jsonl, path=path))
-    if mb := environ.get("TRINITY_TRACE_JSONL_MAX_BYTES"):
-        jsonl = msgspec.structs.replace(jsonl, max_bytes=int(mb))
-    if keep := environ.get("TRINITY_TRACE_JSONL_KEEP"):
-        jsonl = msgspec.structs.replace(jsonl, keep=int(keep))
-    otel = OtelSettings(exporter=OtelExporterKind(environ.get("TRINITY_TRACE_OTEL", "none")),
-                        otlp_endpoint=environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
-    return TraceSinkSettings(redaction=redaction, jsonl=jsonl, otel=otel,
-                             durable=environ.get("TRINITY_TRACE_DURABLE", "trace-sink"))
+    """Defaults updated by :func:`trace_sink_env_doc` (pass ``os.environ``); ``secrets`` adds values to redact."""
+    s = msgspec.convert(trace_sink_env_doc(environ), TraceSinkSettings, strict=False)
+    if secrets:
+        s = msgspec.structs.replace(s, redaction=msgspec.structs.replace(s.redaction, secrets=list(secrets)))
+    return s

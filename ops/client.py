@@ -19,6 +19,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy
 
 from actors.trace_sink.render import TraceFilter, format_event
@@ -82,31 +83,24 @@ async def stored_result(nc: Client, request_id: str) -> CoordinationResult | Non
 
 
 async def submit_job(nc: Client, req: CoordinationRequest, *, timeout: float, poll_s: float = 2.0,
-                     publish_timeout: float = 5.0) -> CoordinationResult:
+                     publish_timeout: float = 5.0, on_queued: Callable[[], None] | None = None,
+                     ) -> CoordinationResult:
     """Queue ``req`` durably on the work queue and wait for its one stored result.
 
     The request id is the ``Nats-Msg-Id``, so publishing again (after a timeout or a reconnect, or a second
     ``submit`` with the same id) stores the job once; a job that already finished returns its stored result
     at once. The result is awaited on a subscription, with a look at the results stream every ``poll_s``
     seconds as a backstop (a result published while this client was reconnecting is not missed).
+    ``on_queued`` is called once JetStream has stored the job (not when a stored result was found at once).
     Raises :class:`RemoteError` for an error result, :class:`RequestTimeout` past ``timeout`` (the job
-    stays queued: submit the same id again to keep waiting), :class:`JobQueueMissing` when no coordinator
-    has created the queue.
+    stays queued: :func:`wait_job`, or submit the same id again, to keep waiting), :class:`JobQueueMissing`
+    when no coordinator has created the queue.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     rid = req.request_id
-    arrived: asyncio.Queue[Msg] = asyncio.Queue()
-
-    async def on_result(msg: Msg) -> None:
-        await arrived.put(msg)
-
-    sub = await nc.subscribe(subjects.coord_result(rid), cb=on_result)
-    try:
-        try:
-            done = await stored_result(nc, rid)
-        except nats.js.errors.ServiceUnavailableError:
-            raise JobQueueMissing() from None
+    async with _ResultWatch(nc, rid) as watch:
+        done = await watch.stored()
         if done is not None:
             return done
         headers = Provenance(request_id=rid, causation_id=rid).to_headers()
@@ -123,21 +117,81 @@ async def submit_job(nc: Client, req: CoordinationRequest, *, timeout: float, po
                 if loop.time() >= deadline:
                     raise RequestTimeout(subjects.coord_jobs(), timeout) from None
                 await asyncio.sleep(0.25)  # same Nats-Msg-Id: a retry cannot queue the job twice
+        if on_queued is not None:
+            on_queued()
+        return await watch.wait(deadline, timeout, poll_s)
+
+
+async def wait_job(nc: Client, request_id: str, *, timeout: float, poll_s: float = 2.0) -> CoordinationResult:
+    """Wait for the stored result of job ``request_id``, submitted earlier (by anyone), without resubmitting.
+
+    Returns at once when the result is stored. Raises :class:`JobResultTimeout` when none is stored within
+    ``timeout`` seconds (``0``: look once), :class:`RemoteError` for an error result, :class:`JobQueueMissing`
+    when no coordinator has created the queue.
+    """
+    loop = asyncio.get_running_loop()
+    async with _ResultWatch(nc, request_id) as watch:
+        done = await watch.stored()
+        if done is not None:
+            return done
+        try:
+            return await watch.wait(loop.time() + timeout, timeout, poll_s)
+        except RequestTimeout:
+            raise JobResultTimeout(request_id, timeout) from None
+
+
+class JobResultTimeout(RequestTimeout):
+    """No stored result for a job within the wait (it may still be queued or running, or never was submitted)."""
+
+    def __init__(self, request_id: str, timeout: float) -> None:
+        self.subject, self.timeout, self.request_id = subjects.coord_result(request_id), timeout, request_id
+        BusError.__init__(self, f"no stored result for job {request_id} within {timeout:g}s: it may still be queued "
+                          f"or running (wait again: `run.py result {request_id}`), or it was never queued (submit "
+                          f"it again: `run.py submit --request-id {request_id} QUESTION`)")
+
+
+class _ResultWatch:
+    """A subscription to one job's result subject plus reads of the results stream (the stored result)."""
+
+    def __init__(self, nc: Client, request_id: str) -> None:
+        self._nc, self._rid = nc, request_id
+        self._arrived: asyncio.Queue[Msg] = asyncio.Queue()
+        self._sub: Subscription | None = None
+
+    async def __aenter__(self) -> _ResultWatch:
+        async def on_result(msg: Msg) -> None:
+            await self._arrived.put(msg)
+
+        self._sub = await self._nc.subscribe(subjects.coord_result(self._rid), cb=on_result)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+
+    async def stored(self) -> CoordinationResult | None:
+        """The stored result now, or ``None``."""
+        try:
+            return await stored_result(self._nc, self._rid)
+        except nats.js.errors.ServiceUnavailableError:
+            raise JobQueueMissing() from None
+
+    async def wait(self, deadline: float, timeout: float, poll_s: float) -> CoordinationResult:
+        """Wait until the result is stored or the loop time reaches ``deadline``."""
+        loop = asyncio.get_running_loop()
         while True:
             left = deadline - loop.time()
             if left <= 0:
-                raise RequestTimeout(subjects.coord_result(rid), timeout)
+                raise RequestTimeout(subjects.coord_result(self._rid), timeout)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(arrived.get(), min(poll_s, left))
+                await asyncio.wait_for(self._arrived.get(), min(poll_s, left))
             # what counts is the stored result: a result seen in flight whose store failed (its publisher
             # died, the stream leader changed) is not the answer until JetStream has it
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
-                done = await stored_result(nc, rid)
+                done = await stored_result(self._nc, self._rid)
                 if done is not None:
                     return done
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
 
 
 def _excerpt(text: str | None, n: int = 100) -> str:
