@@ -59,3 +59,17 @@ def decode(data: bytes, type_: type[T], *, max_bytes: int = DEFAULT_MAX_BYTES, s
     except Exception as e:  # an invariant that raised something else: still the payload's fault
         raise MalformedPayload(name, f"rejected while decoding ({type(e).__name__}: {e})") from e
     return result
+
+
+class _RequestIdOnly(msgspec.Struct):
+    request_id: Any = None
+
+
+def peek_request_id(data: bytes) -> str | None:
+    """The ``request_id`` string of a JSON object that need not decode as any contract, or ``None`` when
+    ``data`` is not such an object or its ``request_id`` is missing or not a string. Never raises."""
+    try:
+        rid = _decoder(_RequestIdOnly).decode(data).request_id
+    except Exception:  # noqa: BLE001 - unreadable in any way means "no id"
+        return None
+    return rid if isinstance(rid, str) else None
