@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import nats.errors
 from nats.aio.client import Client
 from nats.micro import add_service
 from nats.micro.request import Request
@@ -194,49 +195,72 @@ class ActorService:
 
     async def _serve(self, ep: Endpoint[Any], counters: EndpointCounters, req: Request) -> None:
         try:
-            try:
-                body = decode(req.data, ep.request_type, max_bytes=ep.max_payload_bytes, subject=req.subject)
-            except PayloadTooLarge as e:
-                counters.too_large += 1
-                await self._reply_error(counters, req, ErrorReply(code=ErrorCode.TOO_LARGE, message=str(e),
-                                                        details={"size": str(e.size), "limit": str(e.limit)}))
-                return
-            except MalformedPayload as e:
-                counters.malformed += 1
-                await self._reply_error(counters, req, ErrorReply(code=ErrorCode.MALFORMED, message=str(e)))
-                return
-            headers = dict(req.headers or {})
-            ctx = RequestContext(subject=req.subject, headers=headers, provenance=Provenance.from_headers(headers),
-                                 received_at=time.time())
-            try:
-                result = await ep.handler(body, ctx)
-            except Rejected as e:
-                counters.rejected += 1
-                await self._reply_error(counters, req, e.reply)
-                return
-            except asyncio.CancelledError:
-                counters.crashed += 1
-                await self._reply_error(counters, req, ErrorReply(code=ErrorCode.UNAVAILABLE, retryable=True,
-                                                        message=f"{self.name} stopped while serving the request"))
-                raise
-            except Exception as e:  # a handler bug must not take the endpoint down
-                counters.crashed += 1
-                log.exception("handler %s/%s crashed", self.name, ep.name)
-                await self._reply_error(counters, req, ErrorReply(code=ErrorCode.INTERNAL,
-                                                        message=f"{self.name}/{ep.name} failed: {type(e).__name__}"))
-                return
-            counters.ok += 1
-            if result is not None and req._msg.reply:
-                await req.respond(encode(result))
+            await self._serve_one(ep, counters, req)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never leave an exception in a task nobody awaits ("never retrieved")
+            counters.crashed += 1
+            log.exception("serving %s/%s failed outside its handler", self.name, ep.name)
         finally:
             counters.in_flight -= 1
+
+    async def _serve_one(self, ep: Endpoint[Any], counters: EndpointCounters, req: Request) -> None:
+        try:
+            body = decode(req.data, ep.request_type, max_bytes=ep.max_payload_bytes, subject=req.subject)
+        except PayloadTooLarge as e:
+            counters.too_large += 1
+            await self._reply_error(counters, req, ErrorReply(code=ErrorCode.TOO_LARGE, message=str(e),
+                                                              details={"size": str(e.size), "limit": str(e.limit)}))
+            return
+        except MalformedPayload as e:  # decode() turns every decode failure (bad UTF-8 included) into this
+            counters.malformed += 1
+            await self._reply_error(counters, req, ErrorReply(code=ErrorCode.MALFORMED, message=str(e)))
+            return
+        headers = dict(req.headers or {})
+        ctx = RequestContext(subject=req.subject, headers=headers, provenance=Provenance.from_headers(headers),
+                             received_at=time.time())
+        try:
+            result = await ep.handler(body, ctx)
+        except Rejected as e:
+            counters.rejected += 1
+            await self._reply_error(counters, req, e.reply)
+            return
+        except asyncio.CancelledError:
+            counters.crashed += 1
+            await self._reply_error(counters, req, ErrorReply(code=ErrorCode.UNAVAILABLE, retryable=True,
+                                                              message=f"{self.name} stopped while serving the request"))
+            raise
+        except Exception as e:  # a handler bug must not take the endpoint down
+            counters.crashed += 1
+            log.exception("handler %s/%s crashed", self.name, ep.name)
+            await self._reply_error(counters, req, ErrorReply(
+                code=ErrorCode.INTERNAL, message=f"{self.name}/{ep.name} failed: {type(e).__name__}"))
+            return
+        counters.ok += 1
+        if result is None or not req._msg.reply:
+            return
+        data = encode(result)
+        try:
+            await req.respond(data)
+        except nats.errors.MaxPayloadError:
+            counters.too_large += 1
+            await self._reply_error(counters, req, ErrorReply(
+                code=ErrorCode.TOO_LARGE, details={"size": str(len(data))},
+                message=f"{self.name}/{ep.name}: the reply of {len(data)} bytes exceeds the server's max_payload "
+                        "(ask for less, or raise max_payload on the server)"))
+        except (nats.errors.Error, OSError) as e:
+            log.warning("could not reply on %s/%s: %r", self.name, ep.name, e)
 
     async def _reply_error(self, counters: EndpointCounters, req: Request, reply: ErrorReply) -> None:
         if not req._msg.reply:
             counters.dropped += 1
             log.warning("dropped message on %s without reply subject: %s", req.subject, reply.message)
             return
-        await req.respond(encode(reply), headers=error_headers(reply))
+        try:
+            await req.respond(encode(reply), headers=error_headers(reply))
+        except (nats.errors.Error, OSError) as e:
+            counters.dropped += 1
+            log.warning("could not send a %s error reply on %s: %r", reply.code.value, req.subject, e)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Stop taking work, let in-flight handlers finish (up to ``timeout``), then stop the service."""

@@ -20,7 +20,7 @@
 
 from __future__ import annotations
 
-import re
+from schemas.common import TOKEN
 
 PREFIX = "trinity"
 COORD_REQUEST = f"{PREFIX}.coord.request"
@@ -46,9 +46,6 @@ QUEUE_ROLE_INJECTORS = "role-injectors"
 QUEUE_TRACE_SINKS = "trace-sinks"
 QUEUE_REGISTRIES = "fleet-registries"
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
-
-
 class InvalidSubjectToken(ValueError):
     """A value cannot be one token of a NATS subject."""
 
@@ -57,9 +54,10 @@ class InvalidSubjectToken(ValueError):
 
 
 def token(what: str, value: str | int) -> str:
-    """Validate ``value`` as one subject token (no dots, spaces or wildcards)."""
+    """Validate ``value`` as one subject token (no dots, spaces, wildcards or control characters; the whole
+    string must match, so ``"abc\\n"`` is refused)."""
     text = str(value)
-    if not _TOKEN.match(text):
+    if TOKEN.fullmatch(text) is None:
         raise InvalidSubjectToken(what, value)
     return text
 

@@ -17,12 +17,20 @@ HIDDEN_SIZE = 1024
 #: Upper bound on agents a head may route over (keeps RouteLogits small: no hidden vector fits).
 MAX_AGENTS = 64
 
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# Every pattern matches the whole string: ``^...\Z``, never ``$`` (which also matches before a final "\n",
+# so "abc\n" would pass and end a subject early). msgspec's ``pattern`` uses ``re.search``, hence the anchors.
+#: Regex source of a lowercase hex sha256 digest.
+SHA256_HEX_PATTERN = r"^[0-9a-f]{64}\Z"
+#: Regex source of an identifier that travels as one NATS subject token: no dots, spaces, wildcards or
+#: control characters; 1-128 characters.
+TOKEN_PATTERN = r"^[A-Za-z0-9_\-]{1,128}\Z"
+SHA256_HEX = re.compile(SHA256_HEX_PATTERN)
 #: Identifiers that travel in NATS subject tokens: no dots, spaces or wildcards.
-TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+TOKEN = re.compile(TOKEN_PATTERN)
 
-RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-]+$")]
-Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+#: A request id: one subject token (results and traces are stored under ``...<request_id>...`` subjects).
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=TOKEN_PATTERN)]
+Sha256Hex = Annotated[str, msgspec.Meta(pattern=SHA256_HEX_PATTERN)]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0.0)]
 
@@ -65,12 +73,12 @@ class Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def check_sha256(value: str, field: str) -> None:
     """Require a lowercase hex sha256 digest."""
-    require(bool(SHA256_HEX.match(value)), field, f"must be 64 lowercase hex characters, got {value!r}")
+    require(SHA256_HEX.fullmatch(value) is not None, field, f"must be 64 lowercase hex characters, got {value!r}")
 
 
 def check_token(value: str, field: str) -> None:
     """Require a value usable as one NATS subject token."""
-    require(bool(TOKEN.match(value)), field,
+    require(TOKEN.fullmatch(value) is not None, field,
             f"must be 1-128 characters of A-Z a-z 0-9 _ - (a NATS subject token), got {value!r}")
 
 

@@ -40,13 +40,23 @@ _NEW_FLOAT_EXT = 70
 _LIST_EXT = 108
 _NIL_EXT = 106
 _MICRO = decimal.Decimal("0.000001")
+#: At and above 2**52 a double has no fractional bits: rounding to 6 decimals returns it unchanged (Elixir's
+#: ``Float.round/2`` takes its "more precision asked than the float has" branch).
+_INTEGRAL = 2.0**52
+#: A private context: 2**52 has 16 digits, so 16 + 6 fit with room to spare, whatever the thread's
+#: context says (the default 28 digits made values of 1e22 and more raise ``InvalidOperation``).
+_ROUNDING = decimal.Context(prec=40, rounding=decimal.ROUND_HALF_UP, Emin=-999_999, Emax=999_999,
+                            traps=[decimal.InvalidOperation, decimal.Overflow])
 
 
 def elixir_round6(x: float) -> float:
-    """Round like Elixir's ``Float.round(x, 6)``: exact decimal value, ties away from zero."""
+    """Round like Elixir's ``Float.round(x, 6)``: exact decimal value, ties away from zero; every finite
+    float is accepted, and one of magnitude 2**52 or more (no fractional digits) is returned unchanged."""
     if x != x or x in (float("inf"), float("-inf")):
         raise ValueError(f"cannot round non-finite logit {x!r}")
-    return float(decimal.Decimal(x).quantize(_MICRO, rounding=decimal.ROUND_HALF_UP))
+    if abs(x) >= _INTEGRAL:
+        return float(x)
+    return float(decimal.Decimal(x).quantize(_MICRO, context=_ROUNDING))
 
 
 def _encode_int(value: int) -> bytes:

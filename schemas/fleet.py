@@ -96,6 +96,9 @@ class RuntimeHeartbeat(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     interval_s: float = 0.0
     adapter_loads: int = 0
 
+    def __post_init__(self) -> None:
+        check_token(self.runtime_id, "runtime_id")  # heartbeat, control and route subjects end in it
+
 
 class PlacementKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True, order=True):
     """What a route needs from a runtime: backend, base model identity (``None``: any) and adapter."""
@@ -146,6 +149,8 @@ class Lease(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         require(bool(self.runtimes), "runtimes", "a lease names at least one runtime")
+        for i, rid in enumerate(self.runtimes):
+            check_token(rid, f"runtimes[{i}]")  # routed to on trinity.runtime.route.<runtime_id>
         require(self.ttl_s > 0, "ttl_s", f"must be > 0, got {self.ttl_s}")
 
 
@@ -195,6 +200,9 @@ class RuntimeControlReply(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     loaded: bool = False
     evicted: list[str] = msgspec.field(default_factory=list)
     heartbeat: RuntimeHeartbeat | None = None
+
+    def __post_init__(self) -> None:
+        check_token(self.runtime_id, "runtime_id")
 
 
 class FleetStatusRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

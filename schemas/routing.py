@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Sequence
 
 import msgspec
@@ -139,7 +140,9 @@ class RouteDecision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 def _argmax_margin(values: Sequence[float], allowed: Sequence[int]) -> tuple[int, float, list[int]]:
     ranking = sorted(allowed, key=lambda i: (-values[i], i))
     best = ranking[0]
-    margin = values[best] - values[ranking[1]] if len(ranking) > 1 else float("inf")
+    # finite logits far apart can overflow their difference: keep the margin finite (JSON has no infinity;
+    # inf below means "no runner-up")
+    margin = min(values[best] - values[ranking[1]], sys.float_info.max) if len(ranking) > 1 else float("inf")
     return best, margin, ranking
 
 

@@ -39,7 +39,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
@@ -48,7 +47,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from bus import subjects
-from bus.codec import decode, encode
+from bus.codec import decode, encode, peek_request_id
 from bus.errors import MalformedPayload, PayloadTooLarge, Rejected
 from bus.jetstream import (
     MSG_ID_HEADER,
@@ -81,7 +80,8 @@ _STORE_ATTEMPTS = 5
 class JobCounters:
     """Jobs fetched, results stored (ok results and error results), jobs found already done, redeliveries
     seen, malformed jobs, jobs refused for reusing a running id with another payload, jobs handed back
-    (nak), jobs that ran out of deliveries, failed result stores."""
+    (nak), jobs that ran out of deliveries, failed result stores, jobs terminated because their
+    ``Nats-Msg-Id`` was not their request id."""
 
     received: int = 0
     results: int = 0
@@ -93,6 +93,7 @@ class JobCounters:
     requeued: int = 0
     exhausted: int = 0
     store_failed: int = 0
+    id_mismatch: int = 0
 
 
 def _valid_request_id(text: str | None) -> str | None:
@@ -195,10 +196,17 @@ class JobIntake:
             self.counters.malformed += 1
             code = ErrorCode.TOO_LARGE if isinstance(e, PayloadTooLarge) else ErrorCode.MALFORMED
             rid = _valid_request_id(headers.get(MSG_ID_HEADER))
-            if rid is not None:
+            # never answer for another id: a body naming one is dropped (one too large to read names none)
+            if rid is not None and (code is ErrorCode.TOO_LARGE or peek_request_id(msg.data) in (None, rid)):
                 await self._store(rid, ErrorReply(code=code, message=str(e)), Provenance(request_id=rid))
             else:
-                log.warning("dropped job #%d: %s (and no valid Nats-Msg-Id to answer on)", seq, e)
+                log.warning("dropped job #%d: %s (and no valid Nats-Msg-Id equal to its id to answer on)", seq, e)
+            await self._settle(msg, term=True)
+            return
+        if headers.get(MSG_ID_HEADER) != req.request_id:  # it would dedupe away the job that owns its Nats-Msg-Id
+            self.counters.id_mismatch += 1
+            log.warning("terminated job #%d: its Nats-Msg-Id %r is not its request_id %r; nothing stored", seq,
+                        headers.get(MSG_ID_HEADER), req.request_id)
             await self._settle(msg, term=True)
             return
         rid = req.request_id
@@ -319,9 +327,7 @@ class JobIntake:
             return
         rid = _valid_request_id((job.headers or {}).get(MSG_ID_HEADER))
         if rid is None:
-            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                rid = msgspec.json.decode(job.data or b"{}", type=dict).get("request_id")
-            rid = _valid_request_id(rid if isinstance(rid, str) else None)
+            rid = _valid_request_id(peek_request_id(job.data or b"{}"))
         self.counters.exhausted += 1
         if rid is not None:
             message = (f"job {rid} was delivered {deliveries} times without finishing (its coordinators stopped "

@@ -237,7 +237,7 @@ class Run:
                     raise _Stop(StopReason.ROUTE_FAILED, f"routing turn {turn} failed: {e}", e.code) from None
         try:
             decision = decide(logits, self.policy.profile, self.mask)
-        except SchemaError as e:
+        except (SchemaError, ValueError, ArithmeticError) as e:  # any logits it cannot read end the run
             raise _Stop(StopReason.ROUTE_FAILED, f"cannot interpret routing logits of turn {turn}: {e}",
                         "invalid") from None
         self._route_hash = decision.route_hash

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import msgspec
 import pytest
@@ -61,6 +62,12 @@ async def test_round_trip_carries_provenance(nc: Client) -> None:
         (b'{"role": "user", "content": "' + b"x" * 2000 + b'"}', ErrorCode.TOO_LARGE, "too_large"),
         (encode(Message(role="user", content="reject")), ErrorCode.INVALID, "rejected"),
         (encode(Message(role="user", content="crash")), ErrorCode.INTERNAL, "crashed"),
+        # invalid UTF-8 inside a JSON string (msgspec raises UnicodeDecodeError, which used to escape: no reply)
+        (b'{"role": "user", "content": "\xff\xfe"}', ErrorCode.MALFORMED, "malformed"),
+        (b'{"role": "user", "content": "ok\xed\xa0\x80"}', ErrorCode.MALFORMED, "malformed"),  # a UTF-8 surrogate
+        (b'{"role": "us\xc3", "content": "x"}', ErrorCode.MALFORMED, "malformed"),  # truncated sequence
+        (b'{"role": "user", "content": "\\ud800"}', ErrorCode.MALFORMED, "malformed"),  # lone escaped surrogate
+        (b"\xff\xfe\x00", ErrorCode.MALFORMED, "malformed"),
     ],
 )
 async def test_bad_input_gets_typed_error_and_service_keeps_serving(
@@ -166,3 +173,54 @@ async def test_request_timeout_is_typed(nc: Client) -> None:
         await rpc.request(nc, "t.silent", Message(role="user", content="x"), Echo, timeout=0.2)
     assert "t.silent" in str(ei.value)
     await sub.unsubscribe()
+
+
+class Loose(msgspec.Struct, frozen=True):
+    """A contract with an untyped field (nesting is only bounded by the decoder) and an invariant that raises
+    something other than ValueError."""
+
+    data: Any = None
+    divisor: int = 1
+
+    def __post_init__(self) -> None:
+        _ = 1 // self.divisor  # ZeroDivisionError for divisor 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "detail"),
+    [
+        (b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b'{"divisor": 0}', "ZeroDivisionError"),
+        (b'{"data": "\xc0\xaf"}', "not valid UTF-8"),
+    ],
+)
+async def test_every_decode_failure_is_a_typed_malformed_reply(nc: Client, payload: bytes, detail: str) -> None:
+    async def handle(req: Loose, ctx: RequestContext) -> Loose:
+        return req
+
+    svc = ActorService(nc, name="loose", endpoints=[Endpoint("loose", "t.loose", Loose, handle,
+                                                             max_payload_bytes=1_048_576)])
+    await svc.start()
+    try:
+        msg = await nc.request("t.loose", payload, timeout=5)
+        reply = msgspec.json.decode(msg.data, type=ErrorReply)
+        assert reply.code == ErrorCode.MALFORMED and detail in reply.message, reply
+        assert svc.stats()["loose"]["malformed"] == 1 and svc.stats()["loose"]["crashed"] == 0
+        assert (await rpc.request(nc, "t.loose", Loose(data=[1]), Loose, timeout=2)).data == [1]
+    finally:
+        await svc.drain()
+
+
+async def test_a_reply_over_the_servers_max_payload_is_answered_too_large(nc: Client) -> None:
+    async def handle(req: Message, ctx: RequestContext) -> Message:
+        return Message(role="assistant", content="x" * (9 * 1024 * 1024))  # the test server allows 8 MB
+
+    svc = ActorService(nc, name="big", endpoints=[Endpoint("big", "t.big", Message, handle)])
+    await svc.start()
+    try:
+        with pytest.raises(RemoteError) as ei:
+            await rpc.request(nc, "t.big", Message(role="user", content="hi"), Message, timeout=5)
+        assert ei.value.code == ErrorCode.TOO_LARGE and "max_payload" in ei.value.message
+        assert svc.stats()["big"]["too_large"] == 1
+    finally:
+        await svc.drain()

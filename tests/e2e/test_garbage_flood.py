@@ -25,6 +25,7 @@ from actors.coordinator.actor import CoordinatorActor
 from actors.provider_agents.actor import ProviderAgentsActor
 from actors.role_injector.actor import RoleInjectorActor
 from bus import subjects
+from bus.codec import peek_request_id
 from bus.embedded import NatsServerProcess
 from bus.errors import RemoteError
 from bus.jetstream import MSG_ID_HEADER
@@ -47,10 +48,15 @@ TYPED = set(ErrorCode)
 
 
 def garbage(valid: dict[str, Any], rng: random.Random) -> list[bytes]:
-    """Garbage for one subject: random bytes, not-JSON, wrong JSON types, wrong field types, unknown fields,
-    and an oversized payload (6 MB: over every endpoint's limit, under the server's 8 MB max_payload)."""
+    """Garbage for one subject: random bytes, not-JSON, invalid UTF-8 in a string, wrong JSON types, wrong field
+    types, unknown fields, and an oversized payload (6 MB: over every endpoint's limit, under the server's 8 MB
+    max_payload)."""
     wrong_types = {k: ([] if isinstance(v, str) else "x") for k, v in valid.items()}
+    first = next(iter(valid))
+    bad_utf8 = [json.dumps({**valid, first: "@@"}).encode().replace(b'"@@"', b'"' + raw + b'"')
+                for raw in (b"\xff\xfe", b"ok\xed\xa0\x80", b"\xc3\x28")]  # invalid UTF-8 inside a string
     return [
+        *bad_utf8,
         os.urandom(rng.randint(1, 512)), b"", b"{", b"null", b"[]", b"42", b'"a string"', b"\xff\xfe\x00",
         json.dumps(wrong_types).encode(), json.dumps({**valid, "unexpected_field": 1}).encode(),
         json.dumps({k: v for i, (k, v) in enumerate(valid.items()) if i}).encode(),  # a required field missing
@@ -150,15 +156,19 @@ async def test_garbage_on_every_subject_gets_typed_errors_then_a_normal_request_
         # an unknown agent on a known agent's subject is named as such
         assert ErrorCode.UNKNOWN_AGENT in codes[subjects.agent_call(1)]
 
-        # the work queue: each garbage job gets a typed error result stored under its id (Nats-Msg-Id)
+        # the work queue: each garbage job gets a typed error result stored under its id (Nats-Msg-Id), unless
+        # its (readable) body names another request id: then nothing is stored, it must not answer for another id
         js = client.jetstream()
         jobs = garbage(valid[subjects.coord_request()], rng) + [json.dumps(s).encode()
                                                                 for s in semantic[subjects.coord_request()]]
         for i, data in enumerate(jobs):
             await js.publish(subjects.COORD_JOBS, data, headers={MSG_ID_HEADER: f"garbage-{i}"})
         await js.publish(subjects.COORD_JOBS, b"no id at all")  # no id to answer on: dropped and counted
+        too_large = CoordinatorSettings().max_request_bytes
+        answered = [i for i, data in enumerate(jobs) if len(data) > too_large or peek_request_id(data) is None]
+        assert len(answered) >= 8
         job_codes = []
-        for i in range(len(jobs)):
+        for i in answered:
             for _ in range(200):
                 try:
                     if await stored_result(client, f"garbage-{i}") is not None:
@@ -177,6 +187,8 @@ async def test_garbage_on_every_subject_gets_typed_errors_then_a_normal_request_
             await asyncio.sleep(0.05)
         assert coordinator.jobs.counters.malformed == len(jobs) + 1
         assert (await js.stream_info(subjects.JOBS_STREAM)).state.messages == 0
+        for i in set(range(len(jobs))) - set(answered):
+            assert await stored_result(client, f"garbage-{i}") is None  # its body named another id
 
         # every actor kept serving: a normal request runs, both ways
         for send, rid in ((submit, "after-flood-1"), (submit_job, "after-flood-2")):

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import msgspec
 import nats
 import pytest
+from nats.js import JetStreamContext
 
 from actors.coordinator.actor import CoordinatorActor
 from bus import subjects
@@ -27,6 +28,14 @@ from tests.e2e.support import results_stored, trace_of
 FAST = CoordinatorSettings(route_timeout_s=2.0, agent_timeout_s=2.0, role_inject_mode="bus")
 
 Scripted = Callable[..., Awaitable[FakeWorld]]
+
+
+async def _shrink_dedupe_window(js: JetStreamContext, seconds: float = 0.2) -> None:
+    """Shorten the jobs stream's duplicate window, so a test can queue a job twice under its own id (a job
+    whose Nats-Msg-Id is not its request id is terminated unrun)."""
+    config = (await js.stream_info(subjects.JOBS_STREAM)).config
+    config.duplicate_window = seconds
+    await js.update_stream(config)
 
 
 @pytest.fixture
@@ -76,11 +85,13 @@ async def test_job_runs_once_and_its_result_is_stored_for_late_clients(
         await late.close()
         assert coordinator.dedupe.stats.started == 1 and len(fake_world.calls) == 2
 
-        # a job stored twice on the queue (published past the client's dedupe) still gives one result
+        # a job stored twice on the queue (published past the stream's dedupe window) still gives one result
         dup = build_request("twice", request_id=f"j-{uuid.uuid4().hex[:8]}")
         js = client.jetstream()
-        await js.publish(subjects.COORD_JOBS, encode(dup), headers={MSG_ID_HEADER: dup.request_id + "-a"})
-        await js.publish(subjects.COORD_JOBS, encode(dup), headers={MSG_ID_HEADER: dup.request_id + "-b"})
+        await _shrink_dedupe_window(js)
+        await js.publish(subjects.COORD_JOBS, encode(dup), headers={MSG_ID_HEADER: dup.request_id})
+        await asyncio.sleep(0.3)
+        await js.publish(subjects.COORD_JOBS, encode(dup), headers={MSG_ID_HEADER: dup.request_id})
         for _ in range(100):
             if coordinator.jobs.counters.received >= 3 and coordinator.jobs.running == 0:
                 break
@@ -190,7 +201,9 @@ async def test_a_conflicting_job_under_a_running_id_does_not_take_the_result(
                 break
             await asyncio.sleep(0.02)
         other = build_request("another question under the same id", request_id=rid)
-        await client.jetstream().publish(subjects.COORD_JOBS, encode(other), headers={MSG_ID_HEADER: rid + "-x"})
+        await _shrink_dedupe_window(client.jetstream())
+        await asyncio.sleep(0.3)  # past the dedupe window: the stream takes a second job under the id
+        await client.jetstream().publish(subjects.COORD_JOBS, encode(other), headers={MSG_ID_HEADER: rid})
         res = await waiting
         assert (res.status, res.answer) == (RunStatus.OK, "42")
         assert coordinator.jobs.counters.conflicts == 1 and coordinator.jobs.counters.results == 1
