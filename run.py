@@ -92,12 +92,12 @@ def _agent_ids(text: str) -> list[int]:
 
 
 def _actors(text: str) -> str:
-    from config.node import ALL_ACTORS
+    from config.node import KNOWN_ACTORS
 
     names = [a.strip() for a in text.split(",") if a.strip()]
-    unknown = [a for a in names if a not in ALL_ACTORS]
+    unknown = [a for a in names if a not in KNOWN_ACTORS]
     if not names or unknown:
-        raise argparse.ArgumentTypeError(f"must be comma-separated actors from {', '.join(ALL_ACTORS)}; "
+        raise argparse.ArgumentTypeError(f"must be comma-separated actors from {', '.join(KNOWN_ACTORS)}; "
                                          f"got {text!r}")
     return text
 
@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(node)
     node.add_argument("--actors", metavar="A,B", type=_actors,
                       help="comma-separated actors (default: all): trace_sink, model_runtime, fleet_registry, "
-                      "provider_agents, role_injector, coordinator")
+                      "provider_agents, role_injector, coordinator; and gateway (the OpenAI-compatible HTTP "
+                      "API, only when named)")
     node.add_argument("--node-id", help="node id (names connections and services)")
 
     submit = sub.add_parser("submit", help="submit a question and wait for the coordinated answer")

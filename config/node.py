@@ -7,6 +7,9 @@ import msgspec
 #: Every actor a node can run, in start order (the runtime before those that call it).
 ALL_ACTORS: tuple[str, ...] = ("trace_sink", "model_runtime", "fleet_registry", "provider_agents", "role_injector",
                                "coordinator")
+#: Every actor a node may run: the default ones plus those started only when named (``--actors``): the
+#: OpenAI-compatible HTTP gateway listens on a port, so a default node does not open one.
+KNOWN_ACTORS: tuple[str, ...] = (*ALL_ACTORS, "gateway")
 
 
 class NodeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -20,8 +23,8 @@ class NodeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        unknown = [a for a in self.actors if a not in ALL_ACTORS]
+        unknown = [a for a in self.actors if a not in KNOWN_ACTORS]
         if unknown:
-            raise ValueError(f"actors: unknown {unknown}; choose from {', '.join(ALL_ACTORS)}")
+            raise ValueError(f"actors: unknown {unknown}; choose from {', '.join(KNOWN_ACTORS)}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")

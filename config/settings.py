@@ -36,6 +36,7 @@ import msgspec
 
 from config.coordinator import CoordinatorSettings, RoleInjectorSettings
 from config.fleet import FleetSettings
+from config.gateway import GatewaySettings
 from config.model_runtime import ModelRuntimeSettings
 from config.nats import NatsSettings
 from config.node import NodeSettings
@@ -55,6 +56,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "trace_sink": TraceSinkSettings,
     "registry": RegistrySettings,
     "fleet": FleetSettings,
+    "gateway": GatewaySettings,
 }
 
 
@@ -74,6 +76,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     trace_sink: TraceSinkSettings = msgspec.field(default_factory=TraceSinkSettings)
     registry: RegistrySettings = msgspec.field(default_factory=RegistrySettings)
     fleet: FleetSettings = msgspec.field(default_factory=FleetSettings)
+    gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
 
 
 def _parse_value(text: str) -> Any:

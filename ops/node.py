@@ -89,6 +89,12 @@ def _coordinator(nc: Client, s: Settings) -> Actor:
     return CoordinatorActor(nc, s.coordinator, local_injector=injector, placement=placement)
 
 
+def _gateway(nc: Client, s: Settings) -> Actor:
+    from actors.gateway.actor import GatewayActor
+
+    return GatewayActor(nc, s.gateway)
+
+
 #: Actor name -> factory. Imports are deferred so a node loads only the actors it runs (a coordinator-only
 #: node never imports torch).
 FACTORIES: dict[str, ActorFactory] = {
@@ -98,6 +104,7 @@ FACTORIES: dict[str, ActorFactory] = {
     "provider_agents": _provider_agents,
     "role_injector": _role_injector,
     "coordinator": _coordinator,
+    "gateway": _gateway,
 }
 
 
