@@ -138,7 +138,9 @@ class GatewayActor:
         """Bind the port (an error here fails the start) and serve in the background."""
         s = self.settings
         family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says TCP, and
+        # accepted sockets inherit it; with proto 0 every keep-alive response waited ~40 ms for a delayed ACK
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((s.host, s.port))

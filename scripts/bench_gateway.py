@@ -1,0 +1,152 @@
+"""Benchmark: the OpenAI-compatible gateway's overhead over a direct ``submit_job``, and N concurrent streams.
+
+Starts its own nats-server (JetStream on, free port), a coordinator (work queue on), a role injector, the
+gateway (port 0, no API keys) and *instant* scripted fake runtime and agents (turn 0: agent 1 as Worker answers
+``42``; turn 1: agent 2 as Verifier answers ``ACCEPT``), each actor on its own NATS connection, all in this
+one process (like ``run.py node`` with every actor). Then:
+
+1. Overhead: ``--runs`` sequential runs alternating a direct ``ops.client.submit_job`` (the baseline, same run)
+   and a non-streaming ``POST /v1/chat/completions`` through the gateway (httpx, keep-alive); prints p50/p99 of
+   each and of the difference. Then the same for streaming requests (time to ``[DONE]``).
+2. ``--concurrent`` streaming requests at once (``max_concurrency`` raised to fit): each must end with
+   ``data: [DONE]`` after exactly 2 turn chunks and the answer ``42``; prints how many were lost.
+
+Run:  .venv/bin/python scripts/bench_gateway.py [--runs 200] [--concurrent 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+import nats
+
+from actors.coordinator.actor import CoordinatorActor
+from actors.gateway.actor import GatewayActor
+from actors.role_injector.actor import RoleInjectorActor
+from bus.embedded import NatsServerProcess
+from config.coordinator import CoordinatorSettings
+from config.gateway import GatewaySettings
+from ops.client import build_request, submit_job
+from tests.gateway.support import scripted_world
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def line(name: str, ms: list[float]) -> str:
+    return f"{name:<34} p50 {pct(ms, 0.5):7.2f} ms  p99 {pct(ms, 0.99):7.2f} ms  mean {statistics.fmean(ms):7.2f} ms"
+
+
+async def stream_once(http: httpx.AsyncClient, url: str, query: str) -> tuple[int, str, bool]:
+    """One streaming request: (turn chunks, answer text, ended with [DONE])."""
+    turns, answer, done = 0, "", False
+    body = {"model": "trinity", "stream": True, "messages": [{"role": "user", "content": query}]}
+    async with http.stream("POST", url, json=body) as r:
+        if r.status_code != 200:
+            return 0, f"HTTP {r.status_code}: {(await r.aread())[:200]!r}", False
+        async for raw in r.aiter_lines():
+            if not raw.startswith("data: "):
+                continue
+            data = raw[6:]
+            if data == "[DONE]":
+                done = True
+                continue
+            chunk = json.loads(data)
+            if "error" in chunk:
+                return turns, f"error: {chunk['error']}", False
+            if (chunk.get("trinity") or {}).get("event") == "turn":
+                turns += 1
+            for choice in chunk.get("choices", []):
+                answer += choice["delta"].get("content") or ""
+    return turns, answer, done
+
+
+async def main(runs: int, concurrent: int) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    srv = NatsServerProcess.start(name="bench-gateway")
+    conns = [await nats.connect(srv.url, name=f"bench-{i}") for i in range(5)]
+    fakes_nc, injector_nc, coord_nc, gw_nc, client_nc = conns
+    from tests.coordinator.fakes import BusFakes
+
+    fakes = BusFakes(fakes_nc, scripted_world())
+    injector = RoleInjectorActor(injector_nc)
+    coordinator = CoordinatorActor(coord_nc, CoordinatorSettings(role_inject_mode="bus", jobs_concurrency=1024,
+                                                                 route_timeout_s=30, agent_timeout_s=60))
+    gateway = GatewayActor(gw_nc, GatewaySettings(port=0, max_concurrency=max(64, concurrent + 8),
+                                                  request_deadline_s=300.0, result_poll_s=5.0))
+    for actor in (fakes, injector, coordinator, gateway):
+        await actor.start()
+    url = f"http://127.0.0.1:{gateway.port}/v1/chat/completions"
+    limits = httpx.Limits(max_connections=concurrent + 8, max_keepalive_connections=concurrent + 8)
+    lost = 0
+    try:
+        async with httpx.AsyncClient(timeout=600.0, limits=limits) as http:
+            # warm-up: streams, consumers, connections
+            for i in range(10):
+                await submit_job(client_nc, build_request(f"warm {i}"), timeout=30)
+                assert (await http.post(url, json={"model": "trinity", "messages": [
+                    {"role": "user", "content": "warm"}]})).status_code == 200
+            direct, via, via_stream = [], [], []
+            for i in range(runs):
+                t0 = time.perf_counter()
+                res = await submit_job(client_nc, build_request(f"direct {i}"), timeout=30)
+                direct.append((time.perf_counter() - t0) * 1000)
+                assert res.answer == "42", res
+                t0 = time.perf_counter()
+                r = await http.post(url, json={"model": "trinity", "messages": [{"role": "user",
+                                                                                 "content": f"gw {i}"}]})
+                via.append((time.perf_counter() - t0) * 1000)
+                assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "42", r.text
+                t0 = time.perf_counter()
+                turns, answer, done = await stream_once(http, url, f"gw stream {i}")
+                via_stream.append((time.perf_counter() - t0) * 1000)
+                assert (turns, answer, done) == (2, "42", True), (turns, answer, done)
+            print(f"sequential runs: {runs} each (2 turns per run, instant fakes, all actors in one process)")
+            print(line("direct submit_job", direct))
+            print(line("gateway non-streaming", via))
+            print(line("gateway streaming (to [DONE])", via_stream))
+            print(f"gateway overhead p50 {pct(via, 0.5) - pct(direct, 0.5):+.2f} ms "
+                  f"(x{pct(via, 0.5) / pct(direct, 0.5):.2f}), p99 {pct(via, 0.99) - pct(direct, 0.99):+.2f} ms; "
+                  f"streaming p50 {pct(via_stream, 0.5) - pct(direct, 0.5):+.2f} ms")
+
+            t0 = time.perf_counter()
+            outs = await asyncio.gather(*(stream_once(http, url, f"burst {i}") for i in range(concurrent)),
+                                        return_exceptions=True)
+            wall = time.perf_counter() - t0
+            good = sum(1 for o in outs if o == (2, "42", True))
+            lost = concurrent - good
+            print(f"{concurrent} concurrent streaming requests: {good} complete (2 turn chunks + answer + [DONE]), "
+                  f"{lost} lost, {wall:.2f} s wall, {concurrent / wall:.1f} runs/s")
+            bad = [o for o in outs if o != (2, "42", True)]
+            for o in bad[:5]:
+                print(f"  e.g. {o!r}")
+    finally:
+        await gateway.drain(5.0)
+        await coordinator.drain(5.0)
+        await injector.drain(5.0)
+        await fakes.drain()
+        for c in conns:
+            await c.close()
+        srv.close()
+    return 1 if lost else 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--concurrent", type=int, default=200)
+    a = p.parse_args()
+    sys.exit(asyncio.run(main(a.runs, a.concurrent)))
