@@ -23,9 +23,10 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import msgspec
@@ -171,7 +172,7 @@ class GatewayActor:
         self._draining = True
         if self._server is None or self._serve_task is None:
             return
-        self._server.config.timeout_graceful_shutdown = max(0.1, timeout)
+        self._server.config.timeout_graceful_shutdown = max(1, math.ceil(timeout))
         self._server.should_exit = True
         try:
             await asyncio.wait_for(asyncio.shield(self._serve_task), timeout + 2.0)
@@ -240,7 +241,7 @@ class GatewayActor:
             raise InvalidRequest(f"cannot build the coordination request: {e}", code="invalid_request") from None
 
     def _submit(self, req: CoordinationRequest, chat: ChatRequest,
-                on_queued: Callable[[], None] | None = None) -> Awaitable[CoordinationResult]:
+                on_queued: Callable[[], None] | None = None) -> Coroutine[Any, Any, CoordinationResult]:
         s = self.settings
         return submit_job(self.nc, req, timeout=chat.deadline_s + s.result_grace_s, poll_s=s.result_poll_s,
                           on_queued=on_queued)

@@ -450,29 +450,32 @@ def completion_body(res: CoordinationResult, model: str, created: int) -> dict[s
 
 
 def _chunk(request_id: str, model: str, created: int, delta: dict[str, Any], finish: str | None = None,
-           **extra: Any) -> dict[str, Any]:
-    return {"id": completion_id(request_id), "object": "chat.completion.chunk", "created": created, "model": model,
-            "system_fingerprint": None,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+           trinity: dict[str, Any] | None = None) -> dict[str, Any]:
+    out = {"id": completion_id(request_id), "object": "chat.completion.chunk", "created": created, "model": model,
+           "system_fingerprint": None,
+           "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+    if trinity is not None:
+        out[TRINITY_FIELD] = trinity
+    return out
 
 
 def role_chunk(request_id: str, model: str, created: int) -> dict[str, Any]:
     """The first chunk: ``delta.role = "assistant"`` and no content."""
     return _chunk(request_id, model, created, {"role": "assistant", "content": ""},
-                  **{TRINITY_FIELD: {"request_id": request_id}})
+                  trinity={"request_id": request_id})
 
 
 def turn_chunk(request_id: str, model: str, created: int, turn: TurnSummary) -> dict[str, Any]:
     """A finished turn: its line in ``delta.reasoning_content`` (shown by clients that render reasoning; the
     answer text stays clean) and its details in the chunk's ``trinity.turn``."""
     return _chunk(request_id, model, created, {"reasoning_content": turn.line()},
-                  **{TRINITY_FIELD: {"event": "turn", "turn": msgspec.to_builtins(turn)}})
+                  trinity={"event": "turn", "turn": msgspec.to_builtins(turn)})
 
 
 def answer_chunks(res: CoordinationResult, model: str, created: int) -> list[dict[str, Any]]:
     """The answer (one content chunk) and the closing chunk with ``finish_reason`` and the run's details."""
     return [_chunk(res.request_id, model, created, {"content": res.answer or ""}),
-            _chunk(res.request_id, model, created, {}, _finish_reason(res), **{TRINITY_FIELD: _trinity(res)})]
+            _chunk(res.request_id, model, created, {}, _finish_reason(res), _trinity(res))]
 
 
 def usage_chunk(res: CoordinationResult, model: str, created: int) -> dict[str, Any]:
