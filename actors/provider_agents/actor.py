@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -108,11 +109,17 @@ class ProviderAgentsActor:
         reserve = 0.0
         if any(p.kind is ProviderKind.LOCAL for p in self.settings.providers if p.name in self.pool.providers):
             reserve = min(self.settings.local.close_timeout_s, timeout / 2)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
         try:
             if self._service is not None:
                 await self._service.drain(timeout=max(timeout - reserve, 0.0))
         finally:
-            await self.pool.aclose()
+            try:
+                await asyncio.wait_for(self.pool.aclose(), max(end - loop.time(), 0.1))
+            except TimeoutError:
+                log.warning("provider agents: closing the providers took longer than the %.1fs drain; "
+                            "abandoned threads are daemons and do not keep the process alive", timeout)
 
 
 def _agent_of(subject: str) -> int | None:

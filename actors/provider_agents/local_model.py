@@ -504,7 +504,8 @@ class GenerationWorker:
             return
         call.tokens = result.usage.completion_tokens
         if result.finish_reason == INTERRUPTED:
-            outcome = "cancelled" if call.cancelled.is_set() else "deadline"
+            gave_up = call.cancelled.is_set() and call.cancel_reason != "deadline"
+            outcome = "cancelled" if gave_up else "deadline"
         else:
             outcome = "completed"
         with self._cond:
@@ -565,9 +566,18 @@ class LocalModelProvider:
         self.name = name
         self.settings = settings
         self.timeout_s = timeout_s
-        self.model = model if model is not None else LocalModel(settings)
-        self.worker = GenerationWorker(self.model, max_queue=settings.max_queue, name=name)
+        self.worker = GenerationWorker(model if model is not None else LocalModel(settings),
+                                       max_queue=settings.max_queue, name=name)
         self._load_lock = asyncio.Lock()
+
+    @property
+    def model(self) -> LocalModel:
+        """The model the worker runs (replaceable before the first call, e.g. by an already loaded one)."""
+        return self.worker.model
+
+    @model.setter
+    def model(self, model: LocalModel) -> None:
+        self.worker.model = model
 
     async def start(self) -> LoadReport:
         """Load (or convert, then load) the model without blocking the event loop."""
@@ -614,6 +624,9 @@ class LocalModelProvider:
         except asyncio.CancelledError:
             call.cancel("caller cancelled")
             raise
+        if result.finish_reason == INTERRUPTED and call.cancel_reason == "closing":
+            raise LocalModelError(f"{self.name}: the local model shut down during this call; retry on another node",
+                                  provider=self.name)
         if result.finish_reason == INTERRUPTED:
             raise ProviderTimeout(f"{self.name}: local generation passed the call's deadline after "
                                   f"{result.usage.completion_tokens} tokens; lower max_tokens or raise deadline_ms",
