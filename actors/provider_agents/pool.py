@@ -92,7 +92,7 @@ class AgentPool:
             if ps.kind is ProviderKind.LOCAL:
                 from actors.provider_agents.local_model import LocalModelProvider
 
-                providers[ps.name] = LocalModelProvider(settings.local, name=ps.name)
+                providers[ps.name] = LocalModelProvider(settings.local, name=ps.name, timeout_s=ps.timeout_s)
             else:
                 from actors.provider_agents.wire import http_provider
 
@@ -187,6 +187,12 @@ class AgentPool:
                 await start()
 
     async def aclose(self) -> None:
-        """Close every provider."""
+        """Close every provider (each is closed even when an earlier one fails)."""
+        errors: list[BaseException] = []
         for p in self._providers.values():
-            await p.aclose()
+            try:
+                await p.aclose()
+            except Exception as exc:  # noqa: BLE001 - close the others, then re-raise the first
+                errors.append(exc)
+        if errors:
+            raise errors[0]

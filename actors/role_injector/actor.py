@@ -16,7 +16,7 @@ from nats.aio.client import Client
 
 from actors.role_injector.builder import build
 from actors.role_injector.errors import UnknownRolePack
-from actors.role_injector.packs import DEFAULT_PACK, PackRegistry, load_pack
+from actors.role_injector.packs import BUILTIN_PACKS, PackRegistry, load_pack
 from bus import subjects
 from bus.errors import Rejected
 from bus.service import ActorService, Endpoint, RequestContext
@@ -29,7 +29,7 @@ def registry_from_settings(settings: RoleInjectorSettings) -> PackRegistry:
     """The packs named by the settings; default: ``default_pack``, else the first file's pack, else built-in."""
     files = [load_pack(f) for f in settings.pack_files]
     default = settings.default_pack or (files[0].pack_id if files else None)
-    packs = ([DEFAULT_PACK] if settings.include_builtin else []) + files
+    packs = (list(BUILTIN_PACKS) if settings.include_builtin else []) + files
     return PackRegistry(packs, default)
 
 

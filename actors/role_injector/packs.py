@@ -1,8 +1,13 @@
 """Role packs: the versioned system prompts and instructions each TRINITY role is given.
 
-TRINITY's own role prompts are not published; :data:`DEFAULT_PACK` (``trinity-default/1``) is ours. A pack
-is identified as ``name/version`` and recorded in every :class:`~schemas.RoleAssignment`, so a trace says
-exactly which prompts an agent saw. Custom packs load from TOML or JSON with the same shape::
+TRINITY's own role prompts are not published; the built-in packs are ours. :data:`DEFAULT_PACK`
+(``trinity-default/2``) is written so that a 135M local model (SmolLM2) follows it: short prompts, the verdict
+word first, a worked example for each role as earlier chat turns, and no bookkeeping (turn numbers, agent ids)
+in the text the model sees, since small models copy it into their replies. :data:`DEFAULT_PACK_V1`
+(``trinity-default/1``, long prompts, earlier replies as assistant messages under a ``[turn | role | agent]``
+header) stays available by id. A pack is identified as ``name/version`` and recorded in every
+:class:`~schemas.RoleAssignment`, so a trace says exactly which prompts an agent saw. Custom packs load from
+TOML or JSON with the same shape::
 
     name = "my-pack"
     version = 2
@@ -12,18 +17,27 @@ exactly which prompts an agent saw. Custom packs load from TOML or JSON with the
     [roles.worker]
     system = "..."
     instruction = "..."
+    # optional: the last user message as a template, and worked examples sent before it
+    template = "Question: {query}\nNotes: {notes}"
+    examples = [{user = "Question: What is 5 + 3?\nNotes: none", assistant = "5 + 3 = 8."}]
     [roles.thinker]       # must mention <suggested_role>
     ...
     [roles.verifier]      # must mention ACCEPT and REVISE
     ...
 
+A role with a ``template`` gets ``system``, the examples as user/assistant turns, then one user message:
+the template filled with ``{query}`` (the user's request), ``{answer}`` (the latest Worker reply, or "none
+yet"), ``{notes}`` (the latest Thinker or Verifier reply after it, or "none"), ``{history}`` (every earlier
+reply under ``reply_header``) and ``{instruction}``. A role without one gets the ``history_style`` layout.
+
 Rules checked on load (the coordinator's parsing relies on them): all three roles present with non-empty
 prompts; the Thinker's prompt mentions ``<suggested_role>``; the Verifier's mentions ``ACCEPT`` and
-``REVISE``; ``reply_header`` only uses the fields ``turn``, ``role`` and ``agent_id``.
+``REVISE``; ``reply_header`` only uses the fields ``turn``, ``role`` and ``agent_id``; templates only use
+the fields above.
 
 Example:
     >>> DEFAULT_PACK.pack_id
-    'trinity-default/1'
+    'trinity-default/2'
 """
 
 from __future__ import annotations
@@ -43,11 +57,28 @@ HistoryStyle = Literal["messages", "inline"]
 _NAME = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
 
 
+#: The fields a role's ``template`` may use.
+TEMPLATE_FIELDS = ("query", "answer", "notes", "history", "instruction")
+
+
+class Example(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One worked example: a user turn and the reply the role should give (sent as earlier chat turns)."""
+
+    user: str
+    assistant: str
+
+
 class RolePrompt(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What one role is told: a system prompt, and the closing instruction sent after the transcript."""
+    """What one role is told: a system prompt, and the closing instruction sent after the transcript.
+
+    ``template`` (optional) is the last user message, filled with :data:`TEMPLATE_FIELDS`; ``examples`` are
+    sent before it as user/assistant turns (see the module docstring).
+    """
 
     system: str
     instruction: str
+    template: str = ""
+    examples: list[Example] = msgspec.field(default_factory=list)
 
 
 class RolePack(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -99,6 +130,16 @@ class RolePack(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         except (KeyError, IndexError, ValueError) as e:
             raise RolePackInvalid(where, f"reply_header {self.reply_header!r} may only use "
                                          f"{{turn}}, {{role}} and {{agent_id}} ({e!r})") from None
+        for name, p in self.roles.items():
+            if not p.template:
+                continue
+            try:
+                p.template.format(**dict.fromkeys(TEMPLATE_FIELDS, ""))
+            except (KeyError, IndexError, ValueError) as e:
+                raise RolePackInvalid(where, f"roles.{name}.template may only use "
+                                             f"{', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)} ({e!r})") from None
+            if any(not ex.user.strip() or not ex.assistant.strip() for ex in p.examples):
+                raise RolePackInvalid(where, f"roles.{name}.examples need a non-empty user and assistant text")
         return self
 
 
@@ -109,7 +150,7 @@ _TEAM = (
     "shown to you with a header naming their turn and role."
 )
 
-DEFAULT_PACK = RolePack(
+DEFAULT_PACK_V1 = RolePack(
     name="trinity-default",
     version=1,
     description="Project-written prompts for TRINITY's Thinker, Worker and Verifier roles.",
@@ -153,6 +194,52 @@ DEFAULT_PACK = RolePack(
     },
 ).validate("built-in trinity-default/1")
 
+DEFAULT_PACK = RolePack(
+    name="trinity-default",
+    version=2,
+    description=("Short prompts a 135M local model follows: verdict word first, one worked example per role, no "
+                 "turn/agent bookkeeping in what the model sees. Measured with scripts/probe_role_packs.py."),
+    reply_header="{role}:",
+    history_style="inline",
+    roles={
+        "worker": RolePrompt(
+            system="Answer the question correctly in one or two sentences. Use the notes if they help.",
+            instruction="Write the answer now.",
+            template="Question: {query}\nNotes: {notes}",
+            examples=[Example(user="Question: What is 5 + 3?\nNotes: none", assistant="5 + 3 = 8.")],
+        ),
+        "thinker": RolePrompt(
+            system=("You plan how to answer a question. Give one short sentence of advice, then name who acts "
+                    "next: <suggested_role>Worker</suggested_role> to write or fix the answer, or "
+                    "<suggested_role>Verifier</suggested_role> to check it."),
+            instruction="Give your advice and end with one <suggested_role>...</suggested_role> tag.",
+            template="Question: {query}\nLatest answer: {answer}",
+            examples=[
+                Example(user="Question: What is 12 + 30?\nLatest answer: none yet",
+                        assistant="Add 12 and 30 carefully. <suggested_role>Worker</suggested_role>"),
+                Example(user="Question: What is the capital of Germany?\nLatest answer: The capital of Germany "
+                             "is Berlin.",
+                        assistant="Check that Berlin is right. <suggested_role>Verifier</suggested_role>"),
+            ],
+        ),
+        "verifier": RolePrompt(
+            system="You check answers. Start with ACCEPT if the answer is correct or REVISE if it is wrong.",
+            instruction="Is the answer correct?",
+            template="Question: {query}\nAnswer: {answer}\n{instruction}",
+            examples=[
+                Example(user="Question: What is the capital of Italy?\nAnswer: The capital of Italy is Rome.\n"
+                             "Is the answer correct?",
+                        assistant="ACCEPT. The answer is correct."),
+                Example(user="Question: What is 2 + 2?\nAnswer: 2 + 2 = 5.\nIs the answer correct?",
+                        assistant="REVISE. The answer is wrong: 2 + 2 = 4."),
+            ],
+        ),
+    },
+).validate("built-in trinity-default/2")
+
+#: The packs every injector holds unless ``include_builtin`` is off; the first is the default.
+BUILTIN_PACKS: tuple[RolePack, ...] = (DEFAULT_PACK, DEFAULT_PACK_V1)
+
 
 def parse_pack(data: bytes, *, fmt: Literal["toml", "json"], source: str = "") -> RolePack:
     """Decode a pack from TOML or JSON bytes and validate it."""
@@ -186,7 +273,7 @@ class PackRegistry:
     Example:
         >>> reg = PackRegistry([DEFAULT_PACK])
         >>> reg.resolve(None).pack_id
-        'trinity-default/1'
+        'trinity-default/2'
     """
 
     def __init__(self, packs: list[RolePack], default: str | None = None) -> None:
@@ -204,8 +291,8 @@ class PackRegistry:
     @classmethod
     def from_files(cls, files: list[str], default: str | None = None, *,
                    include_builtin: bool = True) -> PackRegistry:
-        """Load packs from files (the built-in pack first when ``include_builtin``)."""
-        packs = [DEFAULT_PACK] if include_builtin else []
+        """Load packs from files (the built-in packs first when ``include_builtin``)."""
+        packs = list(BUILTIN_PACKS) if include_builtin else []
         packs += [load_pack(f) for f in files]
         return cls(packs, default)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.coordinator.suggestions import parse_suggestion
-from actors.coordinator.verdict import parse_verdict
+from actors.coordinator.verdict import SAKANA_VOCABULARY, parse_verdict
 from schemas import Role, Verdict
 
 A, R = Verdict.ACCEPT, Verdict.REVISE
@@ -23,10 +23,25 @@ A, R = Verdict.ACCEPT, Verdict.REVISE
     ("REVISE: step 2 is wrong", R, True),
     ("revise", R, True),
     ("**Revise** - missing units", R, True),
-    ("ACCEPTED", R, False),
+    # the same words in other forms, and labels, mean what they say (were unparsed before role pack /2)
+    ("ACCEPTED", A, True),
+    ("Verdict: ACCEPT", A, True),
+    ("**Verdict:** accept - fine", A, True),
+    ("Decision - REVISE", R, True),
+    ("REJECT: wrong sum", R, True),
+    ("Revised answer: 42", R, True),
+    # what SmolLM2 wrote with the old pack: the copied bookkeeping header is skipped
+    ("[turn 2 | Verifier | agent 2]\nACCEPT. The answer is correct.", A, True),
+    ("**[turn 1 | Verifier | agent 5]** REVISE. 17 + 25 = 42.", R, True),
+    ("[turn 2 | Verifier | agent 2] 17 + 25 = 32.", R, False),
+    ("ACCEPT. The answer is correct.", A, True),
+    ("REVISE. The answer is wrong: 2 + 2 = 4.", R, True),
+    # still unparseable: no verdict word first
     ("acceptable", R, False),
     ("I accept", R, False),
-    ("Verdict: ACCEPT", R, False),
+    ("The answer is correct.", R, False),
+    ("[ACCEPT]", A, True),
+    ("[note] ACCEPT", R, False),
     ("accept2", A, True),  # the word is the run of letters: "accept"
     ("", R, False),
     ("   ", R, False),
@@ -34,6 +49,20 @@ A, R = Verdict.ACCEPT, Verdict.REVISE
 ])
 def test_verdict_rule(text: str, verdict: Verdict, parsed: bool) -> None:
     v = parse_verdict(text)
+    assert (v.verdict, v.parsed) == (verdict, parsed)
+
+
+@pytest.mark.parametrize(("text", "verdict", "parsed"), [
+    ("accept", A, True),
+    ("Accept, although one could reject the units", A, True),  # starts with accept
+    ("I accept this answer", A, True),  # contains accept and not reject
+    ("acceptable", A, True),
+    ("I would not accept it; reject", R, True),  # contains both and does not start with accept
+    ("Reject.", R, True),
+    ("looks fine", R, False),
+])
+def test_sakana_vocabulary(text: str, verdict: Verdict, parsed: bool) -> None:
+    v = parse_verdict(text, SAKANA_VOCABULARY)
     assert (v.verdict, v.parsed) == (verdict, parsed)
 
 

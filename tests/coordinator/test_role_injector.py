@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from actors.role_injector.builder import build, build_messages, prompt_sha256
+from actors.role_injector.builder import build, build_messages, prompt_sha256, strip_echoed_header
 from actors.role_injector.errors import RolePackFileError, RolePackInvalid, UnknownRolePack
-from actors.role_injector.packs import DEFAULT_PACK, PackRegistry, RolePack, RolePrompt, load_pack, parse_pack
+from actors.role_injector.packs import (
+    DEFAULT_PACK,
+    DEFAULT_PACK_V1,
+    Example,
+    PackRegistry,
+    RolePack,
+    RolePrompt,
+    load_pack,
+    parse_pack,
+)
 from schemas import Role
+from schemas.common import Message
 from schemas.errors import SchemaError
 from schemas.roles import RoleInjectReply, RoleInjectRequest, TranscriptEntry
 
@@ -44,35 +55,92 @@ def request(role: Role, history: list[TranscriptEntry] | None = None, pack: str 
 
 
 def test_default_pack_prompts_follow_the_protocol() -> None:
-    assert DEFAULT_PACK.pack_id == "trinity-default/1"
+    assert DEFAULT_PACK.pack_id == "trinity-default/2"
     thinker = DEFAULT_PACK.prompt(Role.THINKER)
     assert "<suggested_role>Worker</suggested_role>" in thinker.system
-    assert "<suggested_role>" in thinker.instruction
+    assert all("<suggested_role>" in ex.assistant for ex in thinker.examples)
     verifier = DEFAULT_PACK.prompt(Role.VERIFIER)
-    assert "ACCEPT or REVISE" in verifier.system and "Start your reply with ACCEPT or REVISE" in verifier.instruction
-    assert "Your role: Worker" in DEFAULT_PACK.prompt(Role.WORKER).system
+    assert "Start with ACCEPT if the answer is correct or REVISE if it is wrong" in verifier.system
+    # the worked examples start with the verdict word, one of each
+    assert sorted(ex.assistant.split(".")[0] for ex in verifier.examples) == ["ACCEPT", "REVISE"]
+    v1 = DEFAULT_PACK_V1.prompt(Role.VERIFIER)
+    assert DEFAULT_PACK_V1.pack_id == "trinity-default/1"
+    assert "ACCEPT or REVISE" in v1.system and "Start your reply with ACCEPT or REVISE" in v1.instruction
+    assert "Your role: Worker" in DEFAULT_PACK_V1.prompt(Role.WORKER).system
+
+
+HISTORY3 = [TranscriptEntry(turn=0, agent_id=3, role=Role.THINKER, content="plan it"),
+            TranscriptEntry(turn=1, agent_id=1, role=Role.WORKER, content="[turn 1 | Worker | agent 1]\n42"),
+            TranscriptEntry(turn=2, agent_id=2, role=Role.VERIFIER, content="REVISE. Show the product.")]
+
+
+def request3(role: Role, history: list[TranscriptEntry]) -> RoleInjectRequest:
+    return RoleInjectRequest(request_id="q1", turn=len(history), agent_id=5, role=role, query="What is 6 x 7?",
+                             history=history)
+
+
+@pytest.mark.parametrize(("role", "last"), [
+    (Role.WORKER, "Question: What is 6 x 7?\nNotes: REVISE. Show the product."),
+    (Role.THINKER, "Question: What is 6 x 7?\nLatest answer: 42"),
+    (Role.VERIFIER, "Question: What is 6 x 7?\nAnswer: 42\nIs the answer correct?"),
+])
+def test_small_model_layout_keeps_bookkeeping_out(role: Role, last: str) -> None:
+    msgs = build_messages(DEFAULT_PACK, request3(role, HISTORY3))
+    prompt = DEFAULT_PACK.prompt(role)
+    assert msgs[0] == Message(role="system", content=prompt.system)
+    pairs = [(m.role, m.content) for m in msgs[1:-1]]
+    assert pairs == [x for ex in prompt.examples for x in (("user", ex.user), ("assistant", ex.assistant))]
+    assert msgs[-1] == Message(role="user", content=last)
+    # no turn numbers or agent ids anywhere the model reads, not even a header a model copied earlier
+    assert not any(re.search(r"\bturn\b|\bagent\b|\[", m.content) for m in msgs)
+
+
+def test_small_model_layout_answer_and_notes() -> None:
+    worker = build_messages(DEFAULT_PACK, request3(Role.WORKER, []))
+    assert worker[-1].content == "Question: What is 6 x 7?\nNotes: none"
+    verifier = build_messages(DEFAULT_PACK, request3(Role.VERIFIER, HISTORY3[:1]))
+    assert verifier[-1].content == "Question: What is 6 x 7?\nAnswer: none yet\nIs the answer correct?"
+    # notes are the latest Thinker/Verifier reply after the latest Worker answer
+    worker = build_messages(DEFAULT_PACK, request3(Role.WORKER, HISTORY3[:2]))
+    assert worker[-1].content.endswith("Notes: none")
+    worker = build_messages(DEFAULT_PACK, request3(Role.WORKER, HISTORY3[:1]))
+    assert worker[-1].content.endswith("Notes: plan it")
+
+
+def test_template_may_use_history_and_instruction() -> None:
+    prompt = RolePrompt(system="s", instruction="Do it.", template="{history}\n---\n{instruction}")
+    pack = _with_role("worker", prompt, DEFAULT_PACK_V1)
+    msgs = build_messages(pack, request3(Role.WORKER, HISTORY3))
+    assert msgs[-1].content == ("[turn 0 | Thinker | agent 3]\nplan it\n\n[turn 1 | Worker | agent 1]\n42\n\n"
+                                "[turn 2 | Verifier | agent 2]\nREVISE. Show the product.\n---\nDo it.")
+
+
+def test_echoed_header_is_stripped() -> None:
+    assert strip_echoed_header("[turn 2 | Verifier | agent 2] 17 + 25 = 32.") == "17 + 25 = 32."
+    assert strip_echoed_header("[turn 0 | Worker | agent 4]\n[turn 2 | Verifier | agent 5]\nok") == "ok"
+    assert strip_echoed_header("[1, 2] is a list") == "[1, 2] is a list"
 
 
 @pytest.mark.parametrize("role", list(Role))
 def test_build_messages_layout(role: Role) -> None:
-    msgs = build_messages(DEFAULT_PACK, request(role, HISTORY))
+    msgs = build_messages(DEFAULT_PACK_V1, request(role, HISTORY))
     assert [m.role for m in msgs] == ["system", "user", "assistant", "assistant", "user"]
-    assert msgs[0].content == DEFAULT_PACK.prompt(role).system
+    assert msgs[0].content == DEFAULT_PACK_V1.prompt(role).system
     assert msgs[1].content == "What is 6 x 7?"
     assert msgs[2].content == "[turn 0 | Thinker | agent 3]\nplan it"
     assert msgs[3].content == "[turn 1 | Worker | agent 1]\n42"
-    assert msgs[4].content == DEFAULT_PACK.prompt(role).instruction
+    assert msgs[4].content == DEFAULT_PACK_V1.prompt(role).instruction
 
 
 def test_build_without_history() -> None:
-    msgs = build_messages(DEFAULT_PACK, request(Role.WORKER))
+    msgs = build_messages(DEFAULT_PACK_V1, request(Role.WORKER))
     assert [m.role for m in msgs] == ["system", "user", "user"]
 
 
 def test_build_reply_records_pack_and_hash() -> None:
     reply = build(DEFAULT_PACK, request(Role.VERIFIER, HISTORY))
     assert (reply.request_id, reply.turn, reply.role, reply.role_pack) == ("q1", 2, Role.VERIFIER,
-                                                                           "trinity-default/1")
+                                                                           "trinity-default/2")
     assert reply.prompt_sha256 == prompt_sha256(reply.messages)
     assert len(reply.prompt_sha256) == 64
     # round-trips as a bus contract
@@ -97,10 +165,10 @@ def test_json_pack_round_trip(tmp_path: Path) -> None:
     assert pack.pack_id == "copy/3" and pack.roles == DEFAULT_PACK.roles
 
 
-def _with_role(role: str, prompt: RolePrompt) -> RolePack:
-    roles = dict(DEFAULT_PACK.roles)
+def _with_role(role: str, prompt: RolePrompt, pack: RolePack = DEFAULT_PACK) -> RolePack:
+    roles = dict(pack.roles)
     roles[role] = prompt
-    return msgspec.structs.replace(DEFAULT_PACK, roles=roles)
+    return msgspec.structs.replace(pack, roles=roles)
 
 
 @pytest.mark.parametrize(("pack", "problem"), [
@@ -111,6 +179,9 @@ def _with_role(role: str, prompt: RolePrompt) -> RolePack:
     (msgspec.structs.replace(DEFAULT_PACK, reply_header="{speaker}"), "reply_header"),
     (msgspec.structs.replace(DEFAULT_PACK, name="has space"), "name"),
     (msgspec.structs.replace(DEFAULT_PACK, version=0), "version"),
+    (_with_role("worker", RolePrompt(system="s", instruction="i", template="{query} {turn}")), "template may only"),
+    (_with_role("worker", RolePrompt(system="s", instruction="i", template="{query}",
+                                     examples=[Example(user="q", assistant=" ")])), "examples need"),
 ])
 def test_invalid_packs_are_rejected(pack: RolePack, problem: str) -> None:
     with pytest.raises(RolePackInvalid, match="role pack") as e:
@@ -135,10 +206,10 @@ def test_registry(tmp_path: Path) -> None:
     p = tmp_path / "custom.toml"
     p.write_text(TOML_PACK)
     reg = PackRegistry.from_files([str(p)])
-    assert reg.known() == ["custom/2", "trinity-default/1"]
-    assert reg.resolve(None).pack_id == "trinity-default/1"
+    assert reg.known() == ["custom/2", "trinity-default/1", "trinity-default/2"]
+    assert reg.resolve(None).pack_id == "trinity-default/2"
     assert reg.resolve("custom/2").pack_id == "custom/2"
-    with pytest.raises(UnknownRolePack, match="unknown role pack 'nope/1'; this injector holds custom/2"):
+    with pytest.raises(UnknownRolePack, match="unknown role pack 'nope/1'; this injector holds custom/2, trinity"):
         reg.resolve("nope/1")
     assert PackRegistry.from_files([str(p)], default="custom/2").resolve("").pack_id == "custom/2"
     with pytest.raises(RolePackInvalid, match="loaded twice"):
@@ -161,9 +232,9 @@ def test_registry_from_settings(tmp_path: Path) -> None:
 
     p = tmp_path / "custom.toml"
     p.write_text(TOML_PACK)
-    assert registry_from_settings(RoleInjectorSettings()).default_id == "trinity-default/1"
+    assert registry_from_settings(RoleInjectorSettings()).default_id == "trinity-default/2"
     reg = registry_from_settings(RoleInjectorSettings(pack_files=[str(p)]))
-    assert (reg.default_id, reg.known()) == ("custom/2", ["custom/2", "trinity-default/1"])
+    assert (reg.default_id, reg.known()) == ("custom/2", ["custom/2", "trinity-default/1", "trinity-default/2"])
     reg = registry_from_settings(RoleInjectorSettings(pack_files=[str(p)], default_pack="trinity-default/1"))
     assert reg.default_id == "trinity-default/1"
     reg = registry_from_settings(RoleInjectorSettings(pack_files=[str(p)], include_builtin=False))
