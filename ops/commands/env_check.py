@@ -8,7 +8,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -126,11 +125,15 @@ def _artifacts(settings: Any) -> list[Check]:
     return out
 
 
-def _binary() -> Check:
-    path = shutil.which("nats-server") or next((p for p in ("/usr/sbin/nats-server", "/usr/local/bin/nats-server")
-                                                if os.access(p, os.X_OK)), None)
-    return Check("nats-server binary", "ok" if path else "warn",
-                 path or "not found (needed only for an embedded server)")
+def _binary(settings: Any) -> Check:
+    from bus.embedded import locate_nats_server
+    from bus.errors import NatsServerNotFound
+
+    try:
+        found = locate_nats_server(settings.nats.nats_server_binary)
+    except NatsServerNotFound as e:
+        return Check("nats-server binary", "warn", f"needed only for an embedded server: {e}")
+    return Check("nats-server binary", "ok" if found.version else "warn", found.describe())
 
 
 async def run(args: argparse.Namespace, settings: Any) -> int:
@@ -138,7 +141,7 @@ async def run(args: argparse.Namespace, settings: Any) -> int:
     if args.nats_timeout <= 0:
         raise UsageError(f"--nats-timeout must be positive, got {args.nats_timeout}")
     checks = [*_versions(), *_device(settings), _memory(), *await _nats(list(settings.nats.servers), args.nats_timeout),
-              *_artifacts(settings), _binary()]
+              *_artifacts(settings), _binary(settings)]
     if args.json:
         print(json.dumps([asdict(c) for c in checks], indent=2))
     else:
