@@ -122,7 +122,8 @@ class RouterEngine:
         self.max_batch_tokens = settings.max_batch_tokens
         self.max_context_tokens = min(settings.max_context_tokens, int(model.config.max_position_embeddings) + 1)
         self.cache = PrefixCache(settings.cache_max_tokens, settings.cache_max_bytes)
-        self.adapters = AdapterBank(model, self.head.spec, factor_cache_dir=settings.factor_cache_dir)
+        self.adapters = AdapterBank(model, self.head.spec, factor_cache_dir=settings.factor_cache_dir,
+                                    tied_embedding=settings.tied_embedding or "embed-wins")
         #: Vectors actually loaded (idempotent reloads excluded).
         self.adapter_loads = 0
         # token -> adapter (None: base); replaced, never mutated, so other threads may read it.
