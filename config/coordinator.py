@@ -1,8 +1,8 @@
 """Coordinator and role-injector settings. No environment reads here (the loader in config/ fills them).
 
 Example:
-    >>> CoordinatorSettings().verifier_before_worker
-    'worker'
+    >>> CoordinatorSettings().verifier_before_worker is None  # the routing profile's rule
+    True
     >>> RoleInjectorSettings().default_pack is None
     True
 """
@@ -16,8 +16,15 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     """How a coordinator node runs TRINITY's loop and talks to the bus.
 
     Policy:
-      ``verifier_before_worker``: ``"worker"`` (default) runs a Verifier chosen before any Worker reply as a
-        Worker (recorded as ``verifier_before_worker_fallback``); ``"allow"`` lets it run as a Verifier.
+      ``routing_profile``: ``"elixir-port"`` (default) or ``"sakana"`` (see ``schemas.profiles`` and the README's
+        "Routing profiles"); must equal the model runtimes' ``routing_profile`` (a mismatch fails the route).
+      ``route_rule``: ``"argmax"`` or ``"sample"`` (``None``: the profile's; ``sakana`` samples);
+        ``route_temperature``: softmax temperature of ``sample``; ``route_seed``: its seed (``None``: derived
+        from each request id); the seed used is recorded in every result.
+      ``verifier_before_worker``: what a Verifier chosen before any Worker reply does: ``"worker"`` runs it as a
+        Worker (recorded as ``verifier_before_worker_fallback``); ``"allow"`` lets it run as a Verifier;
+        ``"end"`` ends the run with no call (stop reason ``verifier_before_worker``). ``None``: the routing
+        profile's (``elixir-port``: ``worker``; ``sakana``: ``end``).
       ``agent_mask``: agents this deployment serves (``None``: all 7); intersected with each request's mask.
       ``max_fallbacks``: next-best agents tried after a failed agent call (``None``: every ranked agent).
       ``agent_margin_floor`` / ``role_margin_floor``: the routing profile's margin floors (confidence bands).
@@ -50,7 +57,11 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     """
 
     service_name: str = "trinity-coordinator"
-    verifier_before_worker: str = "worker"
+    routing_profile: str = "elixir-port"
+    route_rule: str | None = None
+    route_temperature: float = 1.0
+    route_seed: int | None = None
+    verifier_before_worker: str | None = None
     agent_mask: list[int] | None = None
     max_fallbacks: int | None = None
     agent_margin_floor: float = 0.24
@@ -80,8 +91,14 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     results_max_age_s: float = 24 * 3600.0
 
     def __post_init__(self) -> None:
-        if self.verifier_before_worker not in ("worker", "allow"):
-            raise ValueError("verifier_before_worker: must be 'worker' or 'allow', "
+        if self.routing_profile not in ("elixir-port", "sakana"):
+            raise ValueError(f"routing_profile: must be 'elixir-port' or 'sakana', got {self.routing_profile!r}")
+        if self.route_rule not in (None, "argmax", "sample"):
+            raise ValueError(f"route_rule: must be 'argmax', 'sample' or null, got {self.route_rule!r}")
+        if not self.route_temperature > 0:
+            raise ValueError(f"route_temperature: must be > 0, got {self.route_temperature}")
+        if self.verifier_before_worker not in (None, "worker", "allow", "end"):
+            raise ValueError("verifier_before_worker: must be 'worker', 'allow', 'end' or null, "
                              f"got {self.verifier_before_worker!r}")
         if self.role_inject_mode not in ("bus", "local"):
             raise ValueError(f"role_inject_mode: must be 'bus' or 'local', got {self.role_inject_mode!r}")

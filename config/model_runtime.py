@@ -16,6 +16,8 @@ import os.path
 
 import msgspec
 
+from schemas.profiles import ROUTING_PROFILES, TIED_EMBEDDINGS, routing_profile
+
 #: Checkpoint presets the runtime can build from seeded random weights (labelled synthetic).
 CHECKPOINT_PRESETS = ("qwen3-0.6b-synthetic", "qwen3-tiny-synthetic")
 
@@ -35,7 +37,14 @@ class ModelRuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
             ``.safetensors``); ``None`` uses a seeded random head (synthetic; for tests and benchmarks).
         head_seed: seed of the random head when ``head_path`` is ``None``.
         device: ``"auto"`` (CUDA where present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
-        dtype: backbone dtype (``float32`` default; the head always runs in float32).
+        routing_profile: ``"elixir-port"`` (default) or ``"sakana"``: how the router's input text is built, and
+            the defaults of ``dtype`` and ``tied_embedding`` (see ``schemas.profiles`` and the README's "Routing
+            profiles"); reported in every ``RouteLogits``. The coordinators must run the same profile.
+        dtype: backbone dtype (``None``: the routing profile's, ``float32`` for ``elixir-port``, ``bfloat16`` for
+            ``sakana``; the head always runs in float32).
+        tied_embedding: which offsets adapt Qwen3's tied embedding/LM-head matrix: ``"embed-wins"`` (the
+            embedding's ``d[0:1024]``) or ``"lm_head-wins"`` (``d[8192:9216]``, as Sakana's trainer wrote it);
+            ``None``: the routing profile's (``elixir-port``: embed-wins; ``sakana``: lm_head-wins).
         num_threads: torch intra-op threads (``None``: torch's default).
         backend: backend label, the ``<backend>`` token of ``trinity.route.<backend>.<adapter>``.
         adapter: the default adapter served (``"base"``: the checkpoint's own weights and the configured head;
@@ -65,7 +74,9 @@ class ModelRuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     head_path: str | None = None
     head_seed: int = 0
     device: str = "auto"
-    dtype: str = "float32"
+    routing_profile: str = "elixir-port"
+    dtype: str | None = None
+    tied_embedding: str | None = None
     num_threads: int | None = None
     backend: str = "torch"
     adapter: str = "base"
@@ -84,6 +95,17 @@ class ModelRuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     max_payload_bytes: int = 4 * 1024**2
 
     def __post_init__(self) -> None:
+        if self.routing_profile not in ROUTING_PROFILES:
+            raise ValueError(f"routing_profile: must be one of {', '.join(ROUTING_PROFILES)}, "
+                             f"got {self.routing_profile!r}")
+        spec = routing_profile(self.routing_profile)
+        if self.dtype is None:  # resolved once, so every reader sees a concrete dtype
+            msgspec.structs.force_setattr(self, "dtype", spec.dtype)
+        if self.tied_embedding is None:
+            msgspec.structs.force_setattr(self, "tied_embedding", spec.tied_embedding)
+        if self.tied_embedding not in TIED_EMBEDDINGS:
+            raise ValueError(f"tied_embedding: must be one of {', '.join(TIED_EMBEDDINGS)}, "
+                             f"got {self.tied_embedding!r}")
         if self.checkpoint_preset not in CHECKPOINT_PRESETS:
             raise ValueError(f"checkpoint_preset: must be one of {', '.join(CHECKPOINT_PRESETS)}, "
                              f"got {self.checkpoint_preset!r}")

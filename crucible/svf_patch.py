@@ -12,7 +12,12 @@ the vector holds offsets for both. :class:`TiedWeights` makes the choice explici
   copy of the matrix: 622 MB for a float32 151936 x 1024 embedding).
 * ``FIRST_WINS``: adapt the shared storage once with the offsets of the tied path that comes first in the
   layout (for TRINITY, the input embedding, which is what routing reads) and skip the later tied paths;
-  their skip is reported in :attr:`SvfApplication.skipped`.
+  their skip is reported in :attr:`SvfApplication.skipped`. The ``embed-wins`` convention.
+* ``LAST_WINS``: adapt the shared storage once with the offsets of the tied path that comes *last* (for
+  TRINITY, ``lm_head.weight``), skipping the earlier ones — what Sakana's trainer did by copying each composed
+  matrix in state-dict order into the tied parameter. The ``lm_head-wins`` convention.
+
+Both adapt from the *base* factors, so the result is SVF(E, winning offsets) either way.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class TiedWeights(enum.Enum):
     ERROR = "error"
     UNTIE = "untie"
     FIRST_WINS = "first-wins"
+    LAST_WINS = "last-wins"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +58,8 @@ class SvfApplication:
 
     Attributes:
         receipts: one per patched path, in layout order.
-        skipped: paths not patched because a tied path earlier in the layout already adapted their
-            storage (``FIRST_WINS`` only), mapped to that earlier path.
+        skipped: paths not patched because another tied path adapted their storage (``FIRST_WINS``: an
+            earlier one; ``LAST_WINS``: a later one), mapped to that path.
     """
 
     receipts: tuple[PatchReceipt, ...]
@@ -123,19 +129,23 @@ def apply_svf_adapter(
     skipped: dict[str, str] = {}
     adapted: set[str] = set()
     receipts: list[PatchReceipt] = []
-    for name in names:
+    for pos, name in enumerate(names):
         allow = False
         tied_with = aliases_of(target, name)
         if tied_with:
             earlier = [alias for alias in tied_with if alias in adapted]
+            later = [alias for alias in tied_with if alias in names[pos + 1:]]
             if tied is TiedWeights.ERROR:
                 raise AliasedParameter(
-                    f"{name} is tied to {', '.join(tied_with)}; choose TiedWeights.UNTIE or "
-                    "TiedWeights.FIRST_WINS explicitly"
+                    f"{name} is tied to {', '.join(tied_with)}; choose TiedWeights.UNTIE, "
+                    "TiedWeights.FIRST_WINS or TiedWeights.LAST_WINS explicitly"
                 )
             if tied is TiedWeights.UNTIE:
                 untie_parameter(target, name)
-            elif earlier:
+            elif tied is TiedWeights.LAST_WINS and later:
+                skipped[name] = later[-1]
+                continue
+            elif tied is TiedWeights.FIRST_WINS and earlier:
                 skipped[name] = earlier[0]
                 continue
             else:

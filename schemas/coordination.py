@@ -180,6 +180,8 @@ class StopReason(enum.StrEnum):
     ROUTE_FAILED = "route_failed"
     ROLE_INJECT_FAILED = "role_inject_failed"
     CANCELLED = "cancelled"
+    #: ``sakana`` profile: a Verifier was chosen before any Worker reply; the run ends with no call (reward 0).
+    VERIFIER_BEFORE_WORKER = "verifier_before_worker"
 
 
 class AgentFailure(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -222,3 +224,5 @@ class CoordinationResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     budget: BudgetSnapshot
     error: str | None = None
     answer_turn: int | None = None
+    routing_profile: str = "elixir-port"
+    route_seed: int | None = None

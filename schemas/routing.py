@@ -34,6 +34,7 @@ from schemas.common import (
 )
 from schemas.errors import SchemaError, require
 from schemas.fingerprint import elixir_round6, route_hash
+from schemas.profiles import DEFAULT_ROUTING_PROFILE, check_routing_profile
 from schemas.sakana import BASE_ADAPTER_TOKEN, RuntimeProfile
 
 
@@ -78,7 +79,11 @@ class RouteRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class RouteLogits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The runtime's answer: agent and role logits plus labels. The only thing that crosses the bus."""
+    """The runtime's answer: agent and role logits plus labels. The only thing that crosses the bus.
+
+    ``profile`` is the runtime lane (backend/device/dtype label); ``routing_profile`` the routing convention
+    the runtime built its input under (``elixir-port`` or ``sakana``, see :mod:`schemas.profiles`).
+    """
 
     request_id: RequestId
     turn: int
@@ -92,8 +97,10 @@ class RouteLogits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cached_tokens: int = 0
     latency_ms: float = 0.0
     runtime_id: str = ""
+    routing_profile: str = DEFAULT_ROUTING_PROFILE
 
     def __post_init__(self) -> None:
+        check_routing_profile(self.routing_profile)
         require(2 <= len(self.agent_logits) <= MAX_AGENTS, "agent_logits",
                 f"must hold 2..{MAX_AGENTS} agent logits, got {len(self.agent_logits)}")
         require(len(self.role_logits) == NUM_ROLES, "role_logits",
@@ -114,7 +121,10 @@ class RouteLogits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class RouteDecision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What the logits mean: the chosen agent and role, margins, confidence and the route hash.
 
-    ``agent_ranking`` lists the allowed agents best first (used to fall back when an agent fails).
+    ``agent_ranking`` lists the allowed agents best first (used to fall back when an agent fails); a sampled
+    decision puts the sampled agent first, then the rest by logit. ``routing_profile`` is the convention the
+    decision was made under; ``rule`` how it was made (``argmax``, or ``sample`` from the softmax at
+    ``temperature``); margins are always winner-minus-runner-up of the logits.
     """
 
     agent_id: int
@@ -126,8 +136,13 @@ class RouteDecision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     agent_logits: list[float]
     role_logits: list[float]
     agent_ranking: list[int]
+    routing_profile: str = DEFAULT_ROUTING_PROFILE
+    rule: str = "argmax"
+    temperature: float | None = None
 
     def __post_init__(self) -> None:
+        check_routing_profile(self.routing_profile)
+        require(self.rule in ("argmax", "sample"), "rule", f"must be argmax or sample, got {self.rule!r}")
         require(0 <= self.agent_id < len(self.agent_logits), "agent_id",
                 f"must index agent_logits (0..{len(self.agent_logits) - 1}), got {self.agent_id}")
         require(self.agent_margin >= 0, "agent_margin", f"must be >= 0, got {self.agent_margin}")
@@ -187,6 +202,7 @@ def decide(logits: RouteLogits, profile: RuntimeProfile, agent_mask: Sequence[in
         agent_logits=list(logits.agent_logits),
         role_logits=list(logits.role_logits),
         agent_ranking=ranking,
+        routing_profile=logits.routing_profile,
     )
 
 

@@ -58,6 +58,7 @@ class RouteDecided(TraceBase, tag="route_decided", frozen=True):
     cached_tokens: int = 0
     route_latency_ms: float = 0.0
     runtime_id: str = ""
+    routing_profile: str = "elixir-port"
 
 
 class RoleAssigned(TraceBase, tag="role_assigned", frozen=True):

@@ -27,7 +27,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 from nats.aio.client import Client
@@ -43,6 +43,7 @@ from actors.coordinator.errors import (
 )
 from actors.coordinator.jobs import JobIntake
 from actors.coordinator.placement import PlacementClient
+from actors.coordinator.profiles import DEFAULT_RULE, VERIFIER_BEFORE_WORKER
 from actors.coordinator.state_machine import CallContext, Policy, Ports, VerifierBeforeWorker, coordinate
 from actors.coordinator.tracing import TracePublisher
 from bus import rpc, subjects
@@ -66,9 +67,13 @@ E = TypeVar("E", bound=PortError)
 
 def policy_from_settings(s: CoordinatorSettings) -> Policy:
     """The state machine's policy for these settings."""
-    vbw: VerifierBeforeWorker = "allow" if s.verifier_before_worker == "allow" else "worker"
+    vbw = cast(VerifierBeforeWorker, s.verifier_before_worker or VERIFIER_BEFORE_WORKER[s.routing_profile])
     return Policy(
         verifier_before_worker=vbw,
+        routing_profile=s.routing_profile,
+        route_rule=s.route_rule or DEFAULT_RULE[s.routing_profile],
+        route_temperature=s.route_temperature,
+        route_seed=s.route_seed,
         profile=RuntimeProfile(agent_margin_floor=s.agent_margin_floor, role_margin_floor=s.role_margin_floor),
         agent_mask=tuple(s.agent_mask) if s.agent_mask is not None else None,
         agent_max_tokens=s.agent_max_tokens,

@@ -9,7 +9,14 @@ One run, for at most ``Budget.max_turns`` turns (K = 5 by default):
    (see :mod:`.suggestions`; unknown names are ignored and recorded in ``RoleAssignment.suggestion/note``).
    Then the Verifier-before-Worker policy: with ``verifier_before_worker="worker"`` (default) a Verifier
    chosen while no Worker reply exists becomes a Worker, recorded as ``RoleSource.VERIFIER_BEFORE_WORKER``;
-   with ``"allow"`` the Verifier runs (it has no answer to check; an ACCEPT then ends the run with no answer).
+   with ``"allow"`` the Verifier runs (it has no answer to check; an ACCEPT then ends the run with no answer);
+   with ``"end"`` (the ``sakana`` profile's rule) the run ends there with no call, stop reason
+   ``verifier_before_worker``.
+
+The routing profile (``Policy.routing_profile``, see :mod:`.profiles`) decides what the router reads (the
+``sakana`` profile sends only the query and the Worker replies), how Verifier and Thinker replies are read,
+and whether logits are argmaxed or sampled (seeded; the seed is recorded in the result). The runtime's
+``RouteLogits.routing_profile`` must match the policy's, or the run stops with ``route_failed``.
 3. **inject** — the role injector builds the agent's messages (role pack recorded in the assignment).
 4. **call** — call the chosen agent. If it fails, fall back to the next agent of
    ``decision.agent_ranking`` (masked agents are never in it), recording an :class:`~schemas.AgentFailure`
@@ -34,6 +41,7 @@ Contents (query, prompts, replies, answer) are recorded as sha256 unless ``Polic
 from __future__ import annotations
 
 import hashlib
+import random
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,8 +51,8 @@ import msgspec
 
 from actors.coordinator.budget import BudgetTracker
 from actors.coordinator.errors import AgentCallFailed, PortError, RoleInjectFailed, RouteFailed
-from actors.coordinator.suggestions import Suggestion, parse_suggestion
-from actors.coordinator.verdict import parse_verdict
+from actors.coordinator.profiles import choose, observation, read_suggestion, read_verdict
+from actors.coordinator.suggestions import Suggestion
 from schemas.common import Message, Role
 from schemas.coordination import (
     AgentCallIntent,
@@ -63,7 +71,7 @@ from schemas.coordination import (
 from schemas.errors import SchemaError
 from schemas.fingerprint import sha256_text
 from schemas.roles import RoleInjectReply, RoleInjectRequest, TranscriptEntry
-from schemas.routing import RouteDecision, RouteLogits, RouteRequest, decide
+from schemas.routing import RouteDecision, RouteLogits, RouteRequest
 from schemas.sakana import RuntimeProfile
 from schemas.trace import AgentCallFailed as AgentCallFailedEvent
 from schemas.trace import (
@@ -79,7 +87,7 @@ from schemas.trace import (
     VerdictRecorded,
 )
 
-VerifierBeforeWorker = Literal["worker", "allow"]
+VerifierBeforeWorker = Literal["worker", "allow", "end"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,9 @@ class Policy:
     ``max_fallbacks``: how many next-best agents to try after a failed call (``None``: all ranked agents).
     ``route_attempts``: tries per turn for routing when the failure is retryable (timeouts included).
     ``role_pack``: the pack asked of the injector (``None``: its default).
+    ``routing_profile``: ``elixir-port`` or ``sakana`` (:mod:`.profiles`); ``route_rule``: ``argmax`` or
+    ``sample`` (softmax at ``route_temperature``, seeded with ``route_seed``, or, when ``None``, a seed derived
+    from the request id so a retried request routes the same).
     """
 
     verifier_before_worker: VerifierBeforeWorker = "worker"
@@ -104,6 +115,10 @@ class Policy:
     max_fallbacks: int | None = None
     role_pack: str | None = None
     trace_content: bool = False
+    routing_profile: str = "elixir-port"
+    route_rule: str = "argmax"
+    route_temperature: float = 1.0
+    route_seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +174,7 @@ def resolve_role(
             notes.append(f"ignored unknown suggested role {suggestion.raw!r}")
         else:
             role, source = suggestion.role, RoleSource.THINKER_SUGGESTION
-    if role is Role.VERIFIER and not has_worker_reply and policy == "worker":
+    if role is Role.VERIFIER and not has_worker_reply and policy == "worker":  # "end": the run stops (Run._turn)
         notes.append(f"Verifier ({source.value}) chosen before any Worker reply; ran as Worker")
         role, source = Role.WORKER, RoleSource.VERIFIER_BEFORE_WORKER
     return role, source, "; ".join(notes)
@@ -199,6 +214,12 @@ class Run:
         self.mask = effective_mask(request.agent_mask, policy.agent_mask)
         self._cause = request.request_id
         self._route_hash = ""
+        self.route_seed: int | None = None
+        self._rng: random.Random | None = None
+        if policy.route_rule == "sample":
+            self.route_seed = policy.route_seed if policy.route_seed is not None else int.from_bytes(
+                hashlib.sha256(request.request_id.encode()).digest()[:4], "big")
+            self._rng = random.Random(self.route_seed)
 
     # -- tracing -----------------------------------------------------------------------------------------
     def _base(self, turn: int = -1) -> dict[str, Any]:
@@ -222,7 +243,8 @@ class Run:
 
     # -- steps -------------------------------------------------------------------------------------------
     async def _route(self, turn: int) -> RouteDecision:
-        req = RouteRequest(request_id=self.request.request_id, turn=turn, messages=list(self.transcript),
+        messages = observation(self.policy.routing_profile, self.request.query, self.history)
+        req = RouteRequest(request_id=self.request.request_id, turn=turn, messages=messages,
                            backend=self.request.backend, adapter=self.request.adapter,
                            run_id=self.request.request_id, deadline_ms=self._deadline_ms())
         attempts = max(1, self.policy.route_attempts)
@@ -235,15 +257,22 @@ class Run:
             except RouteFailed as e:
                 if not e.retryable or attempt == attempts:
                     raise _Stop(StopReason.ROUTE_FAILED, f"routing turn {turn} failed: {e}", e.code) from None
+        if logits.routing_profile != self.policy.routing_profile:
+            raise _Stop(StopReason.ROUTE_FAILED, f"the runtime routed turn {turn} under routing profile "
+                        f"{logits.routing_profile!r}; this coordinator runs {self.policy.routing_profile!r} "
+                        "(set the same routing_profile in model_runtime and coordinator)", "invalid")
         try:
-            decision = decide(logits, self.policy.profile, self.mask)
+            decision = choose(logits, self.policy.profile, self.mask, profile=self.policy.routing_profile,
+                              rule=self.policy.route_rule, temperature=self.policy.route_temperature,
+                              rng=self._rng)
         except (SchemaError, ValueError, ArithmeticError) as e:  # any logits it cannot read end the run
             raise _Stop(StopReason.ROUTE_FAILED, f"cannot interpret routing logits of turn {turn}: {e}",
                         "invalid") from None
         self._route_hash = decision.route_hash
         await self._emit(RouteDecided(**self._base(turn), decision=decision, token_count=logits.token_count,
                                       cached_tokens=logits.cached_tokens, route_latency_ms=logits.latency_ms,
-                                      runtime_id=logits.runtime_id))
+                                      runtime_id=logits.runtime_id,
+                                      routing_profile=self.policy.routing_profile))
         return decision
 
     async def _inject(self, turn: int, agent_id: int, role: Role) -> RoleInjectReply:
@@ -312,6 +341,10 @@ class Run:
         suggestion, self.pending = self.pending, None
         role, source, note = resolve_role(decision.role, suggestion, self.answer is not None,
                                           self.policy.verifier_before_worker)
+        if role is Role.VERIFIER and self.answer is None and self.policy.verifier_before_worker == "end":
+            raise _Stop(StopReason.VERIFIER_BEFORE_WORKER,
+                        f"a Verifier ({source.value}) was chosen at turn {turn} before any Worker reply; "
+                        f"routing profile {self.policy.routing_profile!r} ends the run there")
         inject = await self._inject(turn, decision.agent_id, role)
         assignment = RoleAssignment(request_id=self.request.request_id, turn=turn, agent_id=decision.agent_id,
                                     role=role, source=source, routed_role=decision.role,
@@ -337,9 +370,9 @@ class Run:
         if role is Role.WORKER:
             self.answer, self.answer_turn = receipt.content, turn
         elif role is Role.THINKER:
-            self.pending = parse_suggestion(receipt.content)
+            self.pending = read_suggestion(self.policy.routing_profile, receipt.content)
         else:
-            parsed = parse_verdict(receipt.content)
+            parsed = read_verdict(self.policy.routing_profile, receipt.content)
             verdict = VerifierVerdict(request_id=self.request.request_id, turn=turn, verdict=parsed.verdict,
                                       parsed=parsed.parsed, excerpt=parsed.excerpt)
             await self._emit(VerdictRecorded(**self._base(turn), verdict=verdict))
@@ -356,6 +389,10 @@ class Run:
         await self._emit(RunStarted(**self._base(), query_sha256=sha256_text(q),
                                     query_text=q if self.policy.trace_content else None,
                                     attrs={"verifier_before_worker": self.policy.verifier_before_worker,
+                                           "routing_profile": self.policy.routing_profile,
+                                           "route_rule": self.policy.route_rule,
+                                           **({"route_seed": str(self.route_seed)}
+                                              if self.route_seed is not None else {}),
                                            "agent_mask": ",".join(map(str, self.mask))
                                            if self.mask is not None else "all"}))
         stop: _Stop
@@ -394,7 +431,8 @@ class Run:
                                        message=error or "", stop_reason=stop.reason))
         return CoordinationResult(request_id=self.request.request_id, status=status, answer=self.answer,
                                   stop_reason=stop.reason, turns=self.turns, budget=self.budget.snapshot(),
-                                  error=error, answer_turn=self.answer_turn)
+                                  error=error, answer_turn=self.answer_turn,
+                                  routing_profile=self.policy.routing_profile, route_seed=self.route_seed)
 
 
 async def coordinate(request: CoordinationRequest, ports: Ports, policy: Policy | None = None) -> CoordinationResult:

@@ -18,9 +18,11 @@ packs several transcripts into one row) the offsets and scales of that token's a
 The plan is only ever active on the engine's single worker thread.
 
 **Tied embeddings.** Routing reads the input embedding and never computes the LM head; the runtime loads
-a bare ``Qwen3Model`` without one. The ``lm_head.weight`` offsets of a vector are therefore unused and
-reported in :attr:`AdapterInfo.skipped` — the same policy as :func:`crucible.registry.adapter.adapt_backbone`,
-whose adapter token this module reproduces for the same vector.
+a bare ``Qwen3Model`` without one. ``tied_embedding`` (the runtime's setting) says which offsets adapt the
+embedding: ``embed-wins`` (its own ``d[0:1024]``; the ``lm_head`` offsets are skipped) or ``lm_head-wins``
+(``d[8192:9216]``, as Sakana's trainer wrote the tied matrix; the embedding offsets are skipped). Skips are
+reported in :attr:`AdapterInfo.skipped` — the same convention as :func:`crucible.registry.adapter.adapt_backbone`
+with the same setting, whose adapter token this module reproduces for the same vector.
 
 Example::
 
@@ -146,8 +148,9 @@ class AdapterBank:
     """
 
     def __init__(self, model: torch.nn.Module, head_spec: HeadSpec, *,
-                 factor_cache_dir: str | os.PathLike[str]) -> None:
+                 factor_cache_dir: str | os.PathLike[str], tied_embedding: str = "embed-wins") -> None:
         self.model = model
+        self.tied_embedding = tied_embedding
         self.head_spec = head_spec
         self.factor_cache_dir = Path(factor_cache_dir).expanduser()
         dtype = next(model.parameters()).dtype
@@ -210,12 +213,12 @@ class AdapterBank:
             AdapterVectorInvalid: the vector does not fit the backbone or holds NaN/inf.
         """
         try:
-            plan = plan_adaptation(self.model, vector, self.head_spec.rows)
+            plan = plan_adaptation(self.model, vector, self.head_spec.rows, self.tied_embedding)
         except (ExportError, CrucibleError, ValueError, TypeError) as e:
             raise AdapterVectorInvalid(source, str(e)) from None
         self._ensure_targets(plan)
         assert self.factor_key is not None
-        return plan, adapter_ref_for(self.factor_key, plan.parts)
+        return plan, adapter_ref_for(self.factor_key, plan.parts, self.tied_embedding)
 
     def build(self, plan: AdapterPlan, ref: AdapterRef, source: str, started: float | None = None) -> Adapter:
         """Make the adapter of a planned vector (its offsets, scales and head as tensors on the model's device).

@@ -50,7 +50,7 @@ from actors.model_runtime.errors import (
     ModelRuntimeError,
     TranscriptTooShort,
 )
-from actors.model_runtime.formatting import format_transcript, transcript_hash
+from actors.model_runtime.formatting import router_text, transcript_hash
 from actors.model_runtime.head import RoutingHead
 from actors.model_runtime.packed_attention import ATTN_IMPLEMENTATION, PackedSegments
 from actors.model_runtime.prefix_cache import PrefixCache, common_prefix_len, crop_to
@@ -122,7 +122,8 @@ class RouterEngine:
         self.max_batch_tokens = settings.max_batch_tokens
         self.max_context_tokens = min(settings.max_context_tokens, int(model.config.max_position_embeddings) + 1)
         self.cache = PrefixCache(settings.cache_max_tokens, settings.cache_max_bytes)
-        self.adapters = AdapterBank(model, self.head.spec, factor_cache_dir=settings.factor_cache_dir)
+        self.adapters = AdapterBank(model, self.head.spec, factor_cache_dir=settings.factor_cache_dir,
+                                    tied_embedding=settings.tied_embedding or "embed-wins")
         #: Vectors actually loaded (idempotent reloads excluded).
         self.adapter_loads = 0
         # token -> adapter (None: base); replaced, never mutated, so other threads may read it.
@@ -143,7 +144,8 @@ class RouterEngine:
         if not (path / "config.json").is_file():
             raise CheckpointError(str(path), "no config.json; point checkpoint_dir at a Qwen3 checkpoint folder")
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        model = Qwen3Model.from_pretrained(str(path), dtype=_DTYPES[s.dtype], attn_implementation=ATTN_IMPLEMENTATION)
+        model = Qwen3Model.from_pretrained(str(path), dtype=_DTYPES[s.dtype or "float32"],
+                                           attn_implementation=ATTN_IMPLEMENTATION)
         if model.config.model_type != "qwen3":
             raise CheckpointError(str(path), f"model_type is {model.config.model_type!r}, expected 'qwen3'")
         model.to(pick_device(s.device))  # type: ignore[arg-type]  # transformers' stub misses devices
@@ -215,12 +217,15 @@ class RouterEngine:
     # -- preparation (any thread) -------------------------------------------------------------------------
 
     def prepare(self, request: RouteRequest) -> PreparedRoute:
-        """Check labels, format, tokenize and bound-check a request; raises a :class:`ModelRuntimeError`."""
+        """Check labels, format (the routing profile's text), tokenize and bound-check a request; raises a
+        :class:`ModelRuntimeError`. Special tokens written in the text (``sakana``'s chat template) encode as
+        themselves."""
         if request.backend != self.settings.backend or request.adapter not in self._slots:
             raise self._not_served(request)
         if not request.messages:
             raise EmptyTranscript()
-        ids = self.tokenizer.encode(format_transcript(request.messages))
+        ids = self.tokenizer.encode(router_text(request.messages, self.settings.routing_profile,
+                                                self.head.spec.num_agents))
         if len(ids) < 2:
             raise TranscriptTooShort(len(ids))
         if len(ids) > self.max_context_tokens:
@@ -270,7 +275,7 @@ class RouterEngine:
                     role_logits=roles[k], token_count=len(p.ids), transcript_hash=p.transcript_hash,
                     backend=self.settings.backend, profile=self.settings.profile, adapter=token,
                     cached_tokens=h.cached_tokens, latency_ms=(done - p.received) * 1000.0,
-                    runtime_id=self.settings.runtime_id,
+                    runtime_id=self.settings.runtime_id, routing_profile=self.settings.routing_profile,
                 )
         return [r for r in out if r is not None]
 

@@ -5,11 +5,22 @@ The vector is ``[offsets for the nine matrices of the layout][head rows*cols]`` 
 ``model.`` prefix, so a bare ``Qwen3Model`` (what the routing engine loads) and a ``Qwen3ForCausalLM``
 both work.
 
-**Tied embeddings policy.** Routing reads the *input* embedding and never the LM head. A bare
-``Qwen3Model`` has no ``lm_head``: its offsets are reported as skipped. On a model whose ``lm_head`` is
-tied to ``embed_tokens`` the shared storage is adapted once with the embedding's offsets
-(``TiedWeights.FIRST_WINS``) and ``lm_head`` is reported as skipped. The exported bundle
-(:mod:`crucible.registry.export`) instead writes both matrices, each with its own offsets.
+**Tied embeddings convention** (``tied_embedding``, an explicit setting; the routing profiles pick the default).
+Qwen3-0.6B ties ``lm_head`` to ``embed_tokens`` (one matrix E) but the vector holds offsets for both; routing
+reads only the *input* embedding, so the convention decides what the router sees:
+
+* ``embed-wins`` (the ``elixir-port`` profile): E is adapted with the embedding's offsets ``d[0:1024]``; the
+  ``lm_head`` offsets are reported as skipped (a bare ``Qwen3Model`` has no ``lm_head``; on a tied model the
+  shared storage is adapted once, ``TiedWeights.FIRST_WINS``).
+* ``lm_head-wins`` (the ``sakana`` profile): E becomes SVF(E, ``d[8192:9216]``), as Sakana's trainer
+  (``SVDParameterManager.load_model_weights`` copies the composed weights in state-dict order, ``lm_head``
+  last, into the tied parameter) and the Elixir port's parity script left it; the embedding offsets
+  ``d[0:1024]`` have no effect and are reported as skipped.
+
+Both conventions factor the same base matrix E. The convention is part of the adapter's content address
+(its ``formula``: ``svf-energy-v1`` for embed-wins, ``svf-energy-v1-lm_head-wins`` otherwise), so one vector
+gets a different adapter token under each. An untied model (its own ``lm_head`` storage) adapts each matrix
+with its own offsets under either convention.
 
 The model runtime's cheap adapters (``actors/model_runtime/adapters.py``) apply the same vector without
 patching: they use :func:`plan_adaptation`, :func:`base_factors` and :func:`adapter_ref_for` from here, so
@@ -129,18 +140,48 @@ def _backbone_shapes(module: torch.nn.Module) -> tuple[dict[str, str], dict[str,
     return mapping, shapes, num_layers, hidden
 
 
-def plan_adaptation(module: torch.nn.Module, vector: NDArray[np.floating], num_rows: int = 10) -> AdapterPlan:
+EMBED, LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
+TIED_EMBEDDINGS = ("embed-wins", "lm_head-wins")
+
+
+def tied_formula(tied_embedding: str) -> str:
+    """The adapter formula id of a tied-embedding convention (part of the adapter's content address)."""
+    if tied_embedding not in TIED_EMBEDDINGS:
+        raise ExportError(f"tied_embedding must be one of {', '.join(TIED_EMBEDDINGS)}, got {tied_embedding!r}")
+    return SVF_FORMULA if tied_embedding == "embed-wins" else f"{SVF_FORMULA}-lm_head-wins"
+
+
+def _lm_head_shares_embedding(module: torch.nn.Module, mapping: Mapping[str, str]) -> bool:
+    """True when the module has no own ``lm_head`` storage (absent, or tied to the embedding)."""
+    if LM_HEAD not in mapping:
+        return True
+    params = dict(module.named_parameters(remove_duplicate=False))
+    return params[mapping[LM_HEAD]].data_ptr() == params[mapping[EMBED]].data_ptr()
+
+
+def plan_adaptation(module: torch.nn.Module, vector: NDArray[np.floating], num_rows: int = 10,
+                    tied_embedding: str = "embed-wins") -> AdapterPlan:
     """Split ``vector`` for ``module`` and name its offsets by the module's own parameters.
 
+    ``tied_embedding`` picks which offsets adapt a tied (or LM-head-less) embedding (see the module docs).
+
     Raises:
-        ExportError: the module has no Qwen3 config, or the vector does not fit its shapes.
+        ExportError: the module has no Qwen3 config, the vector does not fit its shapes, or an unknown convention.
     """
+    tied_formula(tied_embedding)
     mapping, shapes, num_layers, hidden = _backbone_shapes(module)
     parts = split_for(vector, shapes, num_layers, hidden, num_rows)
     offsets: dict[str, NDArray[np.float64]] = {}
     skipped: dict[str, str] = {}
+    shared = EMBED in mapping and _lm_head_shares_embedding(module, mapping)
     for hf_name, d in parts.offsets.items():
-        if hf_name in mapping:
+        if shared and tied_embedding == "lm_head-wins" and hf_name == EMBED:
+            offsets[mapping[EMBED]] = parts.offsets[LM_HEAD]
+            skipped[EMBED] = "lm_head-wins: the tied embedding is adapted with lm_head's offsets; these have no effect"
+        elif shared and tied_embedding == "lm_head-wins" and hf_name == LM_HEAD:
+            if hf_name in mapping:
+                skipped[LM_HEAD] = f"tied to {EMBED}: adapted through it with these offsets (lm_head-wins)"
+        elif hf_name in mapping:
             offsets[mapping[hf_name]] = d
         else:
             skipped[hf_name] = "not in this module (routing reads the input embedding; no LM head is loaded)"
@@ -157,9 +198,9 @@ def base_factors(module: torch.nn.Module, names: Sequence[str], factor_cache_dir
     return FactorCache(Path(factor_cache_dir).expanduser()).get_or_compute([(n, params[n].detach()) for n in names])
 
 
-def adapter_ref_for(factor_key: str, parts: VectorParts) -> AdapterRef:
-    """The content address of an adapter: base factors key, offsets, head and formula."""
-    return AdapterRef.build(factor_key, parts.offsets_sha256, parts.head_sha256, SVF_FORMULA)
+def adapter_ref_for(factor_key: str, parts: VectorParts, tied_embedding: str = "embed-wins") -> AdapterRef:
+    """The content address of an adapter: base factors key, offsets, head and formula (with the convention)."""
+    return AdapterRef.build(factor_key, parts.offsets_sha256, parts.head_sha256, tied_formula(tied_embedding))
 
 
 def synthetic_router_vector(module: torch.nn.Module, *, seed: int, offset_std: float = 0.2, head_std: float = 1.0,
@@ -175,7 +216,7 @@ def synthetic_router_vector(module: torch.nn.Module, *, seed: int, offset_std: f
 
 
 def adapt_backbone(module: torch.nn.Module, vector: NDArray[np.floating], *, factor_cache_dir: str | os.PathLike[str],
-                   progress: Progress | None = None) -> Adaptation:
+                   progress: Progress | None = None, tied_embedding: str = "embed-wins") -> Adaptation:
     """SVF-adapt ``module``'s TRINITY matrices with ``vector``'s offsets (in place); returns the head too.
 
     Factors of the base matrices are computed once per set of base weights and cached under
@@ -185,18 +226,19 @@ def adapt_backbone(module: torch.nn.Module, vector: NDArray[np.floating], *, fac
         ExportError: the vector does not fit the backbone's shapes.
         crucible errors from factorization or patching.
     """
-    plan = plan_adaptation(module, vector)
+    plan = plan_adaptation(module, vector, tied_embedding=tied_embedding)
     offsets = dict(plan.offsets)
     skipped = dict(plan.skipped)
     if progress is not None:
         progress(f"SVF factors of {len(offsets)} base matrices (cached under {factor_cache_dir})")
     factor_set = base_factors(module, list(offsets), factor_cache_dir)
-    ref = adapter_ref_for(factor_set.key, plan.parts)
+    ref = adapter_ref_for(factor_set.key, plan.parts, tied_embedding)
     if progress is not None:
         how = "loaded from cache" if factor_set.from_cache else f"computed ({factor_set.factorizations})"
         progress(f"factors {how}; applying SVF adapter {ref.token}")
     with torch.no_grad():
         applied = apply_svf_adapter(module, offsets, factor_set.factors, adapter_ref=ref.token, order=list(offsets),
                                     tied=TiedWeights.FIRST_WINS)
-    skipped.update({k: f"tied to {v}: adapted once with {v}'s offsets" for k, v in applied.skipped.items()})
+    skipped.update({k: f"tied to {v}: adapted once with {v}'s offsets (embed-wins)"
+                    for k, v in applied.skipped.items()})
     return Adaptation(ref, applied.receipts, skipped, plan.parts.head, factor_set.from_cache)

@@ -9,9 +9,14 @@ Bundle layout (the one ``artifact_pin.json`` of the anchors pins)::
     checkpoints/0009_language_modeling_head.output.kernel.safetensors       by its HF name
     artifact_pin.json                                the pin of the 11 files above (not pinned itself)
 
-Every matrix (``lm_head`` included, even when the checkpoint ties it to the embedding) gets its own offsets
-(``svf-energy-v1``). Factors come from :class:`crucible.factor_cache.FactorCache`, so a second export of
-the same base costs only the reconstruction. A lineage record goes to the registry cache.
+Every matrix of an untied checkpoint gets its own offsets (``svf-energy-v1``). When the checkpoint ties
+``lm_head`` to the embedding, ``tied_embedding`` says what the two files hold: ``per-matrix`` (default, the
+Sakana/Elixir bundle layout: each file its own offsets; a loader that copies the files in order into the tied
+parameter ends with lm_head-wins), or one convention written into both files: ``embed-wins`` (``d[0:1024]``)
+or ``lm_head-wins`` (``d[8192:9216]``, Sakana's trainer). The choice is written in every file's metadata
+(``tied_embedding``), in :attr:`ExportResult.tied_embedding`, and in the adapter ref's formula (see
+:func:`crucible.registry.adapter.tied_formula`). Factors come from :class:`crucible.factor_cache.FactorCache`, so a
+second export of the same base costs only the reconstruction. A lineage record goes to the registry cache.
 
 Example::
 
@@ -34,7 +39,7 @@ from safetensors.torch import save_file
 from crucible.factor_cache import FactorCache
 from crucible.factorization import svf_reconstruct
 from crucible.hashing import file_sha256
-from crucible.registry.adapter import split_for
+from crucible.registry.adapter import split_for, tied_formula
 from crucible.registry.errors import ExportError
 from crucible.registry.layout import elixir_name, trinity_slots
 from crucible.registry.lineage import BaseModel, LineageRecord, PinRef, VectorSource, write_lineage
@@ -59,6 +64,7 @@ class ExportResult:
     adapter_ref: AdapterRef
     lineage_path: Path | None
     factors_from_cache: bool
+    tied_embedding: str | None = None
 
 
 def _weight_map(ckpt: Path) -> dict[str, Path]:
@@ -82,7 +88,7 @@ def export_bundle(checkpoint_dir: str | os.PathLike[str], vector_path: str | os.
                   out_dir: str | os.PathLike[str], *, repo_id: str, revision: str,
                   factor_cache_dir: str | os.PathLike[str], dtype: str = "float32",
                   lineage_cache_dir: str | os.PathLike[str] | None = None, overwrite: bool = False,
-                  progress: Progress | None = None) -> ExportResult:
+                  progress: Progress | None = None, tied_embedding: str = "per-matrix") -> ExportResult:
     """Write the adapted bundle of ``checkpoint_dir`` + ``vector_path`` into ``out_dir`` (see module docs).
 
     Raises:
@@ -90,6 +96,8 @@ def export_bundle(checkpoint_dir: str | os.PathLike[str], vector_path: str | os.
         crucible errors from reading, factoring or reconstructing.
     """
     say = progress or (lambda _msg: None)
+    if tied_embedding != "per-matrix":
+        tied_formula(tied_embedding)  # rejects an unknown convention before any work
     if dtype not in _DTYPES:
         raise ExportError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
     ckpt, out = Path(checkpoint_dir), Path(out_dir)
@@ -126,19 +134,23 @@ def export_bundle(checkpoint_dir: str | os.PathLike[str], vector_path: str | os.
     cache = FactorCache(Path(factor_cache_dir).expanduser())
     say("SVF factors (cached per base weights; the 151936 x 1024 embedding takes minutes on a CPU)")
     factor_set = cache.get_or_compute(distinct)
-    ref = AdapterRef.build(factor_set.key, parts.offsets_sha256, parts.head_sha256, SVF_FORMULA)
+    ref = AdapterRef.build(factor_set.key, parts.offsets_sha256, parts.head_sha256,
+                           tied_formula(tied_embedding) if tied and tied_embedding != "per-matrix" else SVF_FORMULA)
+    winner = "lm_head.weight" if tied_embedding == "lm_head-wins" else "model.embed_tokens.weight"
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "checkpoints").mkdir(parents=True)
     files: list[str] = [MANIFEST_FILE, HEAD_FILE]
     selected: list[SelectedTensor] = []
-    meta = {"format": "pt", "formula": SVF_FORMULA, "adapter_ref": ref.digest}
+    meta = {"format": "pt", "formula": ref.formula, "adapter_ref": ref.digest,
+            "tied_embedding": tied_embedding if tied else "untied"}
     for i, (name, shape, start, end) in enumerate(slots):
         source = "model.embed_tokens.weight" if tied and name == "lm_head.weight" else name
         say(f"[{i + 1}/{len(slots)}] adapting {name} {shape[0]}x{shape[1]}")
-        adapted = svf_reconstruct(base[source], factor_set.factors[source], parts.offsets[name],
-                                  out_dtype=_DTYPES[dtype])
+        shared = tied and tied_embedding != "per-matrix" and name in ("model.embed_tokens.weight", "lm_head.weight")
+        adapted = svf_reconstruct(base[source], factor_set.factors[source],
+                                  parts.offsets[winner if shared else name], out_dtype=_DTYPES[dtype])
         rel = f"checkpoints/{i + 1:04d}_{elixir_name(name)}.safetensors"
         save_file({name: adapted.contiguous()}, str(tmp / rel), metadata={**meta, "source_name": name})
         files.append(rel)
@@ -169,4 +181,5 @@ def export_bundle(checkpoint_dir: str | os.PathLike[str], vector_path: str | os.
             pin=PinRef(repo_id=pin.repo_id, revision=pin.revision, manifest_sha256=pin.manifest_sha256),
             bundle_dir=str(out.resolve()), dtype=dtype)
         lineage_path = write_lineage(lineage_cache_dir, record)
-    return ExportResult(out, manifest, pin, ref, lineage_path, factor_set.from_cache)
+    return ExportResult(out, manifest, pin, ref, lineage_path, factor_set.from_cache,
+                        tied_embedding if tied else None)

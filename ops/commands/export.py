@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="dtype of the adapted matrices (default float32)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--tied-embedding", choices=["per-matrix", "embed-wins", "lm_head-wins"], default="per-matrix",
+                   help="tied embedding/LM head files: each its own offsets (per-matrix, the Sakana/Elixir layout), "
+                        "or both the embedding's (embed-wins) or both lm_head's (lm_head-wins)")
     p.add_argument("--factor-cache", metavar="DIR", default="~/.cache/trinity-nats/svf-factors",
                    help="SVF factor cache (default ~/.cache/trinity-nats/svf-factors)")
     p.add_argument("--cache-dir", metavar="DIR", help="registry cache receiving the lineage record (overrides "
@@ -57,12 +60,14 @@ async def run(args: argparse.Namespace, settings: Any) -> int:
         result = await asyncio.to_thread(
             export_bundle, ckpt, str(vector), args.out, repo_id=args.repo_id, revision=args.revision,
             factor_cache_dir=args.factor_cache, dtype=args.dtype, overwrite=args.overwrite,
-            lineage_cache_dir=registry_settings(settings, args).cache_dir, progress=say)
+            lineage_cache_dir=registry_settings(settings, args).cache_dir, progress=say,
+            tied_embedding=args.tied_embedding)
     except (CrucibleError, ModelRuntimeError, ValueError, OSError) as e:
         raise CommandError(f"export failed: {e}") from None
     report = verify_directory(result.out_dir, result.pin, ignore=("artifact_pin.json",))
     print(f"bundle {result.out_dir}: {report.summary()}")
     print(f"adapter {result.adapter_ref.token} (digest {result.adapter_ref.digest})")
+    print(f"tied embedding: {result.tied_embedding or 'untied checkpoint (each matrix its own offsets)'}")
     print(f"pin {result.out_dir / 'artifact_pin.json'} manifest_sha256 {result.pin.manifest_sha256}")
     if result.lineage_path is not None:
         print(f"lineage {result.lineage_path}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -33,6 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--floor-fraction", type=float, default=0.8,
                    help="with --record: floors = this fraction of the smallest recorded margins (default 0.8)")
     p.add_argument("--profile-name", help="runtime profile name (default: model_runtime.profile)")
+    p.add_argument("--routing-profile", choices=["elixir-port", "sakana"],
+                   help="routing profile to route under (default when checking: the snapshot's, elixir-port for the "
+                        "anchors; when recording: sakana for the real vector sakana_model_iter_60.npy, else "
+                        "model_runtime.routing_profile). A profile other than model_runtime's uses that profile's "
+                        "dtype and tied-embedding defaults")
     p.add_argument("--agent-floor", type=float, help="override the agent margin floor")
     p.add_argument("--role-floor", type=float, help="override the role margin floor")
     p.add_argument("--verbose", action="store_true", help="one line per case")
@@ -55,6 +61,20 @@ def _check(args: argparse.Namespace) -> None:
                          "--floor-fraction")
 
 
+REAL_VECTOR = "sakana_model_iter_60.npy"
+
+
+def _routing_profile(args: argparse.Namespace, snapshot: Any, mr: Any) -> str:
+    """The routing profile the gate runs under (see ``--routing-profile``)."""
+    if args.routing_profile:
+        return str(args.routing_profile)
+    if snapshot is not None:
+        return str(snapshot.routing_profile or "elixir-port")
+    if args.vector and Path(args.vector).name == REAL_VECTOR:
+        return "sakana"
+    return str(mr.routing_profile)
+
+
 async def run(args: argparse.Namespace, settings: Any) -> int:
     """Gate (exit 1 on a flip or a floor breach) or record (exit 0 when written)."""
     import asyncio
@@ -74,8 +94,15 @@ async def run(args: argparse.Namespace, settings: Any) -> int:
         snapshot = None if args.record else load_snapshot(snap_path)
     except FixtureError as e:
         raise CommandError(str(e)) from None
-    router = await asyncio.to_thread(load_cli_router, args, settings, "gate")
     mr = settings.model_runtime
+    routing = _routing_profile(args, snapshot, mr)
+    if routing != mr.routing_profile:
+        from config.model_runtime import ModelRuntimeSettings
+
+        fields = {**msgspec.structs.asdict(mr), "routing_profile": routing, "dtype": None, "tied_embedding": None}
+        mr = ModelRuntimeSettings(**fields)
+        settings = msgspec.structs.replace(settings, model_runtime=mr)
+    router = await asyncio.to_thread(load_cli_router, args, settings, "gate")
     say = progress("gate")
     try:
         if args.record:
@@ -88,7 +115,8 @@ async def run(args: argparse.Namespace, settings: Any) -> int:
             if args.record_cases:
                 write_cases(relabel(cases, snap), args.record_cases)
             assert snap.profile is not None
-            print(f"recorded {len(snap.cases)} cases to {snap_path}; profile {snap.profile.name} floors: agent "
+            print(f"recorded {len(snap.cases)} cases to {snap_path}; routing profile {snap.routing_profile}; "
+                  f"profile {snap.profile.name} floors: agent "
                   f"{snap.profile.agent_margin_floor:.4f}, role {snap.profile.role_margin_floor:.4f}")
             return 0
         assert snapshot is not None
@@ -104,6 +132,7 @@ async def run(args: argparse.Namespace, settings: Any) -> int:
         raise CommandError(str(e)) from None
     if args.json:
         print(json.dumps({
+            "routing_profile": report.routing_profile,
             "passed": report.passed, "stable": report.stable, "total": report.total, "breaches": report.breaches,
             "hash_drift": report.hash_drift, "elapsed_s": report.elapsed_s, "load_s": router.load_s,
             "profile": msgspec.to_builtins(report.profile), "source": router.source,

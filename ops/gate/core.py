@@ -95,6 +95,7 @@ class GateReport:
     profile: RuntimeProfile
     elapsed_s: float
     notes: tuple[str, ...] = field(default=())
+    routing_profile: str = "elixir-port"
 
     @property
     def total(self) -> int:
@@ -123,7 +124,8 @@ class GateReport:
 
     def render(self, *, verbose: bool = False) -> str:
         """Human-readable report: one line per failing case (every case with ``verbose``), then totals."""
-        lines = [f"profile {self.profile.name}: floors agent {self.profile.agent_margin_floor:.4f}, "
+        lines = [f"routing profile {self.routing_profile}; profile {self.profile.name}: "
+                 f"floors agent {self.profile.agent_margin_floor:.4f}, "
                  f"role {self.profile.role_margin_floor:.4f}"]
         for r in self.results:
             if not verbose and r.passed and not r.hash_drift:
@@ -196,10 +198,15 @@ def run_gate(cases: EvalCases, snapshot: Snapshot, router: Router, *, profile: R
                      f"case(s): {', '.join(inconsistent[:8])}{' ...' if len(inconsistent) > 8 else ''}")
     start = time.perf_counter()
     results = []
+    routing = snapshot.routing_profile or "elixir-port"
     for i, case in enumerate(cases.cases):
         if progress is not None:
             progress(f"[{i + 1}/{len(cases.cases)}] {case.id}")
         logits = router(list(case.messages))
+        if logits.routing_profile != routing:
+            raise FixtureError(f"the snapshot was recorded under routing profile {routing!r} but the router runs "
+                               f"{logits.routing_profile!r}; pass --routing-profile {routing} or use that "
+                               "profile's fixture")
         d = decide(logits, prof)
         r = ref[case.id]
         results.append(CaseResult(
@@ -208,7 +215,7 @@ def run_gate(cases: EvalCases, snapshot: Snapshot, router: Router, *, profile: R
             role_margin=d.role_margin, agent_floor=prof.agent_margin_floor, role_floor=prof.role_margin_floor,
             route_hash=d.route_hash, reference_hash=r.route_hash, max_logit_drift=_drift(logits, r),
             token_count=logits.token_count, reference_token_count=r.token_count))
-    return GateReport(tuple(results), prof, time.perf_counter() - start, tuple(notes))
+    return GateReport(tuple(results), prof, time.perf_counter() - start, tuple(notes), routing)
 
 
 def floors_from_margins(cases: Sequence[SnapshotCase], fraction: float = DEFAULT_FLOOR_FRACTION) -> tuple[float, float]:
@@ -231,10 +238,12 @@ def record_snapshot(cases: EvalCases, router: Router, *, profile: RuntimeProfile
     of the smallest recorded margins.
     """
     out = []
+    routing: set[str] = set()
     for i, case in enumerate(cases.cases):
         if progress is not None:
             progress(f"[{i + 1}/{len(cases.cases)}] {case.id}")
         logits = router(list(case.messages))
+        routing.add(logits.routing_profile)
         d = decide(logits, profile)
         out.append(SnapshotCase(
             id=case.id, agent_id=d.agent_id, role_id=int(d.role),
@@ -245,7 +254,10 @@ def record_snapshot(cases: EvalCases, router: Router, *, profile: RuntimeProfile
     agent_floor, role_floor = floors_from_margins(out, floor_fraction)
     prof = msgspec.structs.replace(profile, agent_margin_floor=agent_floor, role_margin_floor=role_floor)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return Snapshot(cases=out, generated_at=now, schema_version=1, profile=prof, source=source)
+    if len(routing) > 1:
+        raise FixtureError(f"the router answered under several routing profiles: {sorted(routing)}")
+    return Snapshot(cases=out, generated_at=now, schema_version=1, profile=prof, source=source,
+                    routing_profile=routing.pop() if routing else None)
 
 
 def relabel(cases: EvalCases, snapshot: Snapshot) -> EvalCases:

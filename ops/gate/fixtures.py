@@ -12,8 +12,10 @@ Snapshot (``qwen_router_prompt_eval_logits.json``)::
 
 A snapshot recorded by ``run.py gate --record`` adds two optional keys the anchor lacks: ``profile`` (a
 ``RuntimeProfile``: name, backend, device, dtype and the margin floors of that lane) and ``source`` (what
-produced it). Readers of the anchor format ignore them; the anchor itself has no profile, and the gate then
-uses the CUDA reference floors (agent 0.24, role 1.06).
+produced it), and ``routing_profile`` (``elixir-port`` or ``sakana``: the convention the router ran under).
+Readers of the anchor format ignore them; the anchor itself has no profile (so it is an ``elixir-port``
+fixture), and the gate then uses the CUDA reference floors (agent 0.24, role 1.06). Each routing profile has
+its own fixtures (``tests/fixtures/gate/`` for ``elixir-port``, ``tests/fixtures/gate/sakana/``).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class Snapshot(msgspec.Struct, frozen=True):
     schema_version: int = 1
     profile: RuntimeProfile | None = None
     source: dict[str, str] | None = None
+    routing_profile: str | None = None
 
     def by_id(self) -> dict[str, SnapshotCase]:
         """Cases keyed by id."""

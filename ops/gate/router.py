@@ -110,13 +110,14 @@ def load_router(settings: ModelRuntimeSettings, *, checkpoint: str | None = None
         engine = RouterEngine.load(s, checkpoint_dir=ckpt, head=routing_head)
         meta = read_metadata(ckpt)
         source = {"checkpoint": str(ckpt), "synthetic": str(bool(meta.get("synthetic", False))).lower(),
-                  "head": head_desc, "dtype": s.dtype, "device": str(engine.device)}
+                  "head": head_desc, "dtype": s.dtype or "", "device": str(engine.device),
+                  "routing_profile": s.routing_profile, "tied_embedding": s.tied_embedding or ""}
         if meta:
             source["checkpoint_preset"] = str(meta.get("preset", ""))
             source["checkpoint_seed"] = str(meta.get("seed", ""))
         if values is not None and adapt and values.shape[0] > spec.size:
             adaptation = adapt_backbone(engine.model, values, factor_cache_dir=Path(factor_cache_dir).expanduser(),
-                                        progress=say)
+                                        progress=say, tied_embedding=s.tied_embedding or "embed-wins")
             source["adapter"] = adaptation.adapter_ref.digest
             source["adapter_skipped"] = ", ".join(sorted(adaptation.skipped)) or "none"
         else:

@@ -26,14 +26,14 @@ def random_adapter_vector(engine: RouterEngine, seed: int, *, offset_std: float 
     return synthetic_router_vector(engine.model, seed=seed, offset_std=offset_std, num_rows=engine.head.spec.rows)
 
 
-def patched_engine(engine: RouterEngine, vector: NDArray[np.floating],
-                   factor_cache_dir: str | os.PathLike[str]) -> tuple[RouterEngine, Adaptation]:
+def patched_engine(engine: RouterEngine, vector: NDArray[np.floating], factor_cache_dir: str | os.PathLike[str],
+                   tied_embedding: str = "embed-wins") -> tuple[RouterEngine, Adaptation]:
     """A base-only engine over a deep copy of ``engine``'s backbone with ``vector`` applied by ``adapt_backbone``.
 
     The copy's prefix cache is off and it loads no adapters; its ``base`` is the patched model + the vector's head.
     """
     model = copy.deepcopy(engine.model)
-    adaptation = adapt_backbone(model, vector, factor_cache_dir=factor_cache_dir)
+    adaptation = adapt_backbone(model, vector, factor_cache_dir=factor_cache_dir, tied_embedding=tied_embedding)
     head = RoutingHead.from_array(adaptation.head, engine.head.spec, "patched reference")
     settings = msgspec.structs.replace(engine.settings, cache_max_tokens=0, adapter_vectors=[], adapter="base")
     return RouterEngine(model, engine.tokenizer, head, settings), adaptation

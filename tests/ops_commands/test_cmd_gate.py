@@ -191,3 +191,41 @@ def test_full_size_synthetic_record_recheck_and_perturbation(tmp_path: Path,
     report = json.loads(capsys.readouterr().out)
     assert code == 1 and report["stable"] < 37
     print(f"{summary}; perturbed head: {report['stable']}/37 stable, exit {code}")
+
+
+SAKANA_CASES = FIXTURES / "sakana" / "tiny_synthetic_cases.json"
+SAKANA_LOGITS = FIXTURES / "sakana" / "tiny_synthetic_logits.json"
+
+
+def test_each_routing_profile_has_its_own_fixture(capsys: pytest.CaptureFixture[str]) -> None:
+    snap = load_snapshot(SAKANA_LOGITS)
+    assert snap.routing_profile == "sakana" and snap.profile is not None and snap.profile.dtype == "bfloat16"
+    assert load_snapshot(TINY_LOGITS).routing_profile is None  # elixir-port (recorded before profiles existed)
+    assert (snap.profile.agent_margin_floor, snap.profile.role_margin_floor) != (
+        load_snapshot(TINY_LOGITS).profile.agent_margin_floor,  # type: ignore[union-attr]
+        load_snapshot(TINY_LOGITS).profile.role_margin_floor)  # type: ignore[union-attr]
+    code = run.main(["gate", "--tiny", "--cases", str(SAKANA_CASES), "--snapshot", str(SAKANA_LOGITS)])
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("routing profile sakana;") and "gate PASSED" in out
+    code = run.main(["gate", "--tiny", "--cases", str(TINY_CASES), "--snapshot", str(TINY_LOGITS)])
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("routing profile elixir-port;")
+
+
+def test_a_fixture_checked_under_another_profile_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code = run.main(["gate", "--tiny", "--routing-profile", "elixir-port", "--cases", str(SAKANA_CASES),
+                     "--snapshot", str(SAKANA_LOGITS)])
+    assert code != 0 and "recorded under routing profile 'sakana'" in capsys.readouterr().err
+
+
+def test_the_real_vector_records_under_sakana_by_default() -> None:
+    import argparse
+
+    from config.model_runtime import ModelRuntimeSettings
+    from ops.commands.gate import _routing_profile
+
+    ns = argparse.Namespace(routing_profile=None, vector="/x/sakana_model_iter_60.npy")
+    assert _routing_profile(ns, None, ModelRuntimeSettings()) == "sakana"
+    assert _routing_profile(argparse.Namespace(routing_profile=None, vector="/x/other.npy"), None,
+                            ModelRuntimeSettings()) == "elixir-port"
+    assert _routing_profile(ns, load_snapshot(LOGITS), ModelRuntimeSettings()) == "elixir-port"  # anchors

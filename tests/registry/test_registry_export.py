@@ -96,3 +96,22 @@ def test_adapt_backbone_adapts_the_input_embedding_and_skips_lm_head(tmp_path: P
     again = adapt_backbone(Qwen3Model.from_pretrained(str(tiny_checkpoint), dtype=torch.float32), vector,
                            factor_cache_dir=tmp_path / "f")
     assert again.factors_from_cache and again.adapter_ref == result.adapter_ref
+
+
+@pytest.mark.parametrize("convention,lo,hi", [("embed-wins", 0, 64), ("lm_head-wins", 448, 512)])
+def test_export_writes_one_tied_convention(tmp_path: Path, tiny_checkpoint: Path, tiny_vector: Path,
+                                           convention: str, lo: int, hi: int) -> None:
+    out = tmp_path / "bundle"
+    result = export_bundle(tiny_checkpoint, tiny_vector, out, repo_id="me/t", revision="v0",
+                           factor_cache_dir=tmp_path / "factors", tied_embedding=convention)
+    assert result.tied_embedding == convention and result.adapter_ref.formula.endswith(
+        "lm_head-wins" if convention == "lm_head-wins" else "v1")
+    vector = np.load(tiny_vector)
+    base = load_file(str(tiny_checkpoint / "model.safetensors"))["model.embed_tokens.weight"]
+    expected = reference_svf_reconstruct(base, vector[lo:hi])
+    files = sorted((out / "checkpoints").iterdir())
+    for file, name in ((files[0], "model.embed_tokens.weight"), (files[-1], "lm_head.weight")):
+        from safetensors import safe_open
+        with safe_open(str(file), "pt") as f:
+            assert f.metadata()["tied_embedding"] == convention
+        assert torch.allclose(load_file(str(file))[name].double(), expected, atol=ATOL, rtol=0), name
