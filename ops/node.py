@@ -37,12 +37,13 @@ from pathlib import Path
 from typing import Protocol
 
 import msgspec
-
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus import subjects
 from bus.connection import connect
+from bus.errors import BusError
 from config.settings import Settings
 from supervisors import (
     Backoff,
@@ -247,7 +248,7 @@ class Node:
         s = self.settings
         try:
             nc = await connect(s.nats, name=f"{s.node.node_id}.status")
-        except Exception as e:  # status is an extra; the actors run without it
+        except (OSError, TimeoutError, nats.errors.Error, BusError) as e:  # an extra; the actors run without it
             log.warning("node %s: status endpoint not served (%s)", s.node.node_id, e)
             return
 
@@ -259,7 +260,7 @@ class Node:
         try:
             await nc.subscribe(node_status_subject(s.node.node_id), cb=answer)
             await nc.flush(timeout=5)
-        except Exception as e:
+        except (OSError, TimeoutError, nats.errors.Error) as e:
             log.warning("node %s: status endpoint not served (%s)", s.node.node_id, e)
         self._status_nc = nc
 

@@ -21,6 +21,7 @@ signal during the drain exits at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -48,15 +49,11 @@ def flush_logs() -> None:
     for ref in list(logging._handlerList):  # type: ignore[attr-defined]
         handler = ref()
         if handler is not None:
-            try:
+            with contextlib.suppress(Exception):  # a broken handler must not stop the exit
                 handler.flush()
-            except Exception:  # a broken handler must not stop the exit
-                pass
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(Exception):  # a closed pipe must not stop the exit
             stream.flush()
-        except Exception:  # closed pipe
-            pass
 
 
 def hard_exit(code: int) -> None:

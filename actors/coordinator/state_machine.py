@@ -33,6 +33,7 @@ Contents (query, prompts, replies, answer) are recorded as sha256 unless ``Polic
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
@@ -72,12 +73,14 @@ from schemas.trace import (
     BudgetRecorded,
     RoleAssigned,
     RouteDecided,
+    RouteDeferred,
     RunFailed,
     RunFinished,
     RunStarted,
     TraceEvent,
     VerdictRecorded,
 )
+from schemas.wire import ErrorCode
 
 VerifierBeforeWorker = Literal["worker", "allow"]
 
@@ -89,6 +92,9 @@ class Policy:
     ``agent_mask``: agents this deployment serves (``None``: all); intersected with each request's mask.
     ``max_fallbacks``: how many next-best agents to try after a failed call (``None``: all ranked agents).
     ``route_attempts``: tries per turn for routing when the failure is retryable (timeouts included).
+    ``fleet_wait_s`` / ``fleet_retry_s``: a route that finds no runtime (``unavailable``: the fleet is still
+    starting, or every runtime left) is retried every ``fleet_retry_s`` for up to ``fleet_wait_s`` (never
+    past the request's deadline), with a ``route_deferred`` trace event, instead of failing the run.
     ``role_pack``: the pack asked of the injector (``None``: its default).
     """
 
@@ -101,6 +107,8 @@ class Policy:
     role_inject_timeout_s: float = 5.0
     agent_timeout_s: float = 120.0
     route_attempts: int = 2
+    fleet_wait_s: float = 600.0
+    fleet_retry_s: float = 1.0
     max_fallbacks: int | None = None
     role_pack: str | None = None
     trace_content: bool = False
@@ -139,6 +147,7 @@ class Ports:
     clock: Callable[[], float]
     wall: Callable[[], float]
     new_id: Callable[[], str] = _uuid
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 
@@ -226,14 +235,41 @@ class Run:
                            backend=self.request.backend, adapter=self.request.adapter,
                            run_id=self.request.request_id, deadline_ms=self._deadline_ms())
         attempts = max(1, self.policy.route_attempts)
-        for attempt in range(1, attempts + 1):
+        attempt, failed, wait_from, last = 0, 0, None, None
+        while True:
             if (reason := self.budget.check_deadline()) is not None:
+                if wait_from is not None and last is not None:  # the deadline passed while waiting for a runtime
+                    raise _Stop(reason, f"routing turn {turn}: no runtime joined within "
+                                f"{self.ports.clock() - wait_from:.1f}s before the deadline: {last}", last.code)
                 raise _Stop(reason, None)
+            attempt += 1
             try:
                 logits = await self.ports.route(req, self._ctx(turn, self.policy.route_timeout_s))
                 break
             except RouteFailed as e:
-                if not e.retryable or attempt == attempts:
+                if e.code == ErrorCode.UNAVAILABLE.value:  # no runtime (yet): wait for one to join
+                    last = e
+                    now = self.ports.clock()
+                    wait_from = now if wait_from is None else wait_from
+                    waited = now - wait_from
+                    left = self.policy.fleet_wait_s - waited
+                    remaining = self.budget.remaining_s()
+                    if remaining is not None:
+                        left = min(left, remaining)
+                    if left > 0:
+                        delay = min(self.policy.fleet_retry_s, left)
+                        if attempt == 1 or attempt % 10 == 0:
+                            await self._emit(RouteDeferred(
+                                **self._base(turn), error_code=e.code, message=e.message, attempt=attempt,
+                                retry_in_s=delay, waited_s=round(waited, 3),
+                                wait_limit_s=None if remaining is None and self.policy.fleet_wait_s <= 0
+                                else round(waited + left, 3)))
+                        await self.ports.sleep(delay)
+                        continue
+                    raise _Stop(StopReason.ROUTE_FAILED, f"routing turn {turn} failed: no runtime joined within "
+                                f"{waited:.1f}s: {e}", e.code) from None
+                failed += 1
+                if not e.retryable or failed >= attempts:
                     raise _Stop(StopReason.ROUTE_FAILED, f"routing turn {turn} failed: {e}", e.code) from None
         try:
             decision = decide(logits, self.policy.profile, self.mask)

@@ -32,7 +32,6 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from actors.trace_sink.sink import TraceSink
-from supervisors.watch import LoopWatch
 from bus import subjects
 from bus.codec import decode
 from bus.errors import MalformedPayload, PayloadTooLarge
@@ -40,6 +39,7 @@ from bus.jetstream import ConsumerSpec, StreamSpec, ensure_consumer, ensure_stre
 from bus.provenance import Provenance
 from config.trace_sink import TraceSinkSettings
 from schemas.trace import TraceEvent
+from supervisors.watch import LoopWatch
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,15 @@ from schemas import (
     Verdict,
 )
 from schemas.roles import RoleInjectReply, RoleInjectRequest
-from schemas.trace import AgentCallFailed, AgentCallFinished, RoleAssigned, RunFailed, RunFinished, RunStarted
+from schemas.trace import (
+    AgentCallFailed,
+    AgentCallFinished,
+    RoleAssigned,
+    RouteDeferred,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+)
 from tests.coordinator.fakes import FakeWorld, plan_of, reply_by_role
 
 W, T, V = Role.WORKER, Role.THINKER, Role.VERIFIER
@@ -252,16 +260,39 @@ async def test_route_retry_on_retryable_failure() -> None:
 
 
 async def test_route_failure_not_retryable() -> None:
-    world = FakeWorld(plan_of([(0, W)]), route_failures=1, route_failure_retryable=False)
+    world = FakeWorld(plan_of([(0, W)]), route_failures=1, route_failure_retryable=False,
+                      route_failure_code="invalid")
     res = await coordinate(req(), world.ports())
     assert res.stop_reason is StopReason.ROUTE_FAILED and res.status is RunStatus.FAILED
-    assert res.error == "routing turn 0 failed: unavailable: runtime down"
+    assert res.error == "routing turn 0 failed: invalid: runtime down"
+    assert isinstance(world.events[-1], RunFailed) and world.events[-1].error_code == "invalid"
+    assert len(world.routes) == 1 and world.slept == []
+
+
+async def test_no_runtime_yet_waits_until_one_joins() -> None:
+    # the fleet is starting: three routes find no runtime (unavailable, not retryable), the fourth is served
+    world = FakeWorld(plan_of([(0, W), (0, V)]), route_failures=3, route_failure_retryable=False)
+    res = await coordinate(req(), world.ports(), Policy(fleet_retry_s=0.5))
+    assert res.stop_reason is StopReason.ACCEPTED and res.answer is not None
+    assert world.slept == [0.5, 0.5, 0.5]
+    deferred = [e for e in world.events if isinstance(e, RouteDeferred)]
+    assert [(e.attempt, e.turn, e.error_code) for e in deferred] == [(1, 0, "unavailable")]
+    assert world.kinds()[:3] == ["run_started", "route_deferred", "route_decided"]
+
+
+async def test_no_runtime_within_the_deadline_fails_explicitly() -> None:
+    world = FakeWorld(plan_of([(0, W)]), route_failures=10_000, route_failure_retryable=False)
+    res = await coordinate(req(budget=Budget(deadline_ms=5_000)), world.ports(), Policy(fleet_retry_s=1.0))
+    assert res.status is RunStatus.FAILED and res.stop_reason is StopReason.DEADLINE
+    assert res.error == ("routing turn 0: no runtime joined within 5.0s before the deadline: unavailable: "
+                         "runtime down")
     assert isinstance(world.events[-1], RunFailed) and world.events[-1].error_code == "unavailable"
-    assert len(world.routes) == 1
+    assert sum(world.slept) == pytest.approx(5.0)
+    assert [e.attempt for e in world.events if isinstance(e, RouteDeferred)] == [1]
 
 
 async def test_route_failure_after_answer_keeps_answer_with_error() -> None:
-    world = FakeWorld(plan_of([(0, W)]), route_failure_retryable=False)
+    world = FakeWorld(plan_of([(0, W)]), route_failure_retryable=False, route_failure_code="invalid")
     ports = world.ports()
     real_route = world.route
 
