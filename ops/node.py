@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import time
@@ -152,6 +153,19 @@ FACTORIES: dict[str, ActorFactory] = {
     "provider_agents": _provider_agents,
     "role_injector": _role_injector,
     "coordinator": _coordinator,
+}
+
+
+#: Actor name -> the module its factory imports. A child imports it in a worker thread before building the
+#: actor: importing torch and transformers takes seconds, and on the event loop it starved every other actor
+#: of the process (a JetStream API call of the trace sink timed out at start: ``crashed: TimeoutError()``).
+ACTOR_MODULES: dict[str, str] = {
+    "trace_sink": "actors.trace_sink.actor",
+    "model_runtime": "actors.model_runtime.actor",
+    "fleet_registry": "actors.fleet_registry.actor",
+    "provider_agents": "actors.provider_agents.actor",
+    "role_injector": "actors.role_injector.actor",
+    "coordinator": "actors.coordinator.actor",
 }
 
 
@@ -284,6 +298,8 @@ class Node:
 
         async def run(ctx: ChildContext) -> None:
             self._phase[name] = "starting"
+            if name in ACTOR_MODULES:
+                await asyncio.to_thread(importlib.import_module, ACTOR_MODULES[name])
             nc = await connect(s.nats, name=f"{s.node.node_id}.{name}")
             actor: Actor | None = None
             drained = False

@@ -178,3 +178,23 @@ async def stop_within(supervisor: Supervisor, deadline_s: float | None, exit_: H
     stopping.cancel()
     await asyncio.wait({stopping}, timeout=1.0)
     return False
+
+
+async def release_threads(code: int, *, grace_s: float = 2.0, hard_exit: HardExit | None = None) -> int:
+    """Before leaving the event loop: stop the loop's default executor without waiting, give threads still
+    running ``grace_s`` seconds, then, if any remain (abandoned work in an executor), log them and call
+    ``hard_exit(code)`` — ``asyncio.run`` and the interpreter's exit would otherwise wait for them forever.
+    Returns ``code`` (when nothing is stuck, or ``hard_exit`` returned)."""
+    loop = asyncio.get_running_loop()
+    executor = getattr(loop, "_default_executor", None)  # asyncio.run's shutdown would wait on its threads
+    if executor is not None:
+        executor.shutdown(wait=False, cancel_futures=True)
+    end = loop.time() + grace_s
+    while (threads := busy_threads()) and loop.time() < end:
+        await asyncio.sleep(0.05)
+    if threads:
+        _LOG.warning("exiting without waiting for %d threads still running: %s", len(threads),
+                     ", ".join(t.name for t in threads), extra={"event": "threads_abandoned"})
+        if hard_exit is not None:
+            hard_exit(code)
+    return code
