@@ -125,7 +125,7 @@ async def _cmd_node(args: argparse.Namespace) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
-    return await release_threads(EXIT_OK, hard_exit=hard_exit)
+    return await release_threads(EXIT_OK, grace_s=0.5, hard_exit=hard_exit)
 
 
 async def _cmd_demo(args: argparse.Namespace) -> int:
@@ -136,7 +136,7 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
     failed = await run_demo(settings, args.question or list(DEFAULT_QUESTIONS),
                             repo_root=Path(__file__).resolve().parent, max_turns=args.max_turns,
                             deadline_s=args.deadline, hard_exit=hard_exit)
-    return await release_threads(EXIT_OK if failed == 0 else EXIT_FAILED, hard_exit=hard_exit)
+    return await release_threads(EXIT_OK if failed == 0 else EXIT_FAILED, grace_s=0.5, hard_exit=hard_exit)
 
 
 async def _cmd_submit(args: argparse.Namespace) -> int:

@@ -326,7 +326,14 @@ class Node:
                 budget = self._drain_budget()
                 ctx.logger.info("actor %s draining (up to %.1f s)", name, budget)
                 drained = True
-                await actor.drain(timeout=budget)
+                draining = asyncio.ensure_future(actor.drain(timeout=budget))
+                await asyncio.wait({draining}, timeout=budget + 0.5)
+                if not draining.done():  # not awaited further: a drain that ignores cancellation never ends
+                    draining.cancel()
+                    ctx.logger.error("actor %s did not finish draining within %.1f s; abandoning it", name,
+                                     budget + 0.5)
+                else:
+                    draining.result()
             except Exception:
                 if actor is not None and not drained:
                     # stop what the failed incarnation started (its loops, exporters) before a restart

@@ -190,11 +190,20 @@ async def release_threads(code: int, *, grace_s: float = 2.0, hard_exit: HardExi
     if executor is not None:
         executor.shutdown(wait=False, cancel_futures=True)
     end = loop.time() + grace_s
-    while (threads := busy_threads()) and loop.time() < end:
+    me = asyncio.current_task()
+
+    def leftovers() -> tuple[list[threading.Thread], list[asyncio.Task[Any]]]:
+        return busy_threads(), [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+
+    threads, tasks = leftovers()
+    while (threads or tasks) and loop.time() < end:
         await asyncio.sleep(0.05)
-    if threads:
-        _LOG.warning("exiting without waiting for %d threads still running: %s", len(threads),
-                     ", ".join(t.name for t in threads), extra={"event": "threads_abandoned"})
+        threads, tasks = leftovers()
+    if threads or tasks:
+        # asyncio.run would wait for these tasks (cancelled, some never end) and the interpreter for the threads
+        _LOG.warning("exiting without waiting for %d threads (%s) and %d tasks (%s) still running", len(threads),
+                     ", ".join(t.name for t in threads) or "-", len(tasks),
+                     ", ".join(t.get_name() for t in tasks) or "-", extra={"event": "threads_abandoned"})
         if hard_exit is not None:
             hard_exit(code)
     return code
