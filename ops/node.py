@@ -169,6 +169,11 @@ ACTOR_MODULES: dict[str, str] = {
 }
 
 
+def _import_all(modules: list[str]) -> None:
+    for m in modules:
+        importlib.import_module(m)
+
+
 class Node:
     """The supervised actors of one process (see the module docstring)."""
 
@@ -191,6 +196,7 @@ class Node:
         self._ready_after: float | None = None
         self._drain_deadline: float | None = None
         self._status_nc: Client | None = None
+        self._imports: asyncio.Future[None] | None = None
 
     # -- readiness ---------------------------------------------------------------------------------------
 
@@ -298,8 +304,8 @@ class Node:
 
         async def run(ctx: ChildContext) -> None:
             self._phase[name] = "starting"
-            if name in ACTOR_MODULES:
-                await asyncio.to_thread(importlib.import_module, ACTOR_MODULES[name])
+            if self._imports is not None:  # the actor modules, imported off the event loop (once, one by one)
+                await asyncio.shield(self._imports)
             nc = await connect(s.nats, name=f"{s.node.node_id}.{name}")
             actor: Actor | None = None
             drained = False
@@ -357,6 +363,9 @@ class Node:
     async def start(self) -> None:
         """Start every actor's child and the status endpoint."""
         self._t0 = time.monotonic()
+        modules = [ACTOR_MODULES[n] for n in self.settings.node.actors if n in ACTOR_MODULES]
+        # one thread, one module after the other: concurrent imports of transformers' lazy modules race
+        self._imports = asyncio.ensure_future(asyncio.to_thread(_import_all, modules))
         await self.supervisor.start()
         await self._serve_status()
 

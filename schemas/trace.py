@@ -130,9 +130,10 @@ class RunRedelivered(TraceBase, tag="run_redelivered", frozen=True):
 
 
 class RouteDeferred(TraceBase, tag="route_deferred", frozen=True):
-    """No runtime serves the run's route yet (the fleet is still starting, or every runtime left): the run
-    waits and retries every ``retry_in_s`` until one joins or its wait ends (its deadline, or the
-    coordinator's ``fleet_wait_s``). ``attempt`` counts the routing attempts of the turn so far."""
+    """No runtime serves the run's route yet (the fleet is still starting, or every runtime left) — or, with
+    ``attrs["waiting_for"] == "agents"``, no agent serves the turn's call yet: the run waits and retries
+    every ``retry_in_s`` until one joins or its wait ends (its deadline, or the coordinator's
+    ``fleet_wait_s``). ``attempt`` counts the attempts of the turn so far."""
 
     error_code: str
     message: str

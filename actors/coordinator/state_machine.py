@@ -356,6 +356,28 @@ class Run:
         await self._emit(RoleAssigned(**self._base(turn), assignment=assignment))
         failures: list[AgentFailure] = []
         intent, receipt, budget_stop = await self._call(turn, decision, role, inject, failures)
+        wait_from, attempt = self.ports.clock(), 1
+        while receipt is None and budget_stop is None and failures and \
+                all(f.error_code == ErrorCode.UNAVAILABLE.value for f in failures):
+            # no agent serves yet (the fleet is starting): wait for them as for a runtime, then call again
+            waited = self.ports.clock() - wait_from
+            left = self.policy.fleet_wait_s - waited
+            remaining = self.budget.remaining_s()
+            if remaining is not None:
+                left = min(left, remaining)
+            if left <= 0:
+                break
+            delay = min(max(self.policy.fleet_retry_s, 2.0), left)
+            if attempt == 1 or attempt % 10 == 0:
+                await self._emit(RouteDeferred(**self._base(turn), error_code=ErrorCode.UNAVAILABLE.value,
+                                               message=f"no agent serves yet: {failures[0].message}",
+                                               attempt=attempt, retry_in_s=delay, waited_s=round(waited, 3),
+                                               wait_limit_s=round(waited + left, 3),
+                                               attrs={"waiting_for": "agents"}))
+            await self.ports.sleep(delay)
+            attempt += 1
+            failures = []
+            intent, receipt, budget_stop = await self._call(turn, decision, role, inject, failures)
         if receipt is None:
             self.turns.append(TurnRecord(turn=turn, decision=decision, assignment=assignment, intent=intent,
                                          failures=failures, budget=self.budget.snapshot()))

@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 
+from actors.coordinator.errors import AgentCallFailed as AgentCallFailedError
 from actors.coordinator.errors import RoleInjectFailed
 from actors.coordinator.state_machine import CallContext, Policy, coordinate, effective_mask, resolve_role
 from actors.coordinator.suggestions import Suggestion
@@ -365,3 +366,22 @@ def test_resolve_role_table() -> None:
     role, source, note = resolve_role(V, s_bad, False, "worker")
     assert (role, source) == (W, RoleSource.VERIFIER_BEFORE_WORKER)
     assert note.startswith("ignored unknown suggested role 'boss'; Verifier (router)")
+
+
+async def test_no_agent_yet_waits_until_one_serves() -> None:
+    world = FakeWorld(plan_of([(0, W), (0, V)]))
+    real_call = world.call_agent
+    down = {"calls": 0}
+
+    async def call_agent(intent, ctx):  # type: ignore[no-untyped-def]
+        if down["calls"] < 7:  # every agent of the first round is not serving yet
+            down["calls"] += 1
+            raise AgentCallFailedError("unavailable", f"no actor is serving trinity.agent.{intent.agent_id}.call")
+        return await real_call(intent, ctx)
+
+    from dataclasses import replace
+    res = await coordinate(req(), replace(world.ports(), call_agent=call_agent), Policy(fleet_retry_s=0.5))
+    assert res.stop_reason is StopReason.ACCEPTED and res.answer is not None
+    assert world.slept == [2.0]
+    deferred = [e for e in world.events if isinstance(e, RouteDeferred)]
+    assert len(deferred) == 1 and deferred[0].attrs == {"waiting_for": "agents"}
