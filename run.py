@@ -203,6 +203,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 async def _cmd_node(args: argparse.Namespace) -> int:
     from ops.embedded_nats import ensure_nats
     from ops.node import Node
+    from supervisors.signals import hard_exit, release_threads
 
     settings = _settings(args)
     nats_settings, embedded = await ensure_nats(settings.nats, Path("~/.cache/trinity-nats/nats").expanduser())
@@ -210,21 +211,23 @@ async def _cmd_node(args: argparse.Namespace) -> int:
     logging.getLogger("run").info("node %s: actors %s on %s", settings.node.node_id,
                                   ", ".join(settings.node.actors), ", ".join(settings.nats.servers))
     try:
-        await Node(settings).run_until_signal()
+        # drains within node.drain_timeout_s of SIGINT/SIGTERM; past it, or on a second signal, exits hard
+        await Node(settings).run_until_signal(hard_exit=hard_exit)
     finally:
         if embedded is not None:
             embedded.stop()
-    return EXIT_OK
+    return await release_threads(EXIT_OK, grace_s=0.5, hard_exit=hard_exit)
 
 
 async def _cmd_demo(args: argparse.Namespace) -> int:
     from ops.demo import DEFAULT_QUESTIONS, run_demo
+    from supervisors.signals import hard_exit, release_threads
 
     settings = _settings(args)
     failed = await run_demo(settings, args.question or list(DEFAULT_QUESTIONS),
                             repo_root=Path(__file__).resolve().parent, max_turns=args.max_turns,
-                            deadline_s=args.deadline)
-    return EXIT_OK if failed == 0 else EXIT_FAILED
+                            deadline_s=args.deadline, hard_exit=hard_exit)
+    return await release_threads(EXIT_OK if failed == 0 else EXIT_FAILED, grace_s=0.5, hard_exit=hard_exit)
 
 
 def _read_question(args: argparse.Namespace) -> str:

@@ -33,6 +33,10 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     Bus:
       ``route_timeout_s`` / ``role_inject_timeout_s`` / ``agent_timeout_s``: per-call deadlines (each is also
         capped by the request's remaining ``deadline_ms``); ``route_attempts``: tries for retryable route errors.
+      ``fleet_wait_s`` / ``fleet_retry_s``: a run whose route finds no runtime (``unavailable``: the fleet is
+        still starting, or every runtime left) waits, retrying every ``fleet_retry_s``, until one joins, for at
+        most ``fleet_wait_s`` and never past the request's deadline (a ``route_deferred`` trace event says
+        so); only then it fails. A queued job is held meanwhile (in-progress acks), not failed.
       ``role_inject_mode``: ``"bus"`` asks the role injector on ``trinity.role.inject`` (injectors scale and
         upgrade their packs independently, one extra round trip per turn); ``"local"`` builds prompts
         in-process with a builder the node wiring passes in (no hop, no extra failure mode, but the packs
@@ -47,7 +51,8 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
       before JetStream hands it to another coordinator; ``jobs_max_deliver``: deliveries per job before it
       fails explicitly; ``jobs_concurrency``: jobs one node runs at once; ``stream_replicas``: replicas of
       the jobs, results and trace streams this node creates (3 on a 3-node cluster);
-      ``results_max_age_s``: how long results are kept for late clients.
+      ``results_max_age_s``: how long results are kept for late clients; ``jobs_stall_after_s``: a job
+      fetch loop that takes nothing this long while jobs are pending is declared stalled (actor restarted).
     Idempotency: ``dedupe_capacity`` finished results kept for ``dedupe_ttl_s`` seconds (0 disables caching).
     Tracing: ``trace_enabled`` publishes trace events (turn it off only to measure or where no trace stream
       exists; results still carry every TurnRecord); ``trace_buffer`` events queued for JetStream before
@@ -70,6 +75,8 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     agent_temperature: float = 0.0
     route_timeout_s: float = 10.0
     route_attempts: int = 2
+    fleet_wait_s: float = 600.0
+    fleet_retry_s: float = 1.0
     role_inject_timeout_s: float = 5.0
     agent_timeout_s: float = 120.0
     role_inject_mode: str = "bus"
@@ -89,6 +96,7 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     jobs_concurrency: int = 256
     stream_replicas: int = 1
     results_max_age_s: float = 24 * 3600.0
+    jobs_stall_after_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.routing_profile not in ("elixir-port", "sakana"):
@@ -104,9 +112,12 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
             raise ValueError(f"role_inject_mode: must be 'bus' or 'local', got {self.role_inject_mode!r}")
         if self.agent_mask is not None and not self.agent_mask:
             raise ValueError("agent_mask: list at least one agent id, or null for all")
-        for name in ("route_timeout_s", "role_inject_timeout_s", "agent_timeout_s", "trace_publish_timeout_s"):
+        for name in ("route_timeout_s", "role_inject_timeout_s", "agent_timeout_s", "trace_publish_timeout_s",
+                     "fleet_retry_s", "jobs_stall_after_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be > 0 seconds, got {getattr(self, name)}")
+        if self.fleet_wait_s < 0:
+            raise ValueError(f"fleet_wait_s: must be >= 0 seconds (0: fail at once), got {self.fleet_wait_s}")
         if self.route_attempts < 1:
             raise ValueError(f"route_attempts: must be >= 1, got {self.route_attempts}")
         if self.max_fallbacks is not None and self.max_fallbacks < 0:

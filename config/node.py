@@ -13,7 +13,12 @@ KNOWN_ACTORS: tuple[str, ...] = (*ALL_ACTORS, "gateway")
 
 
 class NodeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A node: the actors it starts (all of them for single-node), its id, and supervision limits."""
+    """A node: the actors it starts (all of them for single-node), its id, and supervision limits.
+
+    ``drain_timeout_s``: the whole drain after SIGINT/SIGTERM (every actor together); past it the process
+    exits anyway, naming the actors that did not finish. ``ready_file``: when set, the node writes its
+    status (JSON, ``"ready": true``) there once every actor serves, and removes it when it stops.
+    """
 
     actors: list[str] = msgspec.field(default_factory=lambda: list(ALL_ACTORS))
     node_id: str = "node-1"
@@ -21,10 +26,13 @@ class NodeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_restarts: int = 5
     restart_period_s: float = 60.0
     log_level: str = "INFO"
+    ready_file: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.actors if a not in KNOWN_ACTORS]
         if unknown:
             raise ValueError(f"actors: unknown {unknown}; choose from {', '.join(KNOWN_ACTORS)}")
+        if not self.drain_timeout_s > 0:
+            raise ValueError(f"drain_timeout_s: must be > 0 seconds, got {self.drain_timeout_s}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")

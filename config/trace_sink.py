@@ -84,6 +84,9 @@ class OtelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class TraceSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The trace sink: consume ``TRINITY_TRACE`` with a durable consumer, redact, export.
 
+    ``start_timeout_s``: how long ``start()`` waits for the first fetch round trip (after ``fetch_timeout_s``);
+    ``stall_after_s``: a fetch loop that consumes nothing this long while the consumer has messages pending
+    is declared stalled, and the actor restarted.
     ``buffer_size`` bounds each exporter's queue; when it is full the event is dropped for that exporter,
     counted, and reported in the stats and a log line (at most every ``overflow_log_interval_s``).
     """
@@ -93,6 +96,8 @@ class TraceSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     durable: str = "trace-sink"
     fetch_batch: int = 128
     fetch_timeout_s: float = 1.0
+    start_timeout_s: float = 30.0
+    stall_after_s: float = 30.0
     ack_wait_s: float = 30.0
     buffer_size: int = 4096
     max_payload_bytes: int = 4 * 1024 * 1024
@@ -104,6 +109,9 @@ class TraceSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     def __post_init__(self) -> None:
         if self.buffer_size < 1 or self.fetch_batch < 1:
             raise ValueError("buffer_size and fetch_batch must be >= 1")
+        for name in ("fetch_timeout_s", "start_timeout_s", "stall_after_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be > 0 seconds, got {getattr(self, name)}")
 
 
 def _int_var(environ: Mapping[str, str], var: str) -> int | None:

@@ -14,7 +14,9 @@ What runs (all on this machine, no network beyond what installed the packages):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,6 +29,7 @@ from config.settings import Settings
 from ops.client import build_request, render_result, submit, submit_job
 from ops.embedded_nats import ensure_nats
 from ops.node import Node
+from supervisors.signals import HardExit
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +80,14 @@ def _agent_names(settings: Settings) -> dict[int, str]:
 
 
 async def run_demo(settings: Settings, questions: list[str], *, repo_root: Path, out: TextIO = sys.stdout,
-                   startup_timeout: float = 1800.0, max_turns: int = 5, deadline_s: float = 600.0) -> int:
+                   startup_timeout: float = 1800.0, max_turns: int = 5, deadline_s: float = 600.0,
+                   hard_exit: HardExit | None = None) -> int:
     """Start the node, ask ``questions`` one by one, print each run; return how many got no result.
 
     A run that ends without a Worker reply (TRINITY answers only from a Worker) still counts as answered:
-    its record says why it stopped.
+    its record says why it stopped. The questions wait for the node's readiness signal (the same one
+    ``run.py status --wait-ready`` reads). SIGINT/SIGTERM stops asking and drains the node within
+    ``node.drain_timeout_s``; past it, or on a second signal, ``hard_exit`` (when given) ends the process.
     """
     settings, label = demo_settings(settings, find_trinity_vector(repo_root))
     nats_settings, embedded = await ensure_nats(settings.nats, Path("~/.cache/trinity-nats/nats").expanduser())
@@ -89,30 +95,52 @@ async def run_demo(settings: Settings, questions: list[str], *, repo_root: Path,
     print(f"NATS: {', '.join(settings.nats.servers)}{' (embedded)' if embedded else ''}", file=out)
     print(label, file=out)
     print("agents: " + "; ".join(_agent_names(settings).values()), file=out, flush=True)
-    started: set[str] = set()
-    ready = asyncio.Event()
 
     async def on_started(name: str) -> None:
-        started.add(name)
         print(f"  actor ready: {name}", file=out, flush=True)
-        if started >= set(settings.node.actors):
-            ready.set()
 
     node = Node(settings, on_started=on_started)
     failed = 0
     t0 = time.monotonic()
     print("starting actors (the first start builds the synthetic checkpoint and converts the local model; "
           "later starts reuse the cache)...", file=out, flush=True)
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    interrupted: list[signal.Signals] = []
+    stopping: list[bool] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if interrupted:
+            log.warning("%s again; exiting now without waiting", sig.name)
+            if hard_exit is not None:
+                hard_exit(128 + int(sig))
+            return
+        interrupted.append(sig)
+        if stopping:
+            log.info("%s received; already draining the node (Ctrl-C again to exit at once)", sig.name)
+            return
+        log.info("%s received; stopping the demo and draining the node (at most %.0f s; Ctrl-C again to exit "
+                 "at once)", sig.name, settings.node.drain_timeout_s)
+        node.begin_drain()
+        if main is not None:
+            main.cancel()
+
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
     await node.start()
     try:
-        waiter = asyncio.create_task(ready.wait())
-        done_sup = asyncio.create_task(node.supervisor.wait())
-        await asyncio.wait({waiter, done_sup}, timeout=startup_timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if not ready.is_set():
+        ready = asyncio.ensure_future(node.wait_ready())
+        done_sup = asyncio.ensure_future(node.supervisor.wait())
+        try:
+            await asyncio.wait({ready, done_sup}, timeout=startup_timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
             done_sup.cancel()
-            print(f"actors did not all start within {startup_timeout:.0f}s: {node.health().to_dict()}", file=out)
+        if not node.ready:
+            print(f"actors did not all start within {startup_timeout:.0f}s: {node.status().actors}", file=out)
             return len(questions)
         print(f"all actors ready in {time.monotonic() - t0:.1f}s", file=out, flush=True)
         nc = await connect(settings.nats, name="trinity-demo")
@@ -131,10 +159,18 @@ async def run_demo(settings: Settings, questions: list[str], *, repo_root: Path,
                 if res.status.value != "ok" and res.turns == []:
                     failed += 1
         finally:
-            await nc.close()
-        done_sup.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), timeout=2.0)
+    except asyncio.CancelledError:
+        if not interrupted:
+            raise
+        print(f"\ninterrupted by {interrupted[0].name}; draining the node", file=out, flush=True)
+        failed = max(failed, 1)
     finally:
-        await node.stop()
+        stopping.append(True)
+        await node.stop(hard_exit=hard_exit)
+        for sig in installed:
+            loop.remove_signal_handler(sig)
         if embedded is not None:
             embedded.stop()
     return failed

@@ -130,6 +130,20 @@ class RunRedelivered(TraceBase, tag="run_redelivered", frozen=True):
     stream_seq: int = 0
 
 
+class RouteDeferred(TraceBase, tag="route_deferred", frozen=True):
+    """No runtime serves the run's route yet (the fleet is still starting, or every runtime left) — or, with
+    ``attrs["waiting_for"] == "agents"``, no agent serves the turn's call yet: the run waits and retries
+    every ``retry_in_s`` until one joins or its wait ends (its deadline, or the coordinator's
+    ``fleet_wait_s``). ``attempt`` counts the attempts of the turn so far."""
+
+    error_code: str
+    message: str
+    attempt: int
+    retry_in_s: float
+    waited_s: float = 0.0
+    wait_limit_s: float | None = None
+
+
 TraceEvent = Union[  # noqa: UP007 - msgspec needs a runtime Union object for decoding
     RunStarted,
     RouteDecided,
@@ -142,10 +156,11 @@ TraceEvent = Union[  # noqa: UP007 - msgspec needs a runtime Union object for de
     RunFinished,
     RunFailed,
     RunRedelivered,
+    RouteDeferred,
 ]
 
 TRACE_KINDS: tuple[str, ...] = tuple(
     str(t.__struct_config__.tag)
     for t in (RunStarted, RouteDecided, RoleAssigned, AgentCallStarted, AgentCallFinished, AgentCallFailed,
-              VerdictRecorded, BudgetRecorded, RunFinished, RunFailed, RunRedelivered)
+              VerdictRecorded, BudgetRecorded, RunFinished, RunFailed, RunRedelivered, RouteDeferred)
 )

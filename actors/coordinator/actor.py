@@ -56,7 +56,9 @@ from schemas.coordination import AgentCallIntent, AgentCallReceipt, Coordination
 from schemas.roles import RoleInjectReply, RoleInjectRequest
 from schemas.routing import RouteLogits, RouteRequest
 from schemas.sakana import RuntimeProfile
+from schemas.trace import RouteDeferred, TraceEvent
 from schemas.wire import ErrorCode
+from supervisors.watch import LoopWatch
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,8 @@ def policy_from_settings(s: CoordinatorSettings) -> Policy:
         role_inject_timeout_s=s.role_inject_timeout_s,
         agent_timeout_s=s.agent_timeout_s,
         route_attempts=s.route_attempts,
+        fleet_wait_s=s.fleet_wait_s,
+        fleet_retry_s=s.fleet_retry_s,
         max_fallbacks=s.max_fallbacks,
         role_pack=s.role_pack,
         trace_content=s.trace_content,
@@ -144,6 +148,7 @@ class CoordinatorActor:
                                 max_payload_bytes=self.settings.max_request_bytes,
                                 max_concurrency=self.settings.max_concurrency)])
         self.jobs = JobIntake(nc, self.settings, run=self.run_once, emit=self.traces.emit, wall=wall)
+        self.deferred_runs = 0  # runs that waited for a runtime to join (route_deferred)
 
     async def start(self) -> None:
         """Ensure the trace stream (if configured), start tracing, then start serving."""
@@ -170,7 +175,11 @@ class CoordinatorActor:
         """Service, trace and dedupe counters."""
         return {"service": self.service.stats(), "trace": self.traces.counters.as_dict(),
                 "dedupe": dict(self.dedupe.stats.__dict__), "cached_results": len(self.dedupe),
-                "jobs": dataclasses.asdict(self.jobs.counters)}
+                "jobs": dataclasses.asdict(self.jobs.counters), "deferred_runs": self.deferred_runs}
+
+    def watches(self) -> list[LoopWatch]:
+        """The inner loops the node watches (the job fetch loop, when jobs are enabled)."""
+        return [self.jobs.watch] if self.settings.jobs_enabled else []
 
     async def handle(self, req: CoordinationRequest, ctx: RequestContext) -> CoordinationResult:
         """Endpoint handler: one coordination run per request id."""
@@ -209,7 +218,15 @@ class CoordinatorActor:
             return await _call(nc, subjects.agent_call(intent.agent_id), intent, AgentCallReceipt, ctx, base,
                                AgentCallFailed)
 
-        return Ports(route=route, inject=inject, call_agent=call_agent, emit=self.traces.emit, clock=self.clock,
+        async def emit(event: TraceEvent) -> None:
+            if isinstance(event, RouteDeferred) and event.attempt == 1:
+                self.deferred_runs += 1
+                log.info("run %s turn %d waits for a runtime (%s); retrying every %.1fs for up to %.0fs",
+                         event.request_id, event.turn, event.message, event.retry_in_s,
+                         (event.wait_limit_s or 0.0) - event.waited_s)
+            await self.traces.emit(event)
+
+        return Ports(route=route, inject=inject, call_agent=call_agent, emit=emit, clock=self.clock,
                      wall=self.wall)
 
     async def run(self, req: CoordinationRequest, base: Provenance | None = None) -> CoordinationResult:

@@ -64,6 +64,7 @@ from config.coordinator import CoordinatorSettings
 from schemas.coordination import CoordinationRequest, CoordinationResult
 from schemas.trace import RunFailed, RunRedelivered, TraceEvent
 from schemas.wire import ErrorCode, ErrorReply
+from supervisors.watch import LoopWatch
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,9 @@ class JobIntake:
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._first_round = asyncio.Event()
+        self.watch = LoopWatch("coordinator job fetch loop", stall_after_s=settings.jobs_stall_after_s,
+                               pending=self.pending)
 
     async def start(self) -> None:
         """Ensure the jobs and results streams and the shared consumer, then start fetching."""
@@ -136,10 +140,23 @@ class JobIntake:
         self._advisories = await self.nc.subscribe(subjects.max_deliveries_advisory(),
                                                    queue=subjects.QUEUE_COORDINATORS, cb=self._on_exhausted)
         self._loop_task = asyncio.create_task(self._fetch_loop(), name="coordinator.jobs")
+        self.watch.attach(self._loop_task)  # type: ignore[arg-type]
+        first = asyncio.ensure_future(self._first_round.wait())
+        await asyncio.wait({first, self._loop_task}, timeout=30.0, return_when=asyncio.FIRST_COMPLETED)
+        if not first.done():  # serving means consuming: the first fetch round trip must come back
+            first.cancel()
+            await self.watch.check()
+            raise TimeoutError(f"no fetch round trip on {subjects.JOBS_STREAM}/{subjects.JOBS_CONSUMER} within 30 s")
+
+    async def pending(self) -> int:
+        """Jobs the shared consumer has not delivered yet (one JetStream API round trip)."""
+        info = await self._js.consumer_info(subjects.JOBS_STREAM, subjects.JOBS_CONSUMER, timeout=5.0)
+        return int(info.num_pending or 0)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Stop fetching; let running jobs finish up to ``timeout``; jobs still running are handed back."""
         self._stopping = True
+        self.watch.detach()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -167,11 +184,14 @@ class JobIntake:
         while not self._stopping:
             free = self.settings.jobs_concurrency - len(self._tasks)
             if free <= 0:  # at capacity: take more work only when a job finishes
-                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+                self.watch.progress()  # busy, not stuck
+                await asyncio.wait(set(self._tasks), timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:
                 msgs = await self._sub.fetch(batch=min(free, _FETCH_BATCH), timeout=1.0)
             except (TimeoutError, nats.errors.TimeoutError):
+                self._first_round.set()
+                self.watch.progress()
                 continue
             except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
                 if self.nc.is_closed:
@@ -179,10 +199,12 @@ class JobIntake:
                 log.warning("fetching coordination jobs failed (%r); retrying", e)
                 await asyncio.sleep(0.5)
                 continue
+            self._first_round.set()
             for msg in msgs:
                 task = asyncio.create_task(self._process(msg), name="coordinator.job")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            self.watch.progress()
 
     async def _process(self, msg: Msg) -> None:
         self.counters.received += 1

@@ -40,6 +40,7 @@ Contents (query, prompts, replies, answer) are recorded as sha256 unless ``Polic
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import uuid
@@ -80,12 +81,14 @@ from schemas.trace import (
     BudgetRecorded,
     RoleAssigned,
     RouteDecided,
+    RouteDeferred,
     RunFailed,
     RunFinished,
     RunStarted,
     TraceEvent,
     VerdictRecorded,
 )
+from schemas.wire import ErrorCode
 
 VerifierBeforeWorker = Literal["worker", "allow", "end"]
 
@@ -97,6 +100,9 @@ class Policy:
     ``agent_mask``: agents this deployment serves (``None``: all); intersected with each request's mask.
     ``max_fallbacks``: how many next-best agents to try after a failed call (``None``: all ranked agents).
     ``route_attempts``: tries per turn for routing when the failure is retryable (timeouts included).
+    ``fleet_wait_s`` / ``fleet_retry_s``: a route that finds no runtime (``unavailable``: the fleet is still
+    starting, or every runtime left) is retried every ``fleet_retry_s`` for up to ``fleet_wait_s`` (never
+    past the request's deadline), with a ``route_deferred`` trace event, instead of failing the run.
     ``role_pack``: the pack asked of the injector (``None``: its default).
     ``routing_profile``: ``elixir-port`` or ``sakana`` (:mod:`.profiles`); ``route_rule``: ``argmax`` or
     ``sample`` (softmax at ``route_temperature``, seeded with ``route_seed``, or, when ``None``, a seed derived
@@ -112,6 +118,8 @@ class Policy:
     role_inject_timeout_s: float = 5.0
     agent_timeout_s: float = 120.0
     route_attempts: int = 2
+    fleet_wait_s: float = 600.0
+    fleet_retry_s: float = 1.0
     max_fallbacks: int | None = None
     role_pack: str | None = None
     trace_content: bool = False
@@ -154,6 +162,7 @@ class Ports:
     clock: Callable[[], float]
     wall: Callable[[], float]
     new_id: Callable[[], str] = _uuid
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 
@@ -248,14 +257,41 @@ class Run:
                            backend=self.request.backend, adapter=self.request.adapter,
                            run_id=self.request.request_id, deadline_ms=self._deadline_ms())
         attempts = max(1, self.policy.route_attempts)
-        for attempt in range(1, attempts + 1):
+        attempt, failed, wait_from, last = 0, 0, None, None
+        while True:
             if (reason := self.budget.check_deadline()) is not None:
+                if wait_from is not None and last is not None:  # the deadline passed while waiting for a runtime
+                    raise _Stop(reason, f"routing turn {turn}: no runtime joined within "
+                                f"{self.ports.clock() - wait_from:.1f}s before the deadline: {last}", last.code)
                 raise _Stop(reason, None)
+            attempt += 1
             try:
                 logits = await self.ports.route(req, self._ctx(turn, self.policy.route_timeout_s))
                 break
             except RouteFailed as e:
-                if not e.retryable or attempt == attempts:
+                if e.code == ErrorCode.UNAVAILABLE.value:  # no runtime (yet): wait for one to join
+                    last = e
+                    now = self.ports.clock()
+                    wait_from = now if wait_from is None else wait_from
+                    waited = now - wait_from
+                    left = self.policy.fleet_wait_s - waited
+                    remaining = self.budget.remaining_s()
+                    if remaining is not None:
+                        left = min(left, remaining)
+                    if left > 0:
+                        delay = min(self.policy.fleet_retry_s, left)
+                        if attempt == 1 or attempt % 10 == 0:
+                            await self._emit(RouteDeferred(
+                                **self._base(turn), error_code=e.code, message=e.message, attempt=attempt,
+                                retry_in_s=delay, waited_s=round(waited, 3),
+                                wait_limit_s=None if remaining is None and self.policy.fleet_wait_s <= 0
+                                else round(waited + left, 3)))
+                        await self.ports.sleep(delay)
+                        continue
+                    raise _Stop(StopReason.ROUTE_FAILED, f"routing turn {turn} failed: no runtime joined within "
+                                f"{waited:.1f}s: {e}", e.code) from None
+                failed += 1
+                if not e.retryable or failed >= attempts:
                     raise _Stop(StopReason.ROUTE_FAILED, f"routing turn {turn} failed: {e}", e.code) from None
         if logits.routing_profile != self.policy.routing_profile:
             raise _Stop(StopReason.ROUTE_FAILED, f"the runtime routed turn {turn} under routing profile "
@@ -353,6 +389,28 @@ class Run:
         await self._emit(RoleAssigned(**self._base(turn), assignment=assignment))
         failures: list[AgentFailure] = []
         intent, receipt, budget_stop = await self._call(turn, decision, role, inject, failures)
+        wait_from, attempt = self.ports.clock(), 1
+        while receipt is None and budget_stop is None and failures and \
+                all(f.error_code == ErrorCode.UNAVAILABLE.value for f in failures):
+            # no agent serves yet (the fleet is starting): wait for them as for a runtime, then call again
+            waited = self.ports.clock() - wait_from
+            left = self.policy.fleet_wait_s - waited
+            remaining = self.budget.remaining_s()
+            if remaining is not None:
+                left = min(left, remaining)
+            if left <= 0:
+                break
+            delay = min(max(self.policy.fleet_retry_s, 2.0), left)
+            if attempt == 1 or attempt % 10 == 0:
+                await self._emit(RouteDeferred(**self._base(turn), error_code=ErrorCode.UNAVAILABLE.value,
+                                               message=f"no agent serves yet: {failures[0].message}",
+                                               attempt=attempt, retry_in_s=delay, waited_s=round(waited, 3),
+                                               wait_limit_s=round(waited + left, 3),
+                                               attrs={"waiting_for": "agents"}))
+            await self.ports.sleep(delay)
+            attempt += 1
+            failures = []
+            intent, receipt, budget_stop = await self._call(turn, decision, role, inject, failures)
         if receipt is None:
             self.turns.append(TurnRecord(turn=turn, decision=decision, assignment=assignment, intent=intent,
                                          failures=failures, budget=self.budget.snapshot()))

@@ -133,7 +133,11 @@ class ModelRuntimeActor:
         """Load the engine if needed, identify the base model, register the service and start heartbeating."""
         if self.engine is None:
             settings = msgspec.structs.replace(self.settings, runtime_id=self.runtime_id)
+            t0 = time.monotonic()
+            log.info("runtime %s: loading the routing model (%s) off the event loop; not placeable until loaded",
+                     self.runtime_id, settings.checkpoint_dir or settings.checkpoint_preset)
             self.engine = await asyncio.to_thread(RouterEngine.load, settings)
+            log.info("runtime %s: routing model loaded in %.1f s", self.runtime_id, time.monotonic() - t0)
         engine = self.engine
         self.base_model = await asyncio.to_thread(base_model_identity, engine.model, engine.head.weight)
         self.runtime = RouterRuntime(engine)

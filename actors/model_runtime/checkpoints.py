@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from actors.model_runtime.errors import CheckpointError
 from config.model_runtime import CHECKPOINT_PRESETS, ModelRuntimeSettings
+
+log = logging.getLogger(__name__)
 
 #: File written last into a complete checkpoint; its presence marks the build as finished.
 METADATA_FILE = "trinity_checkpoint.json"
@@ -120,6 +124,10 @@ def build_checkpoint(dest: str | Path, config: Qwen3Config, *, seed: int = 0, pr
     meta = {"format": "pt", "trinity_synthetic": "true", "seed": str(seed), "preset": preset}
     weight_map: dict[str, str] = {}
     total = 0
+    t0 = time.monotonic()
+    want = sum(4 * int(torch.Size(shape).numel()) for _, shape in shapes)
+    log.info("building synthetic checkpoint %s (%s, %.2f GB float32, %d files) in %s", preset, dest.name,
+             want / 1e9, len(groups), dest.parent)
     for k, group in enumerate(groups):
         fname = "model.safetensors" if len(groups) == 1 else f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
         tensors = {shapes[i][0]: _fill(shapes[i][0], shapes[i][1], seed, i) for i in group}
@@ -127,6 +135,8 @@ def build_checkpoint(dest: str | Path, config: Qwen3Config, *, seed: int = 0, pr
         save_file(tensors, str(tmp / fname), metadata=meta)
         weight_map.update({name: fname for name in tensors})
         del tensors
+        log.info("building synthetic checkpoint %s: %d%% (%s written, %.1f s)", preset, round(100 * total / want),
+                 fname, time.monotonic() - t0)
     if len(groups) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
@@ -141,6 +151,7 @@ def build_checkpoint(dest: str | Path, config: Qwen3Config, *, seed: int = 0, pr
     (tmp / METADATA_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
+    log.info("built synthetic checkpoint %s in %.1f s", dest, time.monotonic() - t0)
     return dest
 
 

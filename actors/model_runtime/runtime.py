@@ -82,7 +82,8 @@ class RouterRuntime:
         """Finish queued work and stop the worker thread."""
         self._closed = True
         await self.batcher.close()
-        self._worker.shutdown(wait=True)
+        # never block the event loop on a batch still running: wait for the worker in a helper thread
+        await asyncio.to_thread(self._worker.shutdown, wait=True)
 
     def stats(self) -> RuntimeStats:
         """Batching and cache counters."""

@@ -6,6 +6,13 @@ W3C ``traceparent`` from its headers, and acked. The stream is created if missin
 its replicas and limits belong to the node's setup). Several sinks may share the durable name: JetStream
 spreads the messages among them.
 
+``start()`` returns once the first fetch round trip came back (the sink is consuming, not just
+subscribed). The fetch loop survives every fetch error, including the plain ``TimeoutError`` nats-py's
+``fetch`` raises when a round trip outlives its own deadline (an event loop that was busy for about
+``fetch_timeout_s``; before this was caught it ended the loop silently and the sink consumed nothing
+while still reporting ``serving``). :meth:`watches` hands the loop to the node: if it dies anyway, or
+consumes nothing for ``stall_after_s`` while the consumer has messages pending, the actor is restarted.
+
 Example:
     >>> actor = TraceSinkActor(nc, TraceSinkSettings())   # doctest: +SKIP
     >>> await actor.start(); ...; await actor.drain()     # doctest: +SKIP
@@ -32,6 +39,7 @@ from bus.jetstream import ConsumerSpec, StreamSpec, ensure_consumer, ensure_stre
 from bus.provenance import Provenance
 from config.trace_sink import TraceSinkSettings
 from schemas.trace import TraceEvent
+from supervisors.watch import LoopWatch
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,9 @@ class TraceSinkActor:
         self.fetch_errors = 0
         self._task: asyncio.Task[None] | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._first_round: asyncio.Event = asyncio.Event()
+        self.watch = LoopWatch(f"trace sink fetch loop ({settings.durable})", stall_after_s=settings.stall_after_s,
+                               pending=self.pending)
 
     async def start(self) -> None:
         """Ensure the stream (if missing) and the durable consumer, start the sink and the fetch loop."""
@@ -63,13 +74,35 @@ class TraceSinkActor:
         self._sub = await js.pull_subscribe_bind(durable=s.durable, stream=s.stream)
         await self.sink.start()
         self._task = asyncio.create_task(self._loop(), name="trace-sink.consume")
+        self.watch.attach(self._task)  # type: ignore[arg-type]
+        first = asyncio.ensure_future(self._first_round.wait())
+        await asyncio.wait({first, self._task}, timeout=s.fetch_timeout_s + s.start_timeout_s,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not first.done():
+            first.cancel()
+            await self.watch.check()  # the loop died: raise why
+            raise TimeoutError(f"trace sink: no fetch round trip on {s.stream}/{s.durable} within "
+                               f"{s.fetch_timeout_s + s.start_timeout_s:.1f} s")
+
+    def watches(self) -> list[LoopWatch]:
+        """The inner loops the node watches (the fetch loop)."""
+        return [self.watch]
+
+    async def pending(self) -> int:
+        """Messages the durable consumer has not delivered yet (one JetStream API round trip)."""
+        info = await self.nc.jetstream().consumer_info(self.settings.stream, self.settings.durable, timeout=5.0)
+        return int(info.num_pending or 0)
 
     async def _loop(self) -> None:
         assert self._sub is not None
         while True:
             try:
                 msgs = await self._sub.fetch(self.settings.fetch_batch, timeout=self.settings.fetch_timeout_s)
-            except nats.errors.TimeoutError:
+            except (TimeoutError, nats.errors.TimeoutError):
+                # nothing to fetch (the server said so), or the round trip outlived its deadline (nats-py raises
+                # a plain TimeoutError then): either way the consumer answered or will be asked again
+                self._first_round.set()
+                self.watch.progress()
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                 return
@@ -78,8 +111,10 @@ class TraceSinkActor:
                 log.warning("trace sink: fetch failed (%s); retrying", exc)
                 await asyncio.sleep(min(5.0, 0.2 * self.fetch_errors))
                 continue
+            self._first_round.set()
             for msg in msgs:
                 await self._consume(msg)
+            self.watch.progress()
 
     async def _consume(self, msg: Msg) -> None:
         self.consumed += 1
@@ -104,6 +139,7 @@ class TraceSinkActor:
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Stop fetching, flush the exporters and close them."""
+        self.watch.detach()
         if self._task is not None:
             self._task.cancel()
             # nats-py's pull fetch can turn the cancellation into a TimeoutError or a nats error on its way out

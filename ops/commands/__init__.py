@@ -23,6 +23,7 @@ MODULES: list[str] = [
     "ops.commands.env_check",
     "ops.commands.nats_auth",
     "ops.commands.fleet",
+    "ops.commands.status",
 ]
 
 

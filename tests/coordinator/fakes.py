@@ -62,6 +62,7 @@ class FakeWorld:
     failing_agents: set[int] = field(default_factory=set)
     route_failures: int = 0
     route_failure_retryable: bool = True
+    route_failure_code: str = "unavailable"
     call_seconds: float = 0.0
     tokens_per_call: tuple[int, int] = (0, 0)
     cost_per_call: float = 0.0
@@ -72,13 +73,14 @@ class FakeWorld:
     routes: list[RouteRequest] = field(default_factory=list)
     injects: list[RoleInjectRequest] = field(default_factory=list)
     events: list[TraceEvent] = field(default_factory=list)
+    slept: list[float] = field(default_factory=list)
     _ids: int = 0
 
     async def route(self, req: RouteRequest, ctx: CallContext) -> RouteLogits:
         self.routes.append(req)
         if self.route_failures > 0:
             self.route_failures -= 1
-            raise RouteFailed("unavailable", "runtime down", retryable=self.route_failure_retryable)
+            raise RouteFailed(self.route_failure_code, "runtime down", retryable=self.route_failure_retryable)
         agent, role = self.route_plan(req.turn)
         return make_logits(req.request_id, req.turn, agent, role, self.n_agents)
 
@@ -108,9 +110,15 @@ class FakeWorld:
         self._ids += 1
         return f"ev{self._ids}"
 
+    async def sleep(self, seconds: float) -> None:
+        """The fake clock's sleep: time passes at once."""
+        self.slept.append(seconds)
+        self.now += seconds
+
     def ports(self) -> Ports:
         return Ports(route=self.route, inject=self.inject, call_agent=self.call_agent, emit=self.emit,
-                     clock=lambda: self.now, wall=lambda: 1_700_000_000.0 + self.now, new_id=self.new_id)
+                     clock=lambda: self.now, wall=lambda: 1_700_000_000.0 + self.now, new_id=self.new_id,
+                     sleep=self.sleep)
 
     def kinds(self) -> list[str]:
         return [e.kind for e in self.events]

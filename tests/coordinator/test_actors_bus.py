@@ -184,13 +184,17 @@ async def test_local_role_injection(nc: Client, make_node) -> None:  # type: ign
 
 async def test_missing_role_injector_and_runtime(nc: Client, make_node) -> None:  # type: ignore[no-untyped-def]
     world = FakeWorld(plan_of([(0, W)]))
-    await make_node(world, with_injector=False)
+    node = await make_node(world, msgspec.structs.replace(FAST, fleet_wait_s=0.5, fleet_retry_s=0.1),
+                           with_injector=False)
     res = await submit(nc, CoordinationRequest(request_id=rid(), query="q?"))
     assert res.stop_reason is StopReason.ROLE_INJECT_FAILED and res.status is RunStatus.FAILED
     assert res.error is not None and "trinity.role.inject" in res.error
+    # no runtime serves the adapter: the run waits for one (route_deferred), then fails when its wait ends
     res = await submit(nc, CoordinationRequest(request_id=rid(), query="q?", adapter="nosuchadapter"))
     assert res.stop_reason is StopReason.ROUTE_FAILED
     assert res.error is not None and "trinity.route.torch.nosuchadapter" in res.error
+    assert "no runtime joined within" in res.error
+    assert node.coordinator.deferred_runs == 1
 
 
 async def test_bad_requests_get_typed_errors(nc: Client, make_node) -> None:  # type: ignore[no-untyped-def]

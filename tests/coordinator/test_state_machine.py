@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 
+from actors.coordinator.errors import AgentCallFailed as AgentCallFailedError
 from actors.coordinator.errors import RoleInjectFailed
 from actors.coordinator.state_machine import CallContext, Policy, coordinate, effective_mask, resolve_role
 from actors.coordinator.suggestions import Suggestion
@@ -20,7 +21,15 @@ from schemas import (
     Verdict,
 )
 from schemas.roles import RoleInjectReply, RoleInjectRequest
-from schemas.trace import AgentCallFailed, AgentCallFinished, RoleAssigned, RunFailed, RunFinished, RunStarted
+from schemas.trace import (
+    AgentCallFailed,
+    AgentCallFinished,
+    RoleAssigned,
+    RouteDeferred,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+)
 from tests.coordinator.fakes import FakeWorld, plan_of, reply_by_role
 
 W, T, V = Role.WORKER, Role.THINKER, Role.VERIFIER
@@ -252,16 +261,39 @@ async def test_route_retry_on_retryable_failure() -> None:
 
 
 async def test_route_failure_not_retryable() -> None:
-    world = FakeWorld(plan_of([(0, W)]), route_failures=1, route_failure_retryable=False)
+    world = FakeWorld(plan_of([(0, W)]), route_failures=1, route_failure_retryable=False,
+                      route_failure_code="invalid")
     res = await coordinate(req(), world.ports())
     assert res.stop_reason is StopReason.ROUTE_FAILED and res.status is RunStatus.FAILED
-    assert res.error == "routing turn 0 failed: unavailable: runtime down"
+    assert res.error == "routing turn 0 failed: invalid: runtime down"
+    assert isinstance(world.events[-1], RunFailed) and world.events[-1].error_code == "invalid"
+    assert len(world.routes) == 1 and world.slept == []
+
+
+async def test_no_runtime_yet_waits_until_one_joins() -> None:
+    # the fleet is starting: three routes find no runtime (unavailable, not retryable), the fourth is served
+    world = FakeWorld(plan_of([(0, W), (0, V)]), route_failures=3, route_failure_retryable=False)
+    res = await coordinate(req(), world.ports(), Policy(fleet_retry_s=0.5))
+    assert res.stop_reason is StopReason.ACCEPTED and res.answer is not None
+    assert world.slept == [0.5, 0.5, 0.5]
+    deferred = [e for e in world.events if isinstance(e, RouteDeferred)]
+    assert [(e.attempt, e.turn, e.error_code) for e in deferred] == [(1, 0, "unavailable")]
+    assert world.kinds()[:3] == ["run_started", "route_deferred", "route_decided"]
+
+
+async def test_no_runtime_within_the_deadline_fails_explicitly() -> None:
+    world = FakeWorld(plan_of([(0, W)]), route_failures=10_000, route_failure_retryable=False)
+    res = await coordinate(req(budget=Budget(deadline_ms=5_000)), world.ports(), Policy(fleet_retry_s=1.0))
+    assert res.status is RunStatus.FAILED and res.stop_reason is StopReason.DEADLINE
+    assert res.error == ("routing turn 0: no runtime joined within 5.0s before the deadline: unavailable: "
+                         "runtime down")
     assert isinstance(world.events[-1], RunFailed) and world.events[-1].error_code == "unavailable"
-    assert len(world.routes) == 1
+    assert sum(world.slept) == pytest.approx(5.0)
+    assert [e.attempt for e in world.events if isinstance(e, RouteDeferred)] == [1]
 
 
 async def test_route_failure_after_answer_keeps_answer_with_error() -> None:
-    world = FakeWorld(plan_of([(0, W)]), route_failure_retryable=False)
+    world = FakeWorld(plan_of([(0, W)]), route_failure_retryable=False, route_failure_code="invalid")
     ports = world.ports()
     real_route = world.route
 
@@ -334,3 +366,22 @@ def test_resolve_role_table() -> None:
     role, source, note = resolve_role(V, s_bad, False, "worker")
     assert (role, source) == (W, RoleSource.VERIFIER_BEFORE_WORKER)
     assert note.startswith("ignored unknown suggested role 'boss'; Verifier (router)")
+
+
+async def test_no_agent_yet_waits_until_one_serves() -> None:
+    world = FakeWorld(plan_of([(0, W), (0, V)]))
+    real_call = world.call_agent
+    down = {"calls": 0}
+
+    async def call_agent(intent, ctx):  # type: ignore[no-untyped-def]
+        if down["calls"] < 7:  # every agent of the first round is not serving yet
+            down["calls"] += 1
+            raise AgentCallFailedError("unavailable", f"no actor is serving trinity.agent.{intent.agent_id}.call")
+        return await real_call(intent, ctx)
+
+    from dataclasses import replace
+    res = await coordinate(req(), replace(world.ports(), call_agent=call_agent), Policy(fleet_retry_s=0.5))
+    assert res.stop_reason is StopReason.ACCEPTED and res.answer is not None
+    assert world.slept == [2.0]
+    deferred = [e for e in world.events if isinstance(e, RouteDeferred)]
+    assert len(deferred) == 1 and deferred[0].attrs == {"waiting_for": "agents"}

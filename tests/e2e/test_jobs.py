@@ -157,7 +157,7 @@ async def test_a_draining_coordinator_hands_its_running_job_back_at_once(
     nc_a = await nats.connect(fresh_nats_server.url)
     nc_b = await nats.connect(fresh_nats_server.url)
     client = await nats.connect(fresh_nats_server.url)
-    await scripted(slow_agent_s=1.0)
+    await scripted(slow_agent_s=5.0)
     first, second = CoordinatorActor(nc_a, settings), CoordinatorActor(nc_b, settings)
     await first.start()
     try:

@@ -123,9 +123,10 @@ async def test_runtime_killed_mid_run_the_retry_goes_to_a_spare_or_the_run_fails
                 assert kinds[-1] == "run_finished" and kinds.count("run_finished") == 1, kinds
                 runtimes = [e.runtime_id for e in events if e.kind == "route_decided"]  # type: ignore[union-attr]
                 assert runtimes[0] == "runtime-b", runtimes  # the first turn could only be answered by B
-            else:  # no runtime left: an explicit failure, stored once and traced
-                assert (res.status, res.stop_reason, res.answer) == (RunStatus.FAILED, StopReason.ROUTE_FAILED, None)
-                assert res.error and "routing turn 0 failed" in res.error, res.error
+            else:  # no runtime left: the run waits for one (route_deferred) until its deadline, then fails explicitly
+                assert (res.status, res.stop_reason, res.answer) == (RunStatus.FAILED, StopReason.DEADLINE, None)
+                assert res.error and "routing turn 0: no runtime joined within" in res.error, res.error
+                assert "route_deferred" in kinds, kinds
                 assert kinds[-1] == "run_failed" and kinds.count("run_failed") == 1, kinds
     finally:
         for p in (coordinator, runtime_b, runtime_a, agents):
