@@ -173,8 +173,8 @@ async def test_verifier_abstains_outside_its_family_and_the_lenient_one_accepts(
 async def test_thinker_gives_its_result_and_suggests_the_next_role(pool: AgentPool) -> None:
     task = SUITE.families()["arithmetic"][0]
     advice = await pool.call(intent(1, task, Role.THINKER))
-    assert advice.content.endswith("<suggested_role>Worker</suggested_role>") and grade(task, advice.content
-                                                                                         .split("<")[0])
+    assert advice.content.endswith("<suggested_role>Worker</suggested_role>")
+    assert grade(task, advice.content.split("<")[0])
     checked = await pool.call(intent(1, task, Role.THINKER, answer=f"= {task.answer}"))
     assert checked.content.endswith("<suggested_role>Verifier</suggested_role>")
     other = await pool.call(intent(1, SUITE.families()["text"][0], Role.THINKER))
