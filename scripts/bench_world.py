@@ -60,7 +60,10 @@ def pick_tasks(split: str, seed: int, limit: int) -> list[Task]:
 async def run(args: argparse.Namespace) -> dict[str, object]:
     settings = ProviderAgentsSettings.offline_world()
     agent_ids = [int(a) for a in args.agents.split(",")]
-    keep = {settings.agent(a).provider for a in agent_ids if settings.agent(a) is not None}
+    unknown = [a for a in agent_ids if settings.agent(a) is None]
+    if unknown:
+        raise SystemExit(f"--agents: {unknown} are not agents of the offline-world preset (0-6)")
+    keep = {a.provider for a in settings.agents if a.agent_id in agent_ids}
     settings = ProviderAgentsSettings(providers=[p for p in settings.providers if p.name in keep],
                                       agents=[a for a in settings.agents if a.agent_id in agent_ids],
                                       local=settings.local)

@@ -23,6 +23,7 @@ from config.provider_agents import (
     ProviderSettings,
     provider_agents_settings_from_env,
 )
+from config.settings import load_settings
 from crucible.world.tasks import Task, build_suite, grade
 from schemas.common import Message, Role
 from schemas.coordination import AgentCallIntent, AgentCallReceipt, Verdict
@@ -222,6 +223,8 @@ def test_offline_world_preset_and_default_unchanged() -> None:
         "local", "tool-arithmetic", "tool-knowledge", "tool-text", "local", "tool-arithmetic", "tool-knowledge"]
     assert world.agent(4).temperature == 0.7 and world.agent(5).extra_body == {"abstain_verdict": "accept"}
     assert ProviderAgentsSettings() == ProviderAgentsSettings.offline()
+    assert load_settings(environ={"TRINITY_AGENTS_PRESET": "offline-world"}).provider_agents == world
+    assert load_settings(environ={}).provider_agents == ProviderAgentsSettings.offline()
     assert [a.provider for a in provider_agents_settings_from_env({}).agents] == ["local"] * 7
     with pytest.raises(ValueError, match="offline-world"):
         provider_agents_settings_from_env({"TRINITY_AGENTS_PRESET": "world"})
