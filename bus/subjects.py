@@ -33,6 +33,9 @@ RUNTIME_ANNOUNCE = f"{PREFIX}.runtime.announce"
 FLEET_PLACE = f"{PREFIX}.fleet.place"
 FLEET_RELEASE = f"{PREFIX}.fleet.release"
 FLEET_STATUS = f"{PREFIX}.fleet.status"
+#: node readiness: ``trinity.node.status.<node_id>`` (empty request -> the node's status as JSON)
+NODE_STATUS_PREFIX = f"{PREFIX}.node.status"
+NODE_STATUS_ALL = f"{NODE_STATUS_PREFIX}.*"
 
 TRACE_STREAM = "TRINITY_TRACE"
 JOBS_STREAM = "TRINITY_JOBS"
@@ -127,3 +130,8 @@ def runtime_control(runtime_id: str) -> str:
 def runtime_route(runtime_id: str) -> str:
     """Routing subject of one runtime (any adapter it holds warm; no queue group)."""
     return f"{PREFIX}.runtime.route.{token('runtime_id', runtime_id)}"
+
+
+def node_status(node_id: str) -> str:
+    """The subject node ``node_id`` answers its readiness on."""
+    return f"{NODE_STATUS_PREFIX}.{token('node_id', node_id)}"

@@ -55,24 +55,25 @@ ACTOR_PERMISSIONS: dict[str, Permissions] = {
                  subjects.TRACE_ALL, subjects.COORD_RESULT_ALL, "trinity.fleet.>", _JS_ALL,
                  f"$JS.ACK.{subjects.JOBS_STREAM}.>"),
         subscribe=(subjects.COORD_REQUEST, subjects.max_deliveries_advisory(), subjects.HEARTBEAT_ALL,
-                   _INBOX, _SERVICE)),
+                   _INBOX, _SERVICE, subjects.NODE_STATUS_ALL)),
     "model_runtime": Permissions(
         publish=("trinity.runtime.heartbeat.>",),
-        subscribe=("trinity.route.>", "trinity.runtime.>", _INBOX, _SERVICE)),
+        subscribe=("trinity.route.>", "trinity.runtime.>", _INBOX, _SERVICE, subjects.NODE_STATUS_ALL)),
     "provider_agents": Permissions(
         publish=(),
-        subscribe=("trinity.agent.*.call", _INBOX, _SERVICE)),
+        subscribe=("trinity.agent.*.call", _INBOX, _SERVICE, subjects.NODE_STATUS_ALL)),
     "role_injector": Permissions(
         publish=(),
-        subscribe=(subjects.ROLE_INJECT, _INBOX, _SERVICE)),
+        subscribe=(subjects.ROLE_INJECT, _INBOX, _SERVICE, subjects.NODE_STATUS_ALL)),
     "trace_sink": Permissions(
         publish=(_JS_ALL, f"$JS.ACK.{subjects.TRACE_STREAM}.>"),
-        subscribe=(_INBOX, _SERVICE)),
+        subscribe=(_INBOX, _SERVICE, subjects.NODE_STATUS_ALL)),
     "fleet_registry": Permissions(
         publish=("trinity.runtime.announce", "trinity.runtime.control.>", "trinity.fleet.>"),
-        subscribe=("trinity.fleet.>", "trinity.runtime.heartbeat.>", _INBOX, _SERVICE)),
+        subscribe=("trinity.fleet.>", "trinity.runtime.heartbeat.>", _INBOX, _SERVICE, subjects.NODE_STATUS_ALL)),
     "client": Permissions(
-        publish=(subjects.COORD_REQUEST, subjects.COORD_JOBS, subjects.FLEET_STATUS, "$JS.API.INFO",
+        publish=(subjects.COORD_REQUEST, subjects.COORD_JOBS, subjects.FLEET_STATUS, subjects.NODE_STATUS_ALL,
+                 "$JS.API.INFO",
                  "$JS.API.STREAM.INFO.*",
                  f"$JS.API.STREAM.MSG.GET.{subjects.RESULTS_STREAM}", *_TRACE_CONSUMERS, "$JS.FC.>"),
         subscribe=(subjects.COORD_RESULT_ALL, _INBOX),

@@ -67,12 +67,8 @@ class ConnectionLost(Exception):
 
 
 #: Node status requests: ``trinity.node.status.<node_id>`` (empty payload -> :class:`NodeStatus` JSON).
-NODE_STATUS_PREFIX = "trinity.node.status"
-
-
-def node_status_subject(node_id: str) -> str:
-    """The subject a node answers its status on."""
-    return f"{NODE_STATUS_PREFIX}.{subjects.token('node_id', node_id)}"
+NODE_STATUS_PREFIX = subjects.NODE_STATUS_PREFIX
+node_status_subject = subjects.node_status
 
 
 class NodeStatus(msgspec.Struct, frozen=True):

@@ -37,8 +37,8 @@ from tests.acceptance.support import (
     read_jsonl,
     start,
     trace_gaps,
-    wait_trace,
     wait_nothing_left,
+    wait_trace,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.acceptance]

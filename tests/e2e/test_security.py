@@ -166,6 +166,11 @@ async def test_cli_processes_with_credentials_from_files_never_log_them(
         assert rc == 0
         out = capfd.readouterr()
         assert "answer: 42" in out.out
+        # the node running as the coordinator user answers its readiness to the client user
+        rc = await asyncio.to_thread(run.main, ["status", "--config", str(tmp_path / "auth" / "client.toml"),
+                                                "--node-id", "coord-secure", "--wait-ready", "--timeout", "10"])
+        assert rc == 0
+        assert "not permitted" not in coordinator.text().lower()
     finally:
         coordinator.stop()
         for svc in reversed(services):
