@@ -34,6 +34,7 @@ class StuckActor:
 
 def main() -> int:
     config.node.ALL_ACTORS = (*config.node.ALL_ACTORS, "stuck")
+    config.node.KNOWN_ACTORS = (*config.node.KNOWN_ACTORS, "stuck")  # what --actors and NodeSettings accept
     ops.node.FACTORIES["stuck"] = lambda nc, s: StuckActor()
     return run.main(["node", *sys.argv[1:]])
 
