@@ -166,8 +166,10 @@ def test_full_size_synthetic_record_recheck_and_perturbation(tmp_path: Path,
     """The 37-case gate on the full-size Qwen3-0.6B-shaped synthetic checkpoint with the real TRINITY vector."""
     vector = ANCHORS / "sakana_model_iter_60.npy"
     snap, cases = tmp_path / "snap.json", tmp_path / "cases.json"
+    # the anchors fix the elixir-port input; a Sakana vector would default to the sakana profile
     assert run.main(["gate", "--record", "--vector", str(vector), "--snapshot", str(snap),
-                     "--record-cases", str(cases), "--profile-name", "cpu-f32-synthetic"]) == 0
+                     "--record-cases", str(cases), "--profile-name", "cpu-f32-synthetic",
+                     "--routing-profile", "elixir-port"]) == 0
     recorded = load_snapshot(snap)
     assert recorded.profile is not None and recorded.profile.name == "cpu-f32-synthetic"
     assert recorded.source is not None and recorded.source["synthetic"] == "true"
