@@ -7,7 +7,8 @@ for the plot only, on the test split). The best-on-valid mean (accuracy, then fi
 looks at the test split.
 
 **Checkpoint.** After every generation the whole state (the pickled ``SepCMA`` object with its random state,
-the generation, the best vector, the history, memo counters) is written atomically (temp file + rename) to
+the generation, the best vector, the optimizer's random state (``cmaes`` does not pickle it), the history,
+memo counters) is written atomically (temp file + rename) to
 ``RUN_DIR/checkpoint.pkl``. A trainer killed at any point resumes from the last finished generation and
 produces the same candidates as an uninterrupted run with the same seed (the history records a sha256 of each
 generation's candidates, so this is checkable).
@@ -109,12 +110,15 @@ class TrainState:
     evaluations: int = 0
     memo: dict[str, Any] = field(default_factory=dict)
     suite_fingerprint: str = ""
+    rng_state: Any = None
     format: int = FORMAT
 
 
 def save_state(run_dir: Path, state: TrainState) -> None:
     """Write the checkpoint atomically (temp file + ``os.replace``)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    # cmaes drops its random generator when pickled (a fresh, unseeded one after unpickling): keep its state
+    state.rng_state = state.optimizer._rng.get_state()
     tmp = run_dir / f".{CHECKPOINT}.tmp"
     with tmp.open("wb") as f:
         pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -135,6 +139,7 @@ def load_state(run_dir: Path) -> TrainState:
         raise TrainError(f"{p}: unreadable checkpoint ({e})") from None
     if not isinstance(state, TrainState) or state.format != FORMAT:
         raise TrainError(f"{p}: not a checkpoint of this trainer (format {FORMAT})")
+    state.optimizer._rng.set_state(state.rng_state)
     return state
 
 
