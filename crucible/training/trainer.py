@@ -6,7 +6,7 @@ optimizer (it minimizes, so it is told ``-fitness``), then score the optimizer's
 for the plot only, on the test split). The best-on-valid mean (accuracy, then fitness) is kept; selection never
 looks at the test split.
 
-**Checkpoint.** After every generation the whole state (the pickled ``SepCMA`` object with its random state,
+**Checkpoint.** After every generation the whole state (the pickled ``SepCMA`` object,
 the generation, the best vector, the optimizer's random state (``cmaes`` does not pickle it), the history,
 memo counters) is written atomically (temp file + rename) to
 ``RUN_DIR/checkpoint.pkl``. A trainer killed at any point resumes from the last finished generation and
