@@ -39,7 +39,12 @@ def find_smollm2(cache_dir: str | Path = "~/.cache/trinity-nats/smollm2") -> Pat
 
 
 def load_engine(backbone: dict[str, Any], routing_profile: str) -> Any:
-    """A :class:`RouterEngine` for ``backbone`` (base adapter, random head: the trainer supplies heads)."""
+    """A :class:`RouterEngine` for ``backbone`` (base adapter, random head: the trainer supplies heads).
+
+    Torch runs on ``backbone["threads"]`` threads (default 1): the trainer's forwards are small, and on a busy
+    machine several spinning threads made each one ~25x slower than one thread (measured on 2 shared cores).
+    """
+    threads = int(backbone.get("threads", 1))
     from actors.model_runtime.engine import RouterEngine
     from actors.model_runtime.errors import ModelRuntimeError
     from config.model_runtime import ModelRuntimeSettings
@@ -48,16 +53,16 @@ def load_engine(backbone: dict[str, Any], routing_profile: str) -> Any:
     try:
         if kind == "tiny":
             s = ModelRuntimeSettings(checkpoint_preset="qwen3-tiny-synthetic", routing_profile=routing_profile,
-                                     dtype="float32")
+                                     dtype="float32", num_threads=threads)
         elif kind == "synthetic":
             s = ModelRuntimeSettings(checkpoint_preset="qwen3-0.6b-synthetic", routing_profile=routing_profile,
-                                     dtype="float32")
+                                     dtype="float32", num_threads=threads)
         elif kind == "dir":
             path = backbone.get("path")
             if not path or not (Path(path).expanduser() / "config.json").is_file():
                 raise SetupError(f"backbone dir {path!r}: no config.json there")
             s = ModelRuntimeSettings(checkpoint_dir=str(Path(path).expanduser()), routing_profile=routing_profile,
-                                     dtype="float32")
+                                     dtype="float32", num_threads=threads)
         else:
             raise SetupError(f"unknown backbone kind {kind!r}; choose one of {', '.join(BACKBONES)}")
         return RouterEngine.load(s)
