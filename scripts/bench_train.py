@@ -62,7 +62,10 @@ async def run(a: argparse.Namespace) -> dict[str, object]:
                 intent = AgentCallIntent(request_id=t.id, turn=0, agent_id=agent, role=Role.WORKER,
                                          messages=build_messages(DEFAULT_PACK, req), max_tokens=a.agent_max_tokens)
                 right[agent].append(grade(t, (await runner.replies(intent)).content))
-        untrained = np.concatenate([np.zeros(layout.svf_size), built.engine.head.weight.double().cpu().numpy().ravel()])
+        w = built.engine.head.weight.double().cpu().numpy()  # the runtime's seeded random head
+        if runner.scale is not None:  # candidates encode W / scale (see EpisodeRunner.feature_scale)
+            w = w / runner.scale[None, :]
+        untrained = np.concatenate([np.zeros(layout.svf_size), w.ravel()])
         untrained_acc = (await runner.evaluate(untrained, test)).accuracy
     finally:
         await built.close()

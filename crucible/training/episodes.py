@@ -235,6 +235,27 @@ class EpisodeRunner:
         self.weights = weights or FitnessWeights(max_turns=max_turns)
         self.episodes_run = 0
         self.turns_run = 0
+        #: Column scale of the head (``None``: none): the candidate ``x`` encodes ``W / scale`` (see
+        #: :meth:`feature_scale`); :meth:`head_of` gives the head the runtime applies.
+        self.scale: NDArray[np.float64] | None = None
+
+    def head_of(self, x: NDArray[np.floating]) -> NDArray[np.float64]:
+        """The head matrix candidate ``x`` stands for (its layout head times :attr:`scale`, column-wise)."""
+        head = self.layout.head(x)
+        return head if self.scale is None else head * self.scale[None, :]
+
+    def feature_scale(self, tasks: Sequence[Task]) -> NDArray[np.float64]:
+        """``1 / RMS`` of each hidden dimension over the first-turn states of ``tasks`` (1 where it is 0).
+
+        Backbones have a few dimensions with huge, nearly constant activations (SmolLM2: one at ~32 where the
+        median is ~0.7); an isotropic search over ``W`` then routes every text alike. Searching ``x = W * rms``
+        instead weighs every dimension equally at the start; the exported head is ``W`` itself, so the runtime
+        needs no normalization.
+        """
+        assert self.features is not None
+        texts = [self.features.text(observation(self.routing_profile, t.question, [])) for t in tasks]
+        rms = np.sqrt(np.mean(self.features.states(texts) ** 2, axis=0))
+        return np.where(rms > 1e-12, 1.0 / np.maximum(rms, 1e-12), 1.0)
 
     # -- ports ---------------------------------------------------------------------------------------------
     def _head_route(self, head: NDArray[np.float64]) -> RouteFn:
@@ -289,7 +310,7 @@ class EpisodeRunner:
     async def evaluate(self, x: NDArray[np.floating], tasks: Sequence[Task]) -> Evaluation:
         """Run every task under candidate vector ``x``."""
         if self.layout.head_only:
-            return await self._episodes(self._head_route(self.layout.head(x)), tasks)
+            return await self._episodes(self._head_route(self.head_of(x)), tasks)
         self.layout.check(x)
         with self.adapter_router(np.asarray(x, dtype=np.float64)) as route:
             return await self._episodes(route, tasks)

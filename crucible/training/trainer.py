@@ -68,6 +68,7 @@ class TrainConfig:
     backbone: dict[str, Any] = field(default_factory=dict)
     agents: str = "offline-world"
     test_each_generation: bool = True
+    precondition: bool = True
 
     def check(self) -> None:
         """Raise :class:`TrainError` on values that cannot run."""
@@ -111,6 +112,7 @@ class TrainState:
     memo: dict[str, Any] = field(default_factory=dict)
     suite_fingerprint: str = ""
     rng_state: Any = None
+    scale: NDArray[np.float64] | None = None
     format: int = FORMAT
 
 
@@ -263,6 +265,9 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if st.generation == 0:
             self.runner.warm([*self.train, *self.valid, *self.test])
+            if self.config.precondition and self.layout.head_only and st.scale is None:
+                st.scale = self.runner.feature_scale(self.train)
+        self.runner.scale = st.scale
         todo = self.config.generations - st.generation
         if stop_after is not None:
             todo = min(todo, stop_after)
@@ -291,6 +296,7 @@ class Trainer:
         valid = await self.runner.evaluate(st.best_x, self.valid)
         by_family = {f: float(np.mean([e.correct for e in test.episodes if e.family == f]))
                      for f in FAMILIES if any(e.family == f for e in test.episodes)}
+        self.runner.scale = st.scale
         return export(self.run_dir, self.layout, st, valid_accuracy=valid.accuracy, test_accuracy=test.accuracy,
                       test_by_family=by_family)
 
@@ -311,7 +317,8 @@ def export(run_dir: Path, layout: VectorLayout, state: TrainState, *, valid_accu
     x = np.asarray(state.best_x, dtype=np.float64)
     files: dict[str, str] = {}
     if layout.head_only:
-        np.save(run_dir / "head.npy", layout.head(x).astype(np.float32))
+        head = layout.head(x) if state.scale is None else layout.head(x) * state.scale[None, :]
+        np.save(run_dir / "head.npy", head.astype(np.float32))
         files["head"] = "head.npy"
     else:
         np.save(run_dir / "vector.npy", x)

@@ -74,6 +74,14 @@ async def test_training_learns_to_route_families_and_exports_a_loadable_head(tmp
     assert [r["generation"] for r in published] == list(range(1, 13))
     head = RoutingHead.load(tmp_path / "head.npy", HeadSpec(rows=10, cols=6))
     assert tuple(head.weight.shape) == (10, 6)
+    # the exported head is what was evaluated: the same test accuracy with no preconditioning scale
+    assert trainer.state.scale is not None and not np.allclose(trainer.state.scale, 1.0)
+    runner2, pool2 = await tool_runner(max_turns=2)
+    try:
+        again = await runner2.evaluate(head.weight.double().numpy().ravel(), trainer.test)
+    finally:
+        await pool2.aclose()  # type: ignore[attr-defined]
+    assert again.accuracy == manifest["test_accuracy"]
     on_disk = json.loads((tmp_path / "manifest.json").read_text())
     assert on_disk["suite_fingerprint"] == suite.fingerprint and on_disk["layout"]["name"] == "head-only"
     assert on_disk["generations"] == 12 and on_disk["seed"] == 3
