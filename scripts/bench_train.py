@@ -41,7 +41,7 @@ async def run(a: argparse.Namespace) -> dict[str, object]:
                       batch=a.batch, limit=a.limit, max_turns=a.max_turns, agents=a.agents, backbone=backbone,
                       agent_mask=[int(x) for x in a.agent_mask.split(",")] if a.agent_mask else None,
                       weights={"diversity": 0.15, "turn": 0.1, "max_turns": a.max_turns},
-                      agent_max_tokens=a.agent_max_tokens, test_each_generation=True)
+                      agent_max_tokens=a.agent_max_tokens, test_each_generation=True, project=a.project)
     built = await build(cfg)
     runner = built.runner
     suite = build_suite(0)
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="tasks per family and split (0: all)")
     ap.add_argument("--max-turns", type=int, default=5)
     ap.add_argument("--agent-max-tokens", type=int, default=64)
+    ap.add_argument("--project", type=int, default=0, help="search a random rank-k head W = Z P (0: the full head)")
     ap.add_argument("--run-dir")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--json", type=Path)

@@ -69,12 +69,15 @@ class TrainConfig:
     agents: str = "offline-world"
     test_each_generation: bool = True
     precondition: bool = True
+    project: int = 0
 
     def check(self) -> None:
         """Raise :class:`TrainError` on values that cannot run."""
-        if self.generations < 1 or self.popsize < 2 or not self.sigma0 > 0 or self.batch < 0 or self.limit < 0:
-            raise TrainError(f"need generations >= 1, popsize >= 2, sigma0 > 0, batch >= 0, limit >= 0; got "
-                             f"{self.generations}, {self.popsize}, {self.sigma0}, {self.batch}, {self.limit}")
+        if self.generations < 1 or self.popsize < 2 or not self.sigma0 > 0 or self.batch < 0 or self.limit < 0 \
+                or self.project < 0:
+            raise TrainError(f"need generations >= 1, popsize >= 2, sigma0 > 0, batch, limit, project >= 0; got "
+                             f"{self.generations}, {self.popsize}, {self.sigma0}, {self.batch}, {self.limit}, "
+                             f"{self.project}")
 
 
 def split_tasks(suite: TaskSuite, split: str, limit: int = 0) -> list[Task]:
@@ -198,8 +201,16 @@ class Trainer:
         self.test = split_tasks(suite, "test", config.limit)
         self.publish = publish
         self.progress = progress
+        if config.project and not self.layout.head_only:
+            raise TrainError("project (a random low-rank head search) applies to head-only layouts only")
+        rows, cols = self.layout.head_shape
+        self.projection = None
+        if config.project:
+            # W = Z @ P: the optimizer searches Z {rows, k}; P {k, hidden} is fixed, seeded by the run's seed
+            self.projection = np.random.default_rng([config.seed, 7919]).standard_normal((config.project, cols))
+        dim = rows * config.project if config.project else self.layout.size
         if state is None:
-            opt = SepCMA(mean=np.zeros(self.layout.size), sigma=config.sigma0, seed=config.seed,
+            opt = SepCMA(mean=np.zeros(dim), sigma=config.sigma0, seed=config.seed,
                          population_size=config.popsize)
             state = TrainState(config=asdict(config), optimizer=opt, suite_fingerprint=suite.fingerprint)
         elif state.suite_fingerprint != suite.fingerprint:
@@ -218,6 +229,13 @@ class Trainer:
             state.config["generations"] = generations
         return cls(Path(run_dir), config, runner, suite, state=state, publish=publish, progress=progress)
 
+    def vector(self, z: NDArray[np.floating]) -> NDArray[np.float64]:
+        """The layout vector of optimizer point ``z`` (itself unless ``project``: ``(Z @ P).ravel()``)."""
+        if self.projection is None:
+            return np.asarray(z, dtype=np.float64)
+        rows = self.layout.head_shape[0]
+        return (np.asarray(z, dtype=np.float64).reshape(rows, -1) @ self.projection).ravel()
+
     def batch(self, generation: int) -> list[Task]:
         """The generation's training tasks (all when ``batch`` is 0), the same for every candidate."""
         if self.config.batch <= 0 or self.config.batch >= len(self.train):
@@ -232,9 +250,9 @@ class Trainer:
         start = time.perf_counter()
         tasks = self.batch(gen)
         xs = [opt.ask() for _ in range(opt.population_size)]
-        scores: list[Evaluation] = [await self.runner.evaluate(x, tasks) for x in xs]
+        scores: list[Evaluation] = [await self.runner.evaluate(self.vector(x), tasks) for x in xs]
         opt.tell([(x, -e.fitness) for x, e in zip(xs, scores, strict=True)])
-        mean = np.array(opt._mean, dtype=np.float64)
+        mean = self.vector(np.array(opt._mean, dtype=np.float64))
         valid = await self.runner.evaluate(mean, self.valid)
         test = await self.runner.evaluate(mean, self.test) if self.config.test_each_generation else None
         evals = len(xs) * len(tasks) + len(self.valid) + (len(self.test) if test else 0)

@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agents", default="offline-world", choices=("offline-world", "offline-world-tools"),
                    help="agent set: the offline-world preset, or its tool agents only (no SmolLM2)")
     p.add_argument("--agent-mask", metavar="IDS", help="comma-separated agent ids the router may pick")
+    p.add_argument("--project", type=int, default=0, metavar="K",
+                   help="head-only: search W = Z P with a fixed random P {K, hidden} (K*(n_agents+3) values; 0: off)")
     p.add_argument("--batch", type=int, default=0, help="train tasks per generation (default 0: the whole split)")
     p.add_argument("--limit", type=int, default=0, help="tasks per family and split (default 0: all)")
     p.add_argument("--suite-seed", type=int, default=0, help="task suite seed (default 0)")
@@ -87,7 +89,8 @@ def _config(args: argparse.Namespace) -> Any:
                        limit=args.limit, weights={"diversity": args.diversity_bonus, "turn": args.turn_bonus,
                                                   "max_turns": args.max_turns},
                        routing_profile=args.routing_profile, route_rule=args.route_rule, max_turns=args.max_turns,
-                       agent_mask=mask, agent_max_tokens=args.agent_max_tokens, backbone=backbone, agents=args.agents)
+                       agent_mask=mask, agent_max_tokens=args.agent_max_tokens, backbone=backbone, agents=args.agents,
+                       project=args.project)
 
 
 async def run(args: argparse.Namespace, settings: Any) -> int:

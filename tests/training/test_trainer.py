@@ -101,3 +101,23 @@ async def test_resume_refuses_another_suite_and_a_missing_checkpoint(tmp_path: P
     finally:
         await pool.aclose()  # type: ignore[attr-defined]
     assert KeywordFeatures.hidden == 6
+
+
+async def test_projected_search_exports_a_low_rank_head_and_resumes_identically(tmp_path: Path) -> None:
+    suite = build_suite(0)
+    runner, pool = await tool_runner()
+    try:
+        whole = Trainer(tmp_path / "a", _config(project=2, generations=3), runner, suite, progress=False)
+        await whole.run()
+        part = Trainer(tmp_path / "b", _config(project=2, generations=3), runner, suite, progress=False)
+        await part.run(stop_after=1)
+        resumed = Trainer.resume(tmp_path / "b", runner, suite, progress=False)
+        await resumed.run()
+        await resumed.finish()
+    finally:
+        await pool.aclose()  # type: ignore[attr-defined]
+    assert whole.state.optimizer.dim == 20  # 10 rows x rank 2
+    assert [h["candidates_sha256"] for h in whole.state.history] == \
+        [h["candidates_sha256"] for h in resumed.state.history]
+    head = np.load(tmp_path / "b" / "head.npy")
+    assert head.shape == (10, 6) and np.linalg.matrix_rank(head) <= 2
