@@ -135,3 +135,8 @@ def runtime_route(runtime_id: str) -> str:
 def node_status(node_id: str) -> str:
     """The subject node ``node_id`` answers its readiness on."""
     return f"{NODE_STATUS_PREFIX}.{token('node_id', node_id)}"
+
+
+def train_generation(run_id: str) -> str:
+    """Per-generation fitness of training run ``run_id`` (``run.py train --publish``; plain JSON, no stream)."""
+    return f"{PREFIX}.train.{token('run_id', run_id)}.generation"

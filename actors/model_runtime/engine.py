@@ -33,7 +33,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import torch
-from transformers import DynamicCache, Qwen3Model
+from transformers import AutoModel, DynamicCache, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from actors.model_runtime.adapters import Adapter, AdapterBank, AdapterInfo, VectorSource, read_vector
@@ -60,6 +60,20 @@ from schemas.routing import RouteLogits, RouteRequest
 from schemas.sakana import BASE_ADAPTER_TOKEN, HeadSpec
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+#: Backbone families served (``model_type`` of the checkpoint's config): the decoder without its LM head is loaded
+#: with ``AutoModel`` and the head size is its ``hidden_size`` (Qwen3-0.6B: 1024; SmolLM2-135M, Llama: 576).
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("qwen3", "llama")
+
+
+def _model_type(path: Path) -> str:
+    import json
+
+    try:
+        return str(json.loads((path / "config.json").read_text()).get("model_type", ""))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(str(path), f"unreadable config.json: {e}") from None
 
 
 def pick_device(name: str) -> torch.device:
@@ -100,7 +114,7 @@ class HiddenResult:
 class RouterEngine:
     """Qwen3 backbone + routing head + tokenizer + prefix cache; synchronous, single-threaded use."""
 
-    def __init__(self, model: Qwen3Model, tokenizer: RouterTokenizer, head: RoutingHead,
+    def __init__(self, model: PreTrainedModel, tokenizer: RouterTokenizer, head: RoutingHead,
                  settings: ModelRuntimeSettings) -> None:
         hidden = int(model.config.hidden_size)
         if head.spec.cols != hidden:
@@ -111,7 +125,7 @@ class RouterEngine:
         model.train(False)
         if model.config._attn_implementation != ATTN_IMPLEMENTATION:  # packed batches need it (SDPA otherwise)
             model.set_attn_implementation(ATTN_IMPLEMENTATION)
-        if any(t != "full_attention" for t in (model.config.layer_types or [])):
+        if any(t != "full_attention" for t in (getattr(model.config, "layer_types", None) or [])):
             raise CheckpointError("model", "uses sliding-window attention layers; this runtime packs batches with "
                                            "a full-attention mask and supports full-attention Qwen3 only")
         self.model = model
@@ -144,10 +158,12 @@ class RouterEngine:
         if not (path / "config.json").is_file():
             raise CheckpointError(str(path), "no config.json; point checkpoint_dir at a Qwen3 checkpoint folder")
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        model = Qwen3Model.from_pretrained(str(path), dtype=_DTYPES[s.dtype or "float32"],
-                                           attn_implementation=ATTN_IMPLEMENTATION)
-        if model.config.model_type != "qwen3":
-            raise CheckpointError(str(path), f"model_type is {model.config.model_type!r}, expected 'qwen3'")
+        kind = _model_type(path)
+        if kind not in SUPPORTED_MODEL_TYPES:
+            raise CheckpointError(str(path), f"model_type is {kind!r}; this runtime serves "
+                                             f"{', '.join(SUPPORTED_MODEL_TYPES)} (causal LMs)")
+        model = AutoModel.from_pretrained(str(path), dtype=_DTYPES[s.dtype or "float32"],
+                                          attn_implementation=ATTN_IMPLEMENTATION)
         model.to(pick_device(s.device))  # type: ignore[arg-type]  # transformers' stub misses devices
         tok = tokenizer or RouterTokenizer.load(s.tokenizer_path, path)
         spec = HeadSpec(cols=int(model.config.hidden_size))
@@ -331,7 +347,9 @@ class RouterEngine:
 
     def _forward_fresh(self, items: list[PreparedRoute]) -> list[torch.Tensor]:
         """Run fresh transcripts packed into one row: each attends only to itself (:mod:`.packed_attention`),
-        positions restart at 0 for each."""
+        positions restart at 0 for each. Models without per-layer-type masks (Llama) run each transcript alone."""
+        if len(items) > 1 and getattr(self.model.config, "layer_types", None) is None:
+            return [state for p in items for state in self._forward_fresh([p])]
         keep = [p.request.run_id is not None and self.cache.enabled for p in items]
         lengths = [len(p.feed) for p in items]
         ends = torch.tensor(lengths).cumsum(0).tolist()

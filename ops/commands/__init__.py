@@ -24,6 +24,7 @@ MODULES: list[str] = [
     "ops.commands.nats_auth",
     "ops.commands.fleet",
     "ops.commands.status",
+    "ops.commands.train",
 ]
 
 
