@@ -54,6 +54,7 @@ class TraceSinkActor:
         self.consumed = 0
         self.malformed = 0
         self.fetch_errors = 0
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
         self._first_round: asyncio.Event = asyncio.Event()
@@ -95,12 +96,16 @@ class TraceSinkActor:
 
     async def _loop(self) -> None:
         assert self._sub is not None
-        while True:
+        while not self._stopping:
             try:
                 msgs = await self._sub.fetch(self.settings.fetch_batch, timeout=self.settings.fetch_timeout_s)
             except (TimeoutError, nats.errors.TimeoutError):
                 # nothing to fetch (the server said so), or the round trip outlived its deadline (nats-py raises
-                # a plain TimeoutError then): either way the consumer answered or will be asked again
+                # a plain TimeoutError then): either way the consumer answered or will be asked again. nats-py
+                # also turns a cancellation of the fetch into a TimeoutError: a loop being stopped ends here.
+                task = asyncio.current_task()
+                if self._stopping or (task is not None and task.cancelling()):
+                    return
                 self._first_round.set()
                 self.watch.progress()
                 continue
@@ -140,6 +145,7 @@ class TraceSinkActor:
     async def drain(self, timeout: float = 10.0) -> None:
         """Stop fetching, flush the exporters and close them."""
         self.watch.detach()
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             # nats-py's pull fetch can turn the cancellation into a TimeoutError or a nats error on its way out

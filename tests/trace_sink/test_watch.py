@@ -131,3 +131,35 @@ async def test_dead_or_hung_fetch_loop_restarts_the_sink_which_then_consumes(
     want = "LoopDied" if failure == "killed" else "LoopStalled"
     assert len(crashed) == 1 and want in crashed[0] and "trace sink fetch loop" in crashed[0], crashed
     assert node.status().restarts == {"trace_sink": 1}
+
+
+class _FetchThatTurnsCancelIntoTimeout:
+    """A pull subscription whose ``fetch`` behaves as nats-py's can: cancelled mid-wait, it raises a plain
+    ``TimeoutError`` instead of ``CancelledError``."""
+
+    def __init__(self) -> None:
+        self.fetches = 0
+
+    async def fetch(self, batch: int, timeout: float) -> list[object]:
+        self.fetches += 1
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise TimeoutError() from None
+        return []
+
+    async def unsubscribe(self) -> None:
+        return None
+
+
+async def test_drain_ends_the_fetch_loop_even_when_fetch_turns_the_cancel_into_a_timeout(tmp_path: Path) -> None:
+    # before the fix the loop took that TimeoutError for "nothing to fetch", went on, and drain waited forever
+    actor = TraceSinkActor(None, settings_for(tmp_path))  # type: ignore[arg-type]
+    sub = _FetchThatTurnsCancelIntoTimeout()
+    actor._sub = sub  # type: ignore[assignment]
+    await actor.sink.start()
+    actor._task = asyncio.create_task(actor._loop())
+    while sub.fetches == 0:
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(actor.drain(timeout=1.0), GUARD_S)
+    assert sub.fetches == 1
