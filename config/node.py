@@ -16,13 +16,16 @@ class NodeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A node: the actors it starts (all of them for single-node), its id, and supervision limits.
 
     ``drain_timeout_s``: the whole drain after SIGINT/SIGTERM (every actor together); past it the process
-    exits anyway, naming the actors that did not finish. ``ready_file``: when set, the node writes its
+    exits anyway, naming the actors that did not finish. ``trace_drain_share``: the part of that drain kept
+    for the trace sink, which drains last (the others stop within the rest), so the events of runs that ended
+    during the drain still reach its exporters. ``ready_file``: when set, the node writes its
     status (JSON, ``"ready": true``) there once every actor serves, and removes it when it stops.
     """
 
     actors: list[str] = msgspec.field(default_factory=lambda: list(ALL_ACTORS))
     node_id: str = "node-1"
     drain_timeout_s: float = 10.0
+    trace_drain_share: float = 0.25
     max_restarts: int = 5
     restart_period_s: float = 60.0
     log_level: str = "INFO"
@@ -34,5 +37,7 @@ class NodeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"actors: unknown {unknown}; choose from {', '.join(KNOWN_ACTORS)}")
         if not self.drain_timeout_s > 0:
             raise ValueError(f"drain_timeout_s: must be > 0 seconds, got {self.drain_timeout_s}")
+        if not 0.0 <= self.trace_drain_share < 1.0:
+            raise ValueError(f"trace_drain_share: must be in [0, 1), got {self.trace_drain_share}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")

@@ -17,7 +17,8 @@ node logs one line (``node node-1 ready: trace_sink, ... serving (42.1 s)``), an
 and, with ``node.ready_file``, writes the same status there (removed when the node stops).
 
 Stopping: the drain is bounded by ``node.drain_timeout_s`` in all: each actor drains with what is left of
-it, and :meth:`Node.run_until_signal` given ``hard_exit`` ends the process past the deadline, naming the
+it (the trace sink, drained last, keeps ``node.trace_drain_share`` of it to export the last runs' events),
+and :meth:`Node.run_until_signal` given ``hard_exit`` ends the process past the deadline, naming the
 actors that did not finish.
 
 Example:
@@ -289,12 +290,16 @@ class Node:
 
     # -- children ----------------------------------------------------------------------------------------
 
-    def _drain_budget(self) -> float:
-        """Seconds an actor's drain may take now: what is left of the node's deadline, less a margin to close."""
+    def _drain_budget(self, name: str) -> float:
+        """Seconds an actor's drain may take now: what is left of the node's deadline, less a margin to close;
+        actors other than the trace sink (drained last) also leave it ``node.trace_drain_share`` of the deadline."""
         n = self.settings.node
+        reserve = 0.0
+        if name != "trace_sink" and "trace_sink" in n.actors:
+            reserve = n.trace_drain_share * n.drain_timeout_s
         if self._drain_deadline is None:
-            return n.drain_timeout_s
-        return max(0.2, self._drain_deadline - time.monotonic() - 1.0)
+            return max(0.2, n.drain_timeout_s - reserve)
+        return max(0.2, self._drain_deadline - time.monotonic() - 1.0 - reserve)
 
     def begin_drain(self) -> None:
         """Start the node's drain clock (``node.drain_timeout_s`` from now); idempotent."""
@@ -332,7 +337,7 @@ class Node:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(ctx.wait_draining(), timeout=0.25)
                 self._phase[name] = "draining"
-                budget = self._drain_budget()
+                budget = self._drain_budget(name)
                 ctx.logger.info("actor %s draining (up to %.1f s)", name, budget)
                 drained = True
                 draining = asyncio.ensure_future(actor.drain(timeout=budget))

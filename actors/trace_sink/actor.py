@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import nats.errors
@@ -54,6 +55,7 @@ class TraceSinkActor:
         self.consumed = 0
         self.malformed = 0
         self.fetch_errors = 0
+        self.caught_up = 0
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
@@ -138,12 +140,24 @@ class TraceSinkActor:
         await msg.ack()
 
     def stats(self) -> dict[str, Any]:
-        """Consumer counters and the sink's (exported, dropped on overflow, unsafe, errors)."""
+        """Consumer counters (``caught_up``: consumed by the drain's catch-up) and the sink's (exported, dropped
+        on overflow, unsafe, errors)."""
         return {"consumed": self.consumed, "malformed": self.malformed, "fetch_errors": self.fetch_errors,
-                **self.sink.stats()}
+                "caught_up": self.caught_up, **self.sink.stats()}
 
     async def drain(self, timeout: float = 10.0) -> None:
-        """Stop fetching, flush the exporters and close them."""
+        """Stop the fetch loop, export what is still pending on the consumer, flush the exporters, close them.
+
+        The catch-up takes at most ``catchup_share`` of ``timeout`` (the rest flushes the exporters): events
+        published just before a stop (a run that ended as the node was told to stop) still reach JSONL/OTLP.
+        What it cannot fetch in time stays on the durable consumer for the next start. A failed incarnation
+        (its loop died or stalled) does not catch up: its restarted successor consumes what is pending.
+        """
+        t0 = time.monotonic()
+        # Catch up only when the loop was healthy: a failed incarnation (loop died or stalled) stops at once
+        # and leaves the pending events to its restarted successor.
+        healthy = (self._task is not None and not self._task.done()
+                   and self.watch.clock() - self.watch.last_progress < self.watch.stall_after_s)
         self.watch.detach()
         self._stopping = True
         if self._task is not None:
@@ -152,8 +166,33 @@ class TraceSinkActor:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError, nats.errors.Error):
                 await self._task
             self._task = None
-        if self._sub is not None:
+        if self._sub is not None and healthy:
+            caught = await self._catch_up(t0 + timeout * self.catchup_share)
+            self.caught_up += caught
+            if caught:
+                log.info("trace sink: exported %d pending events while draining", caught)
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
             self._sub = None
-        await self.sink.stop(timeout)
+        await self.sink.stop(max(0.1, timeout - (time.monotonic() - t0)))
+
+    #: Share of the drain budget the catch-up fetch may use (the rest flushes and closes the exporters).
+    catchup_share = 0.6
+
+    async def _catch_up(self, until: float) -> int:
+        """Fetch and offer what the consumer still holds, until it is empty or ``until`` (monotonic) passes."""
+        assert self._sub is not None
+        caught = 0
+        while (left := until - time.monotonic()) > 0.05:
+            try:
+                msgs = await asyncio.wait_for(self._sub.fetch(self.settings.fetch_batch, timeout=min(0.5, left)),
+                                              timeout=left + 0.5)
+            except (TimeoutError, nats.errors.TimeoutError):
+                return caught  # the consumer has nothing more (or did not answer in time)
+            except nats.errors.Error as exc:
+                log.warning("trace sink: catch-up fetch failed while draining (%s)", exc)
+                return caught
+            for msg in msgs:
+                await self._consume(msg)
+            caught += len(msgs)
+        return caught
