@@ -210,10 +210,14 @@ async def _cmd_node(args: argparse.Namespace) -> int:
     settings = msgspec.structs.replace(settings, nats=nats_settings)
     logging.getLogger("run").info("node %s: actors %s on %s", settings.node.node_id,
                                   ", ".join(settings.node.actors), ", ".join(settings.nats.servers))
+    from ops.tracing import configure_tracing
+
+    tracing = configure_tracing(settings.tracing, node_id=settings.node.node_id, actors=settings.node.actors)
     try:
         # drains within node.drain_timeout_s of SIGINT/SIGTERM; past it, or on a second signal, exits hard
         await Node(settings).run_until_signal(hard_exit=hard_exit)
     finally:
+        tracing.shutdown()  # export the spans still buffered
         if embedded is not None:
             embedded.stop()
     return await release_threads(EXIT_OK, grace_s=0.5, hard_exit=hard_exit)

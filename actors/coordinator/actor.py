@@ -44,6 +44,7 @@ from actors.coordinator.errors import (
 from actors.coordinator.jobs import JobIntake
 from actors.coordinator.placement import PlacementClient
 from actors.coordinator.profiles import DEFAULT_RULE, VERIFIER_BEFORE_WORKER
+from actors.coordinator.spans import RunSpans
 from actors.coordinator.state_machine import CallContext, Policy, Ports, VerifierBeforeWorker, coordinate
 from actors.coordinator.tracing import TracePublisher
 from bus import rpc, subjects
@@ -51,6 +52,7 @@ from bus.errors import MalformedPayload, NoResponders, PayloadTooLarge, Rejected
 from bus.jetstream import ensure_stream, trace_stream_spec
 from bus.provenance import Provenance
 from bus.service import ActorService, Endpoint, RequestContext
+from bus.spans import provider_installed
 from config.coordinator import CoordinatorSettings
 from schemas.coordination import AgentCallIntent, AgentCallReceipt, CoordinationRequest, CoordinationResult
 from schemas.roles import RoleInjectReply, RoleInjectRequest
@@ -140,6 +142,7 @@ class CoordinatorActor:
         self.traces = TracePublisher(nc.jetstream(), capacity=self.settings.trace_buffer,
                                      publish_timeout_s=self.settings.trace_publish_timeout_s,
                                      enabled=self.settings.trace_enabled)
+        self.traces.spans = provider_installed()  # this process records its runs' spans (see .spans)
         self.service = ActorService(
             nc, name=self.settings.service_name, version="0.1.0",
             description="TRINITY coordinator: route, inject role, call agent, verify, for up to K turns",
@@ -193,11 +196,18 @@ class CoordinatorActor:
         except DuplicateRequestConflict as e:
             raise Rejected(ErrorCode.INVALID, str(e)) from None
 
-    def ports(self, base: Provenance) -> Ports:
-        """Bus-backed ports for one run (``base`` carries the caller's trace context)."""
+    def ports(self, base: Provenance, spans: RunSpans | None = None) -> Ports:
+        """Bus-backed ports for one run (``base`` carries the caller's trace context; each call runs in a
+        CLIENT span of ``spans``, the run's spans, whose context the call carries)."""
         nc = self.nc
+        run_spans = spans if spans is not None else RunSpans(base.request_id, base)
 
         async def route(req: RouteRequest, ctx: CallContext) -> RouteLogits:
+            with run_spans.call("trinity.coordinator.route", ctx.turn, {"trinity.backend": req.backend,
+                                                                         "trinity.adapter": req.adapter}):
+                return await _route(req, ctx)
+
+        async def _route(req: RouteRequest, ctx: CallContext) -> RouteLogits:
             if self.placement is not None:
                 prov = Provenance(request_id=ctx.request_id, turn=ctx.turn, causation_id=ctx.causation_id,
                                   traceparent=base.traceparent, tracestate=base.tracestate)
@@ -212,11 +222,13 @@ class CoordinatorActor:
         async def inject(req: RoleInjectRequest, ctx: CallContext) -> RoleInjectReply:
             if self.local_injector is not None:
                 return await self.local_injector(req)
-            return await _call(nc, subjects.ROLE_INJECT, req, RoleInjectReply, ctx, base, RoleInjectFailed)
+            with run_spans.call("trinity.coordinator.role_inject", ctx.turn, {}):
+                return await _call(nc, subjects.ROLE_INJECT, req, RoleInjectReply, ctx, base, RoleInjectFailed)
 
         async def call_agent(intent: AgentCallIntent, ctx: CallContext) -> AgentCallReceipt:
-            return await _call(nc, subjects.agent_call(intent.agent_id), intent, AgentCallReceipt, ctx, base,
-                               AgentCallFailed)
+            with run_spans.call("trinity.coordinator.agent_call", ctx.turn, {"trinity.agent_id": intent.agent_id}):
+                return await _call(nc, subjects.agent_call(intent.agent_id), intent, AgentCallReceipt, ctx, base,
+                                   AgentCallFailed)
 
         async def emit(event: TraceEvent) -> None:
             if isinstance(event, RouteDeferred) and event.attempt == 1:
@@ -224,11 +236,21 @@ class CoordinatorActor:
                 log.info("run %s turn %d waits for a runtime (%s); retrying every %.1fs for up to %.0fs",
                          event.request_id, event.turn, event.message, event.retry_in_s,
                          (event.wait_limit_s or 0.0) - event.waited_s)
-            await self.traces.emit(event)
+            run_spans.on_event(event)
+            await self.traces.emit(event, traceparent=run_spans.traceparent(event.turn))
 
         return Ports(route=route, inject=inject, call_agent=call_agent, emit=emit, clock=self.clock,
                      wall=self.wall)
 
     async def run(self, req: CoordinationRequest, base: Provenance | None = None) -> CoordinationResult:
-        """Run one coordination (no dedupe): the state machine over bus-backed ports."""
-        return await coordinate(req, self.ports(base or Provenance(request_id=req.request_id)), self.policy)
+        """Run one coordination (no dedupe): the state machine over bus-backed ports, in a run span parented
+        by ``base``'s trace context (:mod:`.spans`)."""
+        base = base or Provenance(request_id=req.request_id)
+        spans = RunSpans(req.request_id, base, adapter=req.adapter)
+        try:
+            result = await coordinate(req, self.ports(base, spans), self.policy)
+        except BaseException as e:
+            spans.close(e)
+            raise
+        spans.finish(result)
+        return result
