@@ -35,6 +35,10 @@ import uvicorn
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -68,6 +72,7 @@ from actors.gateway.openai_api import (
 from bus import subjects
 from bus.codec import decode
 from bus.errors import BusError, MalformedPayload
+from bus.spans import tracer
 from config.gateway import GatewaySettings
 from ops.client import JobQueueMissing, new_request_id, submit_job
 from schemas import Budget, CoordinationRequest, CoordinationResult, TraceEvent
@@ -105,12 +110,16 @@ class _Stream(StreamingResponse):
                  headers: dict[str, str]) -> None:
         super().__init__(content, media_type="text/event-stream", headers=headers)
         self._cleanup = cleanup
+        self.ended: Callable[[], None] = lambda: None  # called last (the request's span ends there)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self._cleanup()
+            try:
+                await self._cleanup()
+            finally:
+                self.ended()
 
 
 class GatewayActor:
@@ -286,6 +295,30 @@ class GatewayActor:
         return _error_response(InternalError(f"internal error: {type(exc).__name__}", code="internal"))
 
     async def _chat(self, request: Request) -> Response:
+        """``POST /v1/chat/completions`` in a SERVER span, child of the caller's ``traceparent`` header when it
+        sends one; the job carries the span's context, so the whole run joins the caller's trace. A streaming
+        response's span ends with its stream."""
+        sp = tracer().start_span("POST /v1/chat/completions", context=extract(request.headers), kind=SpanKind.SERVER,
+                                 attributes={"http.request.method": "POST", "url.path": request.url.path})
+        token = otel_context.attach(trace.set_span_in_context(sp))
+        try:
+            response = await self._chat_in_span(request, sp)
+        except BaseException as e:
+            sp.record_exception(e)
+            sp.end()
+            raise
+        finally:
+            otel_context.detach(token)
+        sp.set_attribute("http.response.status_code", response.status_code)
+        if response.status_code >= 500:
+            sp.set_status(Status(StatusCode.ERROR))
+        if isinstance(response, _Stream):
+            response.ended = sp.end
+        else:
+            sp.end()
+        return response
+
+    async def _chat_in_span(self, request: Request, sp: Span) -> Response:
         try:
             self._check_key(request)
             body = await self._body(request)
@@ -296,6 +329,8 @@ class GatewayActor:
         except GatewayError as e:
             return _error_response(e)
         rid = new_request_id()
+        sp.set_attributes({"trinity.request_id": rid, "trinity.stream": chat.stream,
+                           "gen_ai.request.model": chat.model})
         if chat.stream:
             return await self._stream(chat, rid)  # releases the slot when the stream ends
         headers = {REQUEST_ID_HEADER: rid}

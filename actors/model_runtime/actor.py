@@ -51,6 +51,7 @@ from actors.model_runtime.runtime import RouterRuntime, RuntimeStats
 from bus import rpc, subjects
 from bus.errors import Rejected
 from bus.service import ActorService, Endpoint, RequestContext
+from bus.spans import set_error, span
 from config.fleet import FleetSettings
 from config.model_runtime import ModelRuntimeSettings
 from schemas.common import Message
@@ -175,6 +176,21 @@ class ModelRuntimeActor:
     # -- routing -----------------------------------------------------------------------------------------
 
     async def _handle(self, body: RouteRequestBody, ctx: RequestContext) -> RouteLogits:
+        with span("trinity.runtime.route", ctx.provenance, attributes={"trinity.runtime_id": self.runtime_id,
+                                                                       "trinity.adapter": body.adapter}) as sp:
+            try:
+                result, batch_size, waited_s = await self._route(body)
+            except Rejected as e:
+                set_error(sp, e.reply.code.value, e.reply.message)
+                raise
+            if sp.is_recording():
+                sp.set_attributes({"trinity.batch_size": batch_size, "trinity.queued_ms": round(waited_s * 1e3, 3),
+                                   "trinity.token_count": result.token_count,
+                                   "trinity.cached_tokens": result.cached_tokens,
+                                   "trinity.latency_ms": result.latency_ms})
+            return result
+
+    async def _route(self, body: RouteRequestBody) -> tuple[RouteLogits, int, float]:
         if self.runtime is None:
             raise Rejected(ErrorCode.UNAVAILABLE, "model runtime is not started", retryable=True)
         try:
@@ -186,12 +202,12 @@ class ModelRuntimeActor:
                            f"not {request.base_model}; ask the fleet registry for a placement",
                            details={"base_model": self.base_model})
         try:
-            result = await self.runtime.route(request)
+            result, batch_size, waited_s = await self.runtime.route_sized(request)
         except ModelRuntimeError as e:
             raise Rejected(e.code, str(e), retryable=e.retryable) from None
         _, served = self._usage.get(result.adapter, (0.0, 0))
         self._usage[result.adapter] = (time.time(), served + 1)
-        return msgspec.structs.replace(result, runtime_id=self.runtime_id)
+        return msgspec.structs.replace(result, runtime_id=self.runtime_id), batch_size, waited_s
 
     def stats(self) -> RuntimeStats | None:
         """Batching and cache counters (``None`` before start)."""

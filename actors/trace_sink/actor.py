@@ -37,7 +37,7 @@ from bus import subjects
 from bus.codec import decode
 from bus.errors import MalformedPayload, PayloadTooLarge
 from bus.jetstream import ConsumerSpec, StreamSpec, ensure_consumer, ensure_stream
-from bus.provenance import Provenance
+from bus.provenance import SPANS, Provenance
 from config.trace_sink import TraceSinkSettings
 from schemas.trace import TraceEvent
 from supervisors.watch import LoopWatch
@@ -136,7 +136,8 @@ class TraceSinkActor:
             return
         prov = Provenance.from_headers(msg.headers)
         seq = msg.metadata.sequence.stream if msg.reply else 0
-        self.sink.offer(event, subject=msg.subject, stream_seq=seq, traceparent=prov.traceparent)
+        self.sink.offer(event, subject=msg.subject, stream_seq=seq, traceparent=prov.traceparent,
+                        actor_spans=(msg.headers or {}).get(SPANS) == "1")
         await msg.ack()
 
     def stats(self) -> dict[str, Any]:
