@@ -30,7 +30,8 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from bus.provenance import TRACEPARENT, Provenance
-from bus.spans import parent_context, tracer
+from bus.spans import parent_context
+from bus.spans import tracer as bus_tracer
 from schemas.coordination import CoordinationResult
 from schemas.trace import (
     AgentCallFailed,
@@ -73,11 +74,13 @@ def _event_attributes(ev: TraceEvent) -> dict[str, AttributeValue]:
 class RunSpans:
     """The spans of one run (see the module docstring). Not thread-safe; one per run, on the event loop."""
 
-    def __init__(self, request_id: str, base: Provenance, *, adapter: str = "") -> None:
+    def __init__(self, request_id: str, base: Provenance, *, adapter: str = "",
+                 tracer: trace.Tracer | None = None) -> None:
         attrs: dict[str, AttributeValue] = {"trinity.request_id": request_id}
         if adapter:
             attrs["trinity.adapter"] = adapter
-        self.run: Span = tracer().start_span("trinity.coordinator.run", context=parent_context(base),
+        self._tracer = tracer or bus_tracer()  # the process's (``run.py node`` installs it), unless given
+        self.run: Span = self._tracer.start_span("trinity.coordinator.run", context=parent_context(base),
                                              kind=SpanKind.CONSUMER, attributes=attrs)
         self.request_id = request_id
         self._turns: dict[int, Span] = {}
@@ -95,7 +98,7 @@ class RunSpans:
         if span is None:
             for t in [t for t in self._turns if t < turn]:
                 self._turns.pop(t).end()
-            span = tracer().start_span("trinity.coordinator.turn", context=trace.set_span_in_context(self.run),
+            span = self._tracer.start_span("trinity.coordinator.turn", context=trace.set_span_in_context(self.run),
                                        attributes={"trinity.request_id": self.request_id, "trinity.turn": turn})
             self._turns[turn] = span
         return span
@@ -108,8 +111,9 @@ class RunSpans:
     def call(self, name: str, turn: int, attributes: dict[str, AttributeValue]) -> Iterator[Span]:
         """A CLIENT span for one port call of ``turn``, current while the call runs (errors recorded)."""
         attrs: dict[str, AttributeValue] = {"trinity.request_id": self.request_id, "trinity.turn": turn, **attributes}
-        with tracer().start_as_current_span(name, context=self.context(turn), kind=SpanKind.CLIENT, attributes=attrs,
-                                            record_exception=True, set_status_on_exception=True) as span:
+        with self._tracer.start_as_current_span(name, context=self.context(turn), kind=SpanKind.CLIENT,
+                                                attributes=attrs, record_exception=True,
+                                                set_status_on_exception=True) as span:
             yield span
 
     def traceparent(self, turn: int) -> str | None:

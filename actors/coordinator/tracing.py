@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import nats.errors
 from nats.js import JetStreamContext
@@ -41,6 +42,12 @@ from schemas.trace import TraceEvent
 log = logging.getLogger(__name__)
 
 BATCH = 512
+
+
+class _Queued(NamedTuple):
+    event: TraceEvent
+    traceparent: str | None  # the recorded span the event belongs to
+    spans: bool  # the run's spans are recorded by this process (``Trinity-Spans: 1``)
 
 
 @dataclass
@@ -69,7 +76,7 @@ class TracePublisher:
         self.retry_window_s = 6 * publish_timeout_s if retry_window_s is None else retry_window_s
         self.counters = TraceCounters()
         self.spans = False  # this process records its runs' spans: every event says so (``Trinity-Spans: 1``)
-        self._queue: asyncio.Queue[tuple[TraceEvent, str | None]] = asyncio.Queue(maxsize=capacity)
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=capacity)
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -92,7 +99,7 @@ class TracePublisher:
         if not self.enabled:
             return
         try:
-            self._queue.put_nowait((event, traceparent))
+            self._queue.put_nowait(_Queued(event, traceparent, bool(traceparent) or self.spans))
         except asyncio.QueueFull:
             self.counters.dropped += 1
             return
@@ -108,7 +115,7 @@ class TracePublisher:
             if self._queue.empty():
                 self._idle.set()
 
-    async def _publish(self, batch: list[tuple[TraceEvent, str | None]]) -> None:
+    async def _publish(self, batch: list[_Queued]) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_window_s
         pending, attempt = batch, 0
@@ -125,16 +132,16 @@ class TracePublisher:
                     len(pending), attempt + 1, self.retry_window_s, subjects.TRACE_STREAM, pending[0][0].event_id,
                     pending[0][0].kind)
 
-    async def _publish_once(self, batch: list[tuple[TraceEvent, str | None]]) -> list[tuple[TraceEvent, str | None]]:
+    async def _publish_once(self, batch: list[_Queued]) -> list[_Queued]:
         """Publish ``batch`` with pipelined acks; returns the events that failed (to retry)."""
-        failed: list[tuple[TraceEvent, str | None]] = []
-        sent: list[tuple[tuple[TraceEvent, str | None], asyncio.Future[PubAck]]] = []
+        failed: list[_Queued] = []
+        sent: list[tuple[_Queued, asyncio.Future[PubAck]]] = []
         for item in batch:
-            ev, traceparent = item
+            ev, traceparent, spans = item
             headers = Provenance(request_id=ev.request_id, turn=ev.turn, causation_id=ev.causation_id,
                                  traceparent=traceparent).to_headers()
             headers[MSG_ID_HEADER] = ev.event_id
-            if traceparent or self.spans:
+            if spans:
                 headers[SPANS] = "1"
             try:
                 fut = await self.js.publish_async(subjects.trace(ev.request_id, ev.kind), encode(ev),
