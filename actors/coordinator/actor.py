@@ -236,8 +236,7 @@ class CoordinatorActor:
                 log.info("run %s turn %d waits for a runtime (%s); retrying every %.1fs for up to %.0fs",
                          event.request_id, event.turn, event.message, event.retry_in_s,
                          (event.wait_limit_s or 0.0) - event.waited_s)
-            run_spans.on_event(event)
-            await self.traces.emit(event, traceparent=run_spans.traceparent(event.turn))
+            await self.traces.emit(event, traceparent=run_spans.on_event(event))
 
         return Ports(route=route, inject=inject, call_agent=call_agent, emit=emit, clock=self.clock,
                      wall=self.wall)

@@ -118,23 +118,27 @@ class RunSpans:
 
     def traceparent(self, turn: int) -> str | None:
         """The W3C ``traceparent`` of ``turn``'s span (the run span for ``-1``); ``None`` when not recording."""
-        span = self._turn(turn) if not self._closed else self.run
+        return self._traceparent(self._turn(turn) if not self._closed else self.run)
+
+    def _traceparent(self, span: Span) -> str | None:
         if not span.is_recording():
             return None
         carrier: dict[str, str] = {}
         inject(carrier, context=trace.set_span_in_context(span))
         return carrier.get(TRACEPARENT)
 
-    def on_event(self, ev: TraceEvent) -> None:
-        """Record ``ev`` on its turn's span (run-level events on the run span)."""
+    def on_event(self, ev: TraceEvent) -> str | None:
+        """Record ``ev`` on its turn's span (run-level events on the run span); returns that span's
+        ``traceparent`` (``None`` when not recording), which the event is published with."""
         if self._closed or not self.run.is_recording():
-            return
+            return None
         span = self.run if isinstance(ev, (RunFinished, RunFailed)) else self._turn(ev.turn)
         span.add_event(ev.kind, attributes={"trinity.event_id": ev.event_id, "trinity.causation_id": ev.causation_id})
         if attrs := _event_attributes(ev):
             span.set_attributes(attrs)
         if isinstance(ev, RunFailed):
             self.run.set_status(Status(StatusCode.ERROR, f"{ev.error_code}: {ev.message}"[:256]))
+        return self._traceparent(span)
 
     def finish(self, result: CoordinationResult) -> None:
         """Set the run's outcome on the run span and end every span."""

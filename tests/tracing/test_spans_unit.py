@@ -81,8 +81,7 @@ async def test_run_spans_nest_and_carry_the_events(memory: tuple[trace.Tracer, I
     events = run_events("req-1")
     with spans.call("trinity.coordinator.route", 0, {"trinity.backend": "torch"}):
         tp = Provenance(request_id="req-1").with_current_trace().traceparent  # what rpc.request sends
-    for ev in events:
-        spans.on_event(ev)
+    published = [spans.on_event(ev) for ev in events]  # the traceparent each event is published with
     with pytest.raises(ZeroDivisionError), spans.call("trinity.coordinator.agent_call", 1, {"trinity.agent_id": 1}):
         raise ZeroDivisionError("boom")
     turn1 = spans.traceparent(1)
@@ -100,6 +99,9 @@ async def test_run_spans_nest_and_carry_the_events(memory: tuple[trace.Tracer, I
     assert route.parent.span_id == turns[0].context.span_id
     assert ids(tp) == (f"{run.context.trace_id:032x}", f"{route.context.span_id:016x}")
     assert ids(turn1) == (f"{run.context.trace_id:032x}", f"{turns[1].context.span_id:016x}")
+    trace_id = f"{run.context.trace_id:032x}"
+    assert events[1].turn == 0 and ids(published[1]) == (trace_id, f"{turns[0].context.span_id:016x}")
+    assert events[-1].kind == "run_finished" and ids(published[-1]) == (trace_id, f"{run.context.span_id:016x}")
     failed = done["trinity.coordinator.agent_call"]
     assert failed.status.status_code is StatusCode.ERROR and failed.events[0].name == "exception"
     t0 = turns[0].attributes or {}
