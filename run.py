@@ -203,6 +203,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 async def _cmd_node(args: argparse.Namespace) -> int:
     from ops.embedded_nats import ensure_nats
     from ops.node import Node
+    from ops.tracing import configure_tracing
     from supervisors.signals import hard_exit, release_threads
 
     settings = _settings(args)
@@ -210,8 +211,6 @@ async def _cmd_node(args: argparse.Namespace) -> int:
     settings = msgspec.structs.replace(settings, nats=nats_settings)
     logging.getLogger("run").info("node %s: actors %s on %s", settings.node.node_id,
                                   ", ".join(settings.node.actors), ", ".join(settings.nats.servers))
-    from ops.tracing import configure_tracing
-
     tracing = configure_tracing(settings.tracing, node_id=settings.node.node_id, actors=settings.node.actors)
     try:
         # drains within node.drain_timeout_s of SIGINT/SIGTERM; past it, or on a second signal, exits hard
@@ -225,12 +224,17 @@ async def _cmd_node(args: argparse.Namespace) -> int:
 
 async def _cmd_demo(args: argparse.Namespace) -> int:
     from ops.demo import DEFAULT_QUESTIONS, run_demo
+    from ops.tracing import configure_tracing
     from supervisors.signals import hard_exit, release_threads
 
     settings = _settings(args)
-    failed = await run_demo(settings, args.question or list(DEFAULT_QUESTIONS),
-                            repo_root=Path(__file__).resolve().parent, max_turns=args.max_turns,
-                            deadline_s=args.deadline, hard_exit=hard_exit)
+    tracing = configure_tracing(settings.tracing, node_id=settings.node.node_id, actors=settings.node.actors)
+    try:
+        failed = await run_demo(settings, args.question or list(DEFAULT_QUESTIONS),
+                                repo_root=Path(__file__).resolve().parent, max_turns=args.max_turns,
+                                deadline_s=args.deadline, hard_exit=hard_exit)
+    finally:
+        tracing.shutdown()
     return await release_threads(EXIT_OK if failed == 0 else EXIT_FAILED, grace_s=0.5, hard_exit=hard_exit)
 
 
