@@ -16,6 +16,7 @@ import asyncio
 import collections
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,13 +81,25 @@ class Deployment:
     collector: LoopbackServer
     provider: LoopbackServer
     procs: list[Proc]
+    server: NatsServerProcess
+    logs: Path
+    config: Path
+    settings: list[str]
 
     def spans(self) -> list[Received]:
         return decode(self.collector.requests)
 
+    async def start(self, name: str, actors: str) -> Proc:
+        p = await asyncio.to_thread(node, name, [self.server.url], actors, self.logs, *self.settings,
+                                    config=self.config)
+        self.procs.append(p)
+        return p
 
-@pytest.fixture
-async def deployment(fresh_nats_server: NatsServerProcess, tmp_path: Path) -> AsyncIterator[Deployment]:
+
+@asynccontextmanager
+async def deploy(server: NatsServerProcess, tmp_path: Path, processes: dict[str, str],
+                 *settings: str) -> AsyncIterator[Deployment]:
+    """``processes`` (node id -> actors) as ``run.py node`` processes exporting to a collector stand-in."""
     from actors.model_runtime.checkpoints import build_checkpoint, qwen3_tiny_config
 
     ckpt = await asyncio.to_thread(build_checkpoint, tmp_path / "tiny", qwen3_tiny_config(), seed=7,
@@ -97,15 +110,21 @@ async def deployment(fresh_nats_server: NatsServerProcess, tmp_path: Path) -> As
         port = free_port()
         config = _config(tmp_path / "node.toml", otlp=collector.url, provider=provider.url, checkpoint=ckpt,
                          gateway_port=port)
-        urls = [fresh_nats_server.url]
-        procs: list[Proc] = []
+        d = Deployment(f"http://127.0.0.1:{port}", collector, provider, [], server, tmp_path, config,
+                       list(settings))
         try:
-            for name, actors in PROCESSES.items():  # started one by one: 2 cores, heavy imports
-                procs.append(await asyncio.to_thread(node, name, urls, actors, tmp_path, config=config))
-            yield Deployment(f"http://127.0.0.1:{port}", collector, provider, procs)
+            for name, actors in processes.items():  # started one by one: 2 cores, heavy imports
+                await d.start(name, actors)
+            yield d
         finally:
-            for p in reversed(procs):
+            for p in reversed(d.procs):
                 await asyncio.to_thread(p.stop)
+
+
+@pytest.fixture
+async def deployment(fresh_nats_server: NatsServerProcess, tmp_path: Path) -> AsyncIterator[Deployment]:
+    async with deploy(fresh_nats_server, tmp_path, PROCESSES) as d:
+        yield d
 
 
 async def _complete(client: httpx.AsyncClient, base: str, question: str, traceparent: str | None = None) -> str:
@@ -200,3 +219,51 @@ async def test_one_trace_per_request_across_actor_processes(deployment: Deployme
     assert sent and all(tp.split("-")[1] in traces for tp in sent)
     print(json.dumps({"requests": len(rids), "spans": len(spans),
                       "per_process": collections.Counter(s.process for s in spans)}))
+
+
+async def test_a_redelivered_run_gets_a_fresh_run_span_in_the_same_trace(fresh_nats_server: NatsServerProcess,
+                                                                          tmp_path: Path) -> None:
+    """The coordinator is SIGKILLed while its first agent call waits on the provider; after the ack wait the job
+    goes to a second coordinator. The request's trace holds one run span, the second coordinator's, whose turn
+    spans are short: nothing stretches over the ack wait."""
+    first = {"sp-gw": "gateway", "sp-rt": "model_runtime", "sp-ag": "provider_agents", "sp-co1": "coordinator"}
+    async with deploy(fresh_nats_server, tmp_path, first, "coordinator.jobs_ack_wait_s=2") as d:
+        d.provider.script(Reply(200, OPENAI_REPLY, delay=30.0), Reply(200, OPENAI_REPLY))  # the first call hangs
+        async with httpx.AsyncClient() as client:
+            call = asyncio.create_task(_complete(client, d.gateway, "What is 3 + 3?"))
+            for _ in range(1200):  # hang guard only
+                if d.provider.requests or call.done():
+                    break
+                await asyncio.sleep(0.05)
+            assert d.provider.requests and not call.done()
+            for _ in range(600):  # the first delivery's finished route span reached the collector (hang guard)
+                if any(s.process == "sp-co1" and s.name == "trinity.coordinator.route" for s in d.spans()):
+                    break
+                await asyncio.sleep(0.05)
+            victim = next(p for p in d.procs if p.name == "sp-co1")
+            victim.kill()
+            await d.start("sp-co2", "coordinator")
+            rid = await call
+
+        def trace_of() -> list[Received]:
+            gw = [s for s in d.spans() if s.attributes.get("trinity.request_id") == rid
+                  and s.name == "POST /v1/chat/completions"]
+            return [s for s in d.spans() if gw and s.trace_id == gw[0].trace_id]
+
+        for _ in range(600):  # hang guard only
+            if any(s.name == "trinity.coordinator.run" for s in trace_of()):
+                break
+            await asyncio.sleep(0.05)
+        spans = trace_of()
+        runs = [s for s in spans if s.name == "trinity.coordinator.run"]
+        assert [r.process for r in runs] == ["sp-co2"]  # the killed coordinator's run span never ended
+        gw = _one(spans, "POST /v1/chat/completions")
+        assert runs[0].parent_span_id == gw.span_id
+        turns = [s for s in spans if s.name == "trinity.coordinator.turn"]
+        assert turns and all(t.process == "sp-co2" and t.parent_span_id == runs[0].span_id for t in turns)
+        assert sorted(t.attributes["trinity.turn"] for t in turns) == list(range(len(turns)))
+        # the run span starts with the redelivery (after the ack wait), so neither it nor its turns cover the gap
+        assert runs[0].start_ns > gw.start_ns + 2e9
+        assert all(t.start_ns >= runs[0].start_ns and t.end_ns <= runs[0].end_ns for t in turns)
+        # the first delivery's finished spans (its route) are in the same trace, from the killed process
+        assert any(s.process == "sp-co1" and s.name == "trinity.coordinator.route" for s in spans)
