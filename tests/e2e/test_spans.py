@@ -1,13 +1,14 @@
 """One distributed trace per request across actor processes, exported over OTLP/HTTP to a collector started by
 the test.
 
-Four ``run.py node`` processes on one nats-server: the gateway, the coordinator (role packs in-process), the
+Four ``run.py node`` processes on one nats-server: the gateway, the coordinator with a role injector, the
 model runtime (a tiny synthetic checkpoint) and the provider agents (an OpenAI-compatible provider on a
 loopback HTTP server). Each has ``[tracing] exporter = "otlp"`` pointing at a loopback server that records the
 OTLP bodies; they are decoded with ``opentelemetry-proto``. Requests go through the gateway's HTTP API, one of
 them with the caller's own ``traceparent``. Checked per request: one trace id (the caller's, when it sent one),
 spans from each of the four processes, and every parent link (gateway request -> coordinator run -> turn ->
-route / agent call CLIENT spans -> runtime route / agent call SERVER spans -> provider HTTP client span).
+route / role inject / agent call CLIENT spans -> runtime route / role inject / agent call SERVER spans ->
+provider HTTP client span).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ OPENAI_REPLY = {"choices": [{"message": {"role": "assistant", "content": "ACCEPT
                              "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 6}}
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
-PROCESSES = {"sp-gw": "gateway", "sp-co": "coordinator", "sp-rt": "model_runtime", "sp-ag": "provider_agents"}
+PROCESSES = {"sp-gw": "gateway", "sp-co": "coordinator,role_injector", "sp-rt": "model_runtime",
+             "sp-ag": "provider_agents"}
 
 
 def _config(path: Path, *, otlp: str, provider: str, checkpoint: Path, gateway_port: int) -> Path:
@@ -53,7 +55,7 @@ num_threads = 1
 placement = "subject"
 
 [coordinator]
-role_inject_mode = "local"
+role_inject_mode = "bus"
 route_timeout_s = 30.0
 agent_timeout_s = 30.0
 
@@ -159,7 +161,7 @@ async def test_one_trace_per_request_across_actor_processes(deployment: Deployme
         names = collections.Counter(s.name for s in d.spans() if s.trace_id == gw.trace_id)
         turns = names["trinity.coordinator.turn"]
         return names["trinity.coordinator.run"] == 1 and turns > 0 and all(
-            names[n] == turns for n in ("trinity.runtime.route", "trinity.agent.call", "POST"))
+            names[n] == turns for n in ("trinity.runtime.route", "trinity.agent.call", "POST", "trinity.role.inject"))
 
     for _ in range(600):  # hang guard only: spans are exported every 100 ms
         if all(complete(r) for r in rids):
@@ -194,7 +196,14 @@ async def test_one_trace_per_request_across_actor_processes(deployment: Deployme
         routes = [s for s in trace if s.name == "trinity.runtime.route"]
         agents = [s for s in trace if s.name == "trinity.agent.call"]
         https = [s for s in trace if s.name == "POST"]
+        injects = [s for s in trace if s.name == "trinity.role.inject"]
         assert len(routes) == len(turns) and len(agents) == len(turns) and len(https) == len(turns)
+        assert len(injects) == len(turns)
+        for i in injects:  # the role injector's SERVER span under the coordinator's CLIENT span of its turn
+            client_span = by_id[i.parent_span_id]
+            assert (i.process, client_span.name) == ("sp-co", "trinity.coordinator.role_inject")
+            assert turn_of[client_span.parent_span_id] == i.attributes["trinity.turn"]
+            assert i.attributes["trinity.role_pack"]
         for r in routes:
             client_span = by_id[r.parent_span_id]
             assert (r.process, client_span.name, client_span.process) == ("sp-rt", "trinity.coordinator.route",
@@ -226,7 +235,8 @@ async def test_a_redelivered_run_gets_a_fresh_run_span_in_the_same_trace(fresh_n
     """The coordinator is SIGKILLed while its first agent call waits on the provider; after the ack wait the job
     goes to a second coordinator. The request's trace holds one run span, the second coordinator's, whose turn
     spans are short: nothing stretches over the ack wait."""
-    first = {"sp-gw": "gateway", "sp-rt": "model_runtime", "sp-ag": "provider_agents", "sp-co1": "coordinator"}
+    first = {"sp-gw": "gateway", "sp-rt": "model_runtime", "sp-ag": "provider_agents",
+             "sp-co1": "coordinator,role_injector"}
     async with deploy(fresh_nats_server, tmp_path, first, "coordinator.jobs_ack_wait_s=2") as d:
         d.provider.script(Reply(200, OPENAI_REPLY, delay=30.0), Reply(200, OPENAI_REPLY))  # the first call hangs
         async with httpx.AsyncClient() as client:
@@ -242,7 +252,7 @@ async def test_a_redelivered_run_gets_a_fresh_run_span_in_the_same_trace(fresh_n
                 await asyncio.sleep(0.05)
             victim = next(p for p in d.procs if p.name == "sp-co1")
             victim.kill()
-            await d.start("sp-co2", "coordinator")
+            await d.start("sp-co2", "coordinator,role_injector")
             rid = await call
 
         def trace_of() -> list[Received]:
