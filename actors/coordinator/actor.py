@@ -43,7 +43,7 @@ from actors.coordinator.errors import (
 )
 from actors.coordinator.jobs import JobIntake
 from actors.coordinator.placement import PlacementClient
-from actors.coordinator.profiles import DEFAULT_RULE, VERIFIER_BEFORE_WORKER
+from actors.coordinator.profiles import DEFAULT_ROLE_PACK, DEFAULT_RULE, VERIFIER_BEFORE_WORKER
 from actors.coordinator.state_machine import CallContext, Policy, Ports, VerifierBeforeWorker, coordinate
 from actors.coordinator.tracing import TracePublisher
 from bus import rpc, subjects
@@ -87,7 +87,7 @@ def policy_from_settings(s: CoordinatorSettings) -> Policy:
         fleet_wait_s=s.fleet_wait_s,
         fleet_retry_s=s.fleet_retry_s,
         max_fallbacks=s.max_fallbacks,
-        role_pack=s.role_pack,
+        role_pack=s.role_pack or DEFAULT_ROLE_PACK[s.routing_profile],
         trace_content=s.trace_content,
     )
 

@@ -48,6 +48,9 @@ from schemas.sakana import RuntimeProfile
 VERIFIER_BEFORE_WORKER: dict[str, str] = {ELIXIR_PORT: "worker", SAKANA: "end"}
 #: The decision rule a profile uses unless the deployment says otherwise.
 DEFAULT_RULE: dict[str, str] = {ELIXIR_PORT: "argmax", SAKANA: "sample"}
+#: The role pack a profile asks the injector for unless the deployment names one (``None``: the injector's
+#: default); ``sakana-fugu/1`` holds Sakana's own agent prompts (``actors/role_injector/fugu.py``).
+DEFAULT_ROLE_PACK: dict[str, str | None] = {ELIXIR_PORT: None, SAKANA: "sakana-fugu/1"}
 #: Sakana's role names of ``<suggested_role>`` (``Task._parse_thinker_response`` accepts these two only).
 SAKANA_SUGGESTED_ROLES: dict[str, Role] = {"solver": Role.WORKER, "verifier": Role.VERIFIER}
 _SAKANA_ROLE_TAG = re.compile(r"<suggested_role>(.*?)</suggested_role>", re.DOTALL)
@@ -147,6 +150,7 @@ def choose(logits: RouteLogits, floors: RuntimeProfile, mask: Sequence[int] | No
 
 
 __all__ = [
+    "DEFAULT_ROLE_PACK",
     "DEFAULT_RULE",
     "SAKANA_SUGGESTED_ROLES",
     "VERIFIER_BEFORE_WORKER",
