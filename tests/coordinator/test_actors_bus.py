@@ -206,7 +206,8 @@ async def test_bad_requests_get_typed_errors(nc: Client, make_node) -> None:  # 
         await rpc.request(nc, subjects.ROLE_INJECT,
                           RoleInjectRequest(request_id="x", turn=0, agent_id=0, role=W, query="q", role_pack="nope/9"),
                           RoleInjectReply, timeout=2.0)
-    assert e.value.code is ErrorCode.NOT_FOUND and "holds trinity-default/1, trinity-default/2" in e.value.message
+    assert e.value.code is ErrorCode.NOT_FOUND
+    assert "holds sakana-fugu/1, trinity-default/1, trinity-default/2" in e.value.message
 
 
 async def test_tracing_never_blocks_coordination(nc: Client, make_node) -> None:  # type: ignore[no-untyped-def]
