@@ -30,8 +30,13 @@ the template filled with ``{query}`` (the user's request), ``{answer}`` (the lat
 yet"), ``{notes}`` (the latest Thinker or Verifier reply after it, or "none"), ``{history}`` (every earlier
 reply under ``reply_header``) and ``{instruction}``. A role without one gets the ``history_style`` layout.
 
-Rules checked on load (the coordinator's parsing relies on them): all three roles present with non-empty
-prompts; the Thinker's prompt mentions ``<suggested_role>``; the Verifier's mentions ``ACCEPT`` and
+:data:`FUGU_PACK` (``sakana-fugu/1``, ``history_style = "fugu"``) holds Sakana's own agent prompts for the
+``sakana`` routing profile; a ``fugu`` pack's roles have ``system``, ``template`` (fields :data:`FUGU_FIELDS`)
+and optionally ``suggestion`` (appended while a Thinker's suggestion is in effect), laid out by :mod:`.fugu`;
+its Thinker must ask for ``<suggestion>`` and ``<suggested_role>`` and its Verifier for ACCEPT or REJECT.
+
+Rules checked on load for the other styles (the coordinator's parsing relies on them): all three roles present
+with non-empty prompts; the Thinker's prompt mentions ``<suggested_role>``; the Verifier's mentions ``ACCEPT`` and
 ``REVISE``; ``reply_header`` only uses the fields ``turn``, ``role`` and ``agent_id``; templates only use
 the fields above.
 
