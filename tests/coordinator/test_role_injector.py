@@ -260,6 +260,10 @@ def test_fugu_pack_rules() -> None:
     assert suggestion_in_effect([entry(0, Role.THINKER, good), entry(1, Role.WORKER, "42")]) is None
     assert suggestion_in_effect([entry(0, Role.THINKER, good), entry(1, Role.THINKER, "no tags")]) is None
     assert suggestion_in_effect([entry(0, Role.THINKER, "<suggestion>x</suggestion>")]) is None  # needs a role
+    # braces in the query or replies are text, not template fields
+    braces = RoleInjectRequest(request_id="q1", turn=1, agent_id=0, role=Role.THINKER, query="Is {x} = {0}?",
+                               history=[entry(0, Role.WORKER, "{y}")])
+    assert "Is {x} = {0}?" in build_messages(FUGU_PACK, braces)[1].content
     # the verifier before any Worker reply sees Python's None, as fugu formats it
     msgs = build_messages(FUGU_PACK, request(Role.VERIFIER, [], pack="sakana-fugu/1"))
     assert "<response>\nNone\n</response>" in msgs[1].content
