@@ -14,9 +14,11 @@ started with ``metrics_port`` exposes what *its* actors did (scrape each node; P
   ``trinity_agent_cost_usd_total{agent}``, ``trinity_redeliveries_total``; run failures also count in
   ``trinity_errors_total{source="run"}``.
 - Queues: ``trinity_jobs_pending`` (work-queue jobs not yet delivered, from the last fetched job's metadata),
-  ``trinity_jobs_running``, ``trinity_trace_events_pending{actor}`` (events buffered, not yet published or
+  ``trinity_jobs_running``, ``trinity_runtime_queue_depth`` (route requests waiting for a batch),
+  ``trinity_trace_events_pending{actor}`` (events buffered, not yet published or
   exported).
 - Model runtime: ``trinity_adapter_loads_total{outcome}``.
+- Node (when it serves metrics): ``trinity_node_ready``, ``trinity_actor_serving{actor}``.
 
 Example:
     >>> from bus import metrics
@@ -70,8 +72,11 @@ REDELIVERIES = Counter("trinity_redeliveries", "Work-queue jobs redelivered afte
 
 JOBS_PENDING = Gauge("trinity_jobs_pending", "Work-queue jobs not yet delivered to any coordinator")
 JOBS_RUNNING = Gauge("trinity_jobs_running", "Work-queue jobs running in this process")
+RUNTIME_QUEUED = Gauge("trinity_runtime_queue_depth", "Route requests queued in this process's model runtime batcher")
 TRACE_PENDING = Gauge("trinity_trace_events_pending", "Trace events buffered and not yet published or exported",
                       ["actor"])
+NODE_READY = Gauge("trinity_node_ready", "1 while every actor of this node serves")
+ACTOR_SERVING = Gauge("trinity_actor_serving", "1 while the actor serves", ["actor"])
 ADAPTER_LOADS = Counter("trinity_adapter_loads", "Adapter loads by outcome (ok or error code)", ["outcome"])
 
 _MAX_OPEN_RUNS = 100_000
