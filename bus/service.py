@@ -261,6 +261,24 @@ class ActorService:
             self.last_errors[endpoint] = outcome
             metrics.ERRORS.labels(source=f"{self.name}/{endpoint}", code=outcome).inc()
 
+    def record(self, name: str, started_ns: int, outcome: str = "ok") -> None:
+        """Count one finished unit of work of the :class:`WorkEndpoint` ``name`` that began at ``started_ns``
+        (``time.perf_counter_ns()``) and ended with ``outcome`` (``ok`` or an error code), for work whose end
+        is not a block of code (e.g. an HTTP response streamed by a server)."""
+        counters = self._work_counters(name)
+        counters.received += 1
+        if outcome == "ok":
+            counters.ok += 1
+        else:
+            counters.rejected += 1
+        self._record(name, counters, started_ns, outcome)
+
+    def _work_counters(self, name: str) -> EndpointCounters:
+        counters = self.counters.get(name)
+        if counters is None or name not in {w.name for w in self.work_endpoints}:
+            raise KeyError(f"service {self.name} has no work endpoint {name!r}; declare it in work=[WorkEndpoint(...)]")
+        return counters
+
     @contextlib.asynccontextmanager
     async def job(self, name: str) -> AsyncIterator[None]:
         """Count and time one unit of work of the :class:`WorkEndpoint` ``name``: an exception leaving the
@@ -271,9 +289,7 @@ class ActorService:
             >>> async with service.job("jobs"):     # doctest: +SKIP
             ...     await run(job)
         """
-        counters = self.counters.get(name)
-        if counters is None or name not in {w.name for w in self.work_endpoints}:
-            raise KeyError(f"service {self.name} has no work endpoint {name!r}; declare it in work=[WorkEndpoint(...)]")
+        counters = self._work_counters(name)
         started = time.perf_counter_ns()
         counters.received += 1
         counters.in_flight += 1
