@@ -13,8 +13,8 @@ one process (like ``run.py node`` with every actor). Then:
 3. Metrics: the process serves its Prometheus metrics (``bus.metrics.serve``, free port), scraped over HTTP
    before and after; every run must show in ``trinity_requests_total``, ``trinity_runs_total``,
    ``trinity_turns_total``, the run-time histogram, the coordinator's ``jobs`` endpoint and (for gateway
-   requests) ``trinity_gateway_http_requests_total``, and in ``$SRV.STATS`` of the coordinator and gateway.
-   A missing count fails the run.
+   requests that got an HTTP response) ``trinity_gateway_http_requests_total``, and in ``$SRV.STATS`` of the
+   coordinator and gateway. A missing count fails the run.
 
 Run:  .venv/bin/python scripts/bench_gateway.py [--runs 200] [--concurrent 200]
 """
@@ -159,7 +159,8 @@ async def main(runs: int, concurrent: int) -> int:
                 print(f"  e.g. {o!r}")
 
             after = await scrape(http, metrics_server.server_port)
-            n_gateway = 10 + 2 * runs + concurrent
+            answered = sum(1 for o in outs if not isinstance(o, BaseException))  # an HTTP response came back
+            n_gateway = 10 + 2 * runs + answered
             n_runs = 10 + runs + n_gateway
             chat = "trinity_gateway_http_requests_total{'route': '/v1/chat/completions', 'status': '200'}"
             expected = {"trinity_requests_total{}": n_runs,
@@ -178,7 +179,8 @@ async def main(runs: int, concurrent: int) -> int:
                 missing.append(f"$SRV.STATS trinity-coordinator jobs: {jobs} of {n_runs}")
             if completions != n_gateway:
                 missing.append(f"$SRV.STATS trinity-gateway chat_completions: {completions} of {n_gateway}")
-            print(f"metrics: {n_runs} runs ({n_gateway} through the gateway) expected in {len(expected)} metrics and "
+            print(f"metrics: {n_runs} runs ({n_gateway} answered through the gateway; {concurrent - answered} "
+                  f"connections failed before any response) expected in {len(expected)} metrics and "
                   f"2 $SRV.STATS endpoints: {'all present' if not missing else 'MISSING ' + '; '.join(missing)}")
     finally:
         metrics_server.shutdown()
