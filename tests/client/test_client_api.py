@@ -14,11 +14,15 @@ import pytest
 
 import trinity_nats.client as client_module
 from actors.coordinator.actor import CoordinatorActor
+from bus import subjects
+from bus.codec import decode
 from bus.embedded import NatsServerProcess
+from bus.jetstream import MSG_ID_HEADER, ensure_stream, jobs_stream_spec, results_stream_spec
 from config.coordinator import CoordinatorSettings
 from tests.e2e.support import results_stored
 from tests.e2e.test_jobs import Scripted, scripted  # noqa: F401  (the fixture)
 from trinity_nats.client import (
+    CoordinationRequest,
     JobQueueMissing,
     JobResultTimeout,
     RouteDecided,
@@ -49,8 +53,13 @@ def test_public_names_are_pinned() -> None:
     assert sorted(n for n in vars(TrinityClient) if not n.startswith("_")) == CLIENT_METHODS
 
 
-def test_the_client_imports_and_runs_without_torch(tmp_path: Path) -> None:
-    """In a fresh interpreter where importing torch (or the other server-side libraries) fails."""
+async def test_the_client_submits_without_torch(fresh_nats_server: NatsServerProcess, tmp_path: Path) -> None:
+    """In a fresh interpreter where importing torch (or the other server-side libraries) fails, the client imports,
+    queues a job on a real server and looks for its result."""
+    nc = await nats.connect(fresh_nats_server.url)
+    js = nc.jetstream()
+    await ensure_stream(js, jobs_stream_spec())
+    await ensure_stream(js, results_stream_spec())
     code = textwrap.dedent("""
         import asyncio, importlib.abc, sys
         BLOCKED = {"torch", "transformers", "safetensors", "prometheus_client", "starlette", "uvicorn", "httpx",
@@ -61,14 +70,25 @@ def test_the_client_imports_and_runs_without_torch(tmp_path: Path) -> None:
                     raise ImportError(f"{name} is blocked: a submit-only client must not need it")
                 return None
         sys.meta_path.insert(0, Block())
-        from trinity_nats.client import TrinityClient, build_request
-        req = build_request("What is 2 + 2?", request_id="no-torch-1")
-        print(req.request_id, sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED))
+        from trinity_nats.client import TrinityClient
+
+        async def main():
+            async with await TrinityClient.connect(sys.argv[1]) as trinity:
+                rid = await trinity.submit("What is 2 + 2?", request_id="no-torch-1")
+                print(rid, await trinity.result(rid))
+        asyncio.run(main())
+        print(sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED))
     """)
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(ROOT)},
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["no-torch-1", "[]"]
+    try:
+        out = subprocess.run([sys.executable, "-c", code, fresh_nats_server.url], cwd=tmp_path,
+                             env={"PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["no-torch-1", "None", "[]"]
+        job = await js.get_last_msg(subjects.JOBS_STREAM, subjects.COORD_JOBS)
+        assert (job.headers or {})[MSG_ID_HEADER] == "no-torch-1"
+        assert decode(job.data or b"", CoordinationRequest).query == "What is 2 + 2?"
+    finally:
+        await nc.close()
 
 
 async def test_submit_events_wait_and_resubmit(fresh_nats_server: NatsServerProcess,
