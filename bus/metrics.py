@@ -16,7 +16,7 @@ started with ``metrics_port`` exposes what *its* actors did (scrape each node; P
 - Queues: ``trinity_jobs_pending`` (work-queue jobs not yet delivered, from the last fetched job's metadata),
   ``trinity_jobs_running``, ``trinity_runtime_queue_depth`` (route requests waiting for a batch),
   ``trinity_trace_events_pending{actor}`` (events buffered, not yet published or
-  exported).
+  exported), ``trinity_trace_events_unconsumed`` (on the stream, not yet delivered to the trace sink).
 - Model runtime: ``trinity_adapter_loads_total{outcome}``.
 - Node (when it serves metrics): ``trinity_node_ready``, ``trinity_actor_serving{actor}``.
 
@@ -73,6 +73,8 @@ REDELIVERIES = Counter("trinity_redeliveries", "Work-queue jobs redelivered afte
 JOBS_PENDING = Gauge("trinity_jobs_pending", "Work-queue jobs not yet delivered to any coordinator")
 JOBS_RUNNING = Gauge("trinity_jobs_running", "Work-queue jobs running in this process")
 RUNTIME_QUEUED = Gauge("trinity_runtime_queue_depth", "Route requests queued in this process's model runtime batcher")
+TRACE_UNCONSUMED = Gauge("trinity_trace_events_unconsumed",
+                         "Trace events on the stream not yet delivered to the trace sink (from the last one consumed)")
 TRACE_PENDING = Gauge("trinity_trace_events_pending", "Trace events buffered and not yet published or exported",
                       ["actor"])
 NODE_READY = Gauge("trinity_node_ready", "1 while every actor of this node serves")

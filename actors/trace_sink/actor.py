@@ -159,6 +159,8 @@ class TraceSinkActor:
             raise Rejected(ErrorCode.MALFORMED, f"trace event on {msg.subject} is malformed") from None
         prov = Provenance.from_headers(msg.headers)
         seq = msg.metadata.sequence.stream if msg.reply else 0
+        if msg.reply:
+            metrics.TRACE_UNCONSUMED.set(msg.metadata.num_pending)
         self.sink.offer(event, subject=msg.subject, stream_seq=seq, traceparent=prov.traceparent)
         await msg.ack()
 

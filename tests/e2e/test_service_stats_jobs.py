@@ -70,6 +70,7 @@ async def test_jobs_and_trace_events_show_in_stats_and_metrics(
             await asyncio.sleep(0.02)
         events = (await _stats(client, SERVICE_NAME))["events"]
         assert events["num_requests"] == n_events == sink.consumed and events["num_errors"] == 0
+        assert _metric("trinity_trace_events_unconsumed") == 0  # the last event consumed left none behind
         info = json.loads((await client.request(f"$SRV.INFO.{SERVICE_NAME}", b"", timeout=2)).data)
         assert [(e["name"], e["queue_group"]) for e in info["endpoints"]] == [("events", "stats-sink")]
 
