@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -72,7 +73,8 @@ REDELIVERIES = Counter("trinity_redeliveries", "Work-queue jobs redelivered afte
 
 JOBS_PENDING = Gauge("trinity_jobs_pending", "Work-queue jobs not yet delivered to any coordinator")
 JOBS_RUNNING = Gauge("trinity_jobs_running", "Work-queue jobs running in this process")
-RUNTIME_QUEUED = Gauge("trinity_runtime_queue_depth", "Route requests queued in this process's model runtime batcher")
+RUNTIME_QUEUED = Gauge("trinity_runtime_queue_depth",
+                       "Route requests queued in this process's model runtime batcher (at its last heartbeat)")
 TRACE_UNCONSUMED = Gauge("trinity_trace_events_unconsumed",
                          "Trace events on the stream not yet delivered to the trace sink (from the last one consumed)")
 TRACE_PENDING = Gauge("trinity_trace_events_pending", "Trace events buffered and not yet published or exported",
@@ -128,9 +130,21 @@ def _close_run(event: TraceEvent) -> None:
         RUN_SECONDS.observe(event.ts - started)
 
 
+def scraped(value: Callable[[], float]) -> Callable[[], float]:
+    """``value`` made safe to call from the scrape thread (``prometheus_client`` serves in its own thread while
+    the actors change their state on the event loop): NaN when it raised (e.g. a container changed under it)."""
+    def read() -> float:
+        try:
+            return float(value())
+        except Exception:  # noqa: BLE001 - a scrape must never fail on one gauge
+            return math.nan
+
+    return read
+
+
 def track_pending(actor: str, pending: Callable[[], int]) -> None:
     """Report ``pending()`` (called at scrape time) as ``trinity_trace_events_pending{actor=...}``."""
-    TRACE_PENDING.labels(actor=actor).set_function(pending)
+    TRACE_PENDING.labels(actor=actor).set_function(scraped(pending))
 
 
 def serve(port: int, host: str = "127.0.0.1") -> WSGIServer:

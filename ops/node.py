@@ -388,10 +388,10 @@ class Node:
         n = self.settings.node
         if n.metrics_port is None or self._metrics_server is not None:
             return
-        metrics.NODE_READY.set_function(lambda: float(self.status().ready))
+        metrics.NODE_READY.set_function(metrics.scraped(lambda: self.status().ready))
         for name in n.actors:
             metrics.ACTOR_SERVING.labels(actor=name).set_function(
-                lambda name=name: float(self.status().actors.get(name) == "serving"))  # type: ignore[misc]
+                metrics.scraped(lambda name=name: self.status().actors.get(name) == "serving"))  # type: ignore[misc]
         try:
             self._metrics_server = metrics.serve(n.metrics_port, host=n.metrics_host)
         except OSError as e:  # an extra, like the status endpoint: the actors run without it

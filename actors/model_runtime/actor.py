@@ -143,7 +143,6 @@ class ModelRuntimeActor:
         self.base_model = await asyncio.to_thread(base_model_identity, engine.model, engine.head.weight)
         self.runtime = RouterRuntime(engine)
         await self.runtime.start()
-        metrics.RUNTIME_QUEUED.set_function(lambda: self.runtime.stats().batcher.queued if self.runtime else 0)
         s = self.settings
         meta = {"backend": s.backend, "profile": s.profile, "runtime_id": self.runtime_id,
                 "base_model": self.base_model}
@@ -267,6 +266,7 @@ class ModelRuntimeActor:
         """What this runtime announces: spec (base model identity), warm adapters, queue depth and memory."""
         s = self.settings
         st = self.runtime.stats() if self.runtime else None
+        metrics.RUNTIME_QUEUED.set(st.batcher.queued if st else 0)  # on the loop: the batcher is not thread-safe
         warm = self.warm_adapters()
         adapters = []
         for token in warm:
