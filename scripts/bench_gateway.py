@@ -10,7 +10,12 @@ one process (like ``run.py node`` with every actor). Then:
    each and of the difference. Then the same for streaming requests (time to ``[DONE]``).
 2. ``--concurrent`` streaming requests at once (``max_concurrency`` raised to fit): each must end with
    ``data: [DONE]`` after exactly 2 turn chunks and the answer ``42``; prints how many were lost.
-3. ``--trace-runs N`` (0: skipped): tracing on/off in the same run. A tracer provider exporting OTLP/HTTP to a
+3. Metrics: the process serves its Prometheus metrics (``bus.metrics.serve``, free port), scraped over HTTP
+   before and after; every run must show in ``trinity_requests_total``, ``trinity_runs_total``,
+   ``trinity_turns_total``, the run-time histogram, the coordinator's ``jobs`` endpoint and (for gateway
+   requests that got an HTTP response) ``trinity_gateway_http_requests_total``, and in ``$SRV.STATS`` of the
+   coordinator and gateway. A missing count fails the run.
+4. ``--trace-runs N`` (0: skipped): tracing on/off in the same run. A tracer provider exporting OTLP/HTTP to a
    collector stand-in (a thread that stores the bodies) is installed; its root sampler is a switch flipped
    before each request, so N non-streaming gateway requests with spans alternate with N without (ABBA order).
    Prints p50/p99 of each and their ratio, then decodes what the collector received and counts the traced
@@ -40,11 +45,26 @@ import nats
 from actors.coordinator.actor import CoordinatorActor
 from actors.gateway.actor import GatewayActor
 from actors.role_injector.actor import RoleInjectorActor
+from bus import metrics
 from bus.embedded import NatsServerProcess
 from config.coordinator import CoordinatorSettings
 from config.gateway import GatewaySettings
 from ops.client import build_request, submit_job
 from tests.gateway.support import scripted_world
+
+
+async def scrape(http: httpx.AsyncClient, port: int) -> dict[str, float]:
+    """The process's metrics over HTTP, as ``name{labels}`` -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    return {f"{s.name}{dict(sorted(s.labels.items()))}": s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+async def srv_stats(nc: nats.NATS, service: str, endpoint: str) -> int:
+    data = json.loads((await nc.request(f"$SRV.STATS.{service}", b"", timeout=5)).data)
+    return int({e["name"]: e for e in data["endpoints"]}[endpoint]["num_requests"])
 
 
 def pct(values: list[float], q: float) -> float:
@@ -211,10 +231,14 @@ async def main(runs: int, concurrent: int, trace_runs: int = 0) -> int:
     for actor in (fakes, injector, coordinator, gateway):
         await actor.start()
     url = f"http://127.0.0.1:{gateway.port}/v1/chat/completions"
+    metrics_server = metrics.serve(0)
+    missing: list[str] = []
     limits = httpx.Limits(max_connections=concurrent + 8, max_keepalive_connections=concurrent + 8)
     lost = 0
     try:
         async with httpx.AsyncClient(timeout=600.0, limits=limits) as http:
+            before = await scrape(http, metrics_server.server_port)
+            jobs_before = await srv_stats(client_nc, "trinity-coordinator", "jobs")
             # warm-up: streams, consumers, connections
             for i in range(10):
                 await submit_job(client_nc, build_request(f"warm {i}"), timeout=30)
@@ -259,10 +283,37 @@ async def main(runs: int, concurrent: int, trace_runs: int = 0) -> int:
             bad = [o for o in outs if o != (2, "42", True)]
             for o in bad[:5]:
                 print(f"  e.g. {o!r}")
+
+            after = await scrape(http, metrics_server.server_port)
+            answered = sum(1 for o in outs if not isinstance(o, BaseException))  # an HTTP response came back
+            n_gateway = 10 + 2 * runs + answered
+            n_runs = 10 + runs + n_gateway
+            chat = "trinity_gateway_http_requests_total{'route': '/v1/chat/completions', 'status': '200'}"
+            expected = {"trinity_requests_total{}": n_runs,
+                        "trinity_runs_total{'outcome': 'finished', 'stop_reason': 'accepted'}": n_runs,
+                        "trinity_turns_total{}": 2 * n_runs, "trinity_run_seconds_count{}": n_runs,
+                        "trinity_endpoint_requests_total{'endpoint': 'jobs', 'outcome': 'ok', "
+                        "'service': 'trinity-coordinator'}": n_runs,
+                        chat: n_gateway}
+            for key, want in expected.items():
+                got = after.get(key, 0.0) - before.get(key, 0.0)
+                if got != want:
+                    missing.append(f"{key}: {got:g} of {want}")
+            jobs = await srv_stats(client_nc, "trinity-coordinator", "jobs") - jobs_before
+            completions = await srv_stats(client_nc, "trinity-gateway", "chat_completions")
+            if jobs != n_runs:
+                missing.append(f"$SRV.STATS trinity-coordinator jobs: {jobs} of {n_runs}")
+            if completions != n_gateway:
+                missing.append(f"$SRV.STATS trinity-gateway chat_completions: {completions} of {n_gateway}")
+            print(f"metrics: {n_runs} runs ({n_gateway} answered through the gateway; {concurrent - answered} "
+                  f"connections failed before any response) expected in {len(expected)} metrics and "
+                  f"2 $SRV.STATS endpoints: {'all present' if not missing else 'MISSING ' + '; '.join(missing)}")
             if trace_runs:
                 assert collector is not None
                 lost += await trace_phase(http, url, trace_runs, switch, provider, collector, burst_rids)
     finally:
+        metrics_server.shutdown()
+        metrics_server.server_close()
         await gateway.drain(5.0)
         await coordinator.drain(5.0)
         await injector.drain(5.0)
@@ -270,7 +321,7 @@ async def main(runs: int, concurrent: int, trace_runs: int = 0) -> int:
         for c in conns:
             await c.close()
         srv.close()
-    return 1 if lost else 0
+    return 1 if lost or missing else 0
 
 
 if __name__ == "__main__":

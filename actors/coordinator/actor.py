@@ -43,15 +43,15 @@ from actors.coordinator.errors import (
 )
 from actors.coordinator.jobs import JobIntake
 from actors.coordinator.placement import PlacementClient
-from actors.coordinator.profiles import DEFAULT_RULE, VERIFIER_BEFORE_WORKER
+from actors.coordinator.profiles import DEFAULT_ROLE_PACK, DEFAULT_RULE, VERIFIER_BEFORE_WORKER
 from actors.coordinator.spans import RunSpans
 from actors.coordinator.state_machine import CallContext, Policy, Ports, VerifierBeforeWorker, coordinate
 from actors.coordinator.tracing import TracePublisher
-from bus import rpc, subjects
+from bus import metrics, rpc, subjects
 from bus.errors import MalformedPayload, NoResponders, PayloadTooLarge, Rejected, RemoteError, RequestTimeout
 from bus.jetstream import ensure_stream, trace_stream_spec
 from bus.provenance import Provenance
-from bus.service import ActorService, Endpoint, RequestContext
+from bus.service import ActorService, Endpoint, RequestContext, WorkEndpoint
 from bus.spans import provider_installed
 from config.coordinator import CoordinatorSettings
 from schemas.coordination import AgentCallIntent, AgentCallReceipt, CoordinationRequest, CoordinationResult
@@ -89,7 +89,7 @@ def policy_from_settings(s: CoordinatorSettings) -> Policy:
         fleet_wait_s=s.fleet_wait_s,
         fleet_retry_s=s.fleet_retry_s,
         max_fallbacks=s.max_fallbacks,
-        role_pack=s.role_pack,
+        role_pack=s.role_pack or DEFAULT_ROLE_PACK[s.routing_profile],
         trace_content=s.trace_content,
     )
 
@@ -149,8 +149,10 @@ class CoordinatorActor:
             endpoints=[Endpoint(name="coordinate", subject=subjects.coord_request(), request_type=CoordinationRequest,
                                 handler=self.handle, queue_group=subjects.QUEUE_COORDINATORS,
                                 max_payload_bytes=self.settings.max_request_bytes,
-                                max_concurrency=self.settings.max_concurrency)])
-        self.jobs = JobIntake(nc, self.settings, run=self.run_once, emit=self.traces.emit, wall=wall)
+                                max_concurrency=self.settings.max_concurrency)],
+            work=[WorkEndpoint(name="jobs", subject=subjects.COORD_JOBS, queue_group=subjects.JOBS_CONSUMER)]
+            if self.settings.jobs_enabled else None)
+        self.jobs = JobIntake(nc, self.settings, run=self._run_job, emit=self._emit, wall=wall)
         self.deferred_runs = 0  # runs that waited for a runtime to join (route_deferred)
 
     async def start(self) -> None:
@@ -158,6 +160,7 @@ class CoordinatorActor:
         if self.settings.trace_enabled and self.settings.ensure_trace_stream:
             await ensure_stream(self.nc.jetstream(), trace_stream_spec(replicas=self.settings.stream_replicas))
         await self.traces.start()
+        metrics.track_pending("coordinator", lambda: self.traces.pending)
         await self.service.start()
         if self.settings.jobs_enabled:
             await self.jobs.start()
@@ -195,6 +198,17 @@ class CoordinatorActor:
             return await self.dedupe.run(req.request_id, fingerprint(req), lambda: self.run(req, base))
         except DuplicateRequestConflict as e:
             raise Rejected(ErrorCode.INVALID, str(e)) from None
+
+    async def _run_job(self, req: CoordinationRequest, base: Provenance) -> CoordinationResult:
+        """A work-queue job: one run, counted and timed as the service's ``jobs`` endpoint."""
+        async with self.service.job("jobs"):
+            return await self.run_once(req, base)
+
+    async def _emit(self, event: TraceEvent, traceparent: str | None = None) -> None:
+        """Count ``event`` in the process's metrics, then queue it for the trace stream (``traceparent``: the
+        recorded span it belongs to)."""
+        metrics.observe_event(event)
+        await self.traces.emit(event, traceparent=traceparent)
 
     def ports(self, base: Provenance, spans: RunSpans | None = None) -> Ports:
         """Bus-backed ports for one run (``base`` carries the caller's trace context; each call runs in a
@@ -236,7 +250,7 @@ class CoordinatorActor:
                 log.info("run %s turn %d waits for a runtime (%s); retrying every %.1fs for up to %.0fs",
                          event.request_id, event.turn, event.message, event.retry_in_s,
                          (event.wait_limit_s or 0.0) - event.waited_s)
-            await self.traces.emit(event, traceparent=run_spans.on_event(event))
+            await self._emit(event, traceparent=run_spans.on_event(event))
 
         return Ports(route=route, inject=inject, call_agent=call_agent, emit=emit, clock=self.clock,
                      wall=self.wall)

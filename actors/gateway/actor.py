@@ -11,6 +11,10 @@ Backpressure: at most ``max_concurrency`` completions in flight; one more gets `
 (a coordinator answering ``overloaded`` maps to the same). Drain: the listening socket closes, requests in
 flight finish within the drain timeout, then the server stops.
 
+The gateway is also a nats ``micro`` service (``trinity-gateway``): ``$SRV.STATS`` counts and times its chat
+completions (the ``chat_completions`` work endpoint, arrival to last byte) and the process's Prometheus metrics
+count every HTTP request by route and status (:mod:`.http_metrics`).
+
 Example:
     >>> gw = GatewayActor(nc, GatewaySettings(port=0))   # doctest: +SKIP
     >>> await gw.start(); gw.port                          # doctest: +SKIP
@@ -46,6 +50,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from actors.gateway.http_metrics import HttpMetrics
 from actors.gateway.openai_api import AuthenticationFailed as AuthFailed
 from actors.gateway.openai_api import (
     ChatRequest,
@@ -72,12 +77,16 @@ from actors.gateway.openai_api import (
 from bus import subjects
 from bus.codec import decode
 from bus.errors import BusError, MalformedPayload
+from bus.service import ActorService, WorkEndpoint
 from bus.spans import tracer
 from config.gateway import GatewaySettings
 from ops.client import JobQueueMissing, new_request_id, submit_job
 from schemas import Budget, CoordinationRequest, CoordinationResult, TraceEvent
 
 log = logging.getLogger(__name__)
+
+#: The gateway's nats micro service name.
+SERVICE_NAME = "trinity-gateway"
 
 REQUEST_ID_HEADER = "x-trinity-request-id"
 _DONE = object()
@@ -141,6 +150,9 @@ class GatewayActor:
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/health", self._health, methods=["GET"]),
         ], exception_handlers={HTTPException: self._http_error, Exception: self._unexpected})
+        self.service = ActorService(nc, name=SERVICE_NAME, endpoints=[],
+                                    description="TRINITY OpenAI-compatible HTTP gateway (chat completions)",
+                                    work=[WorkEndpoint(name="chat_completions", subject="/v1/chat/completions")])
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -161,7 +173,10 @@ class GatewayActor:
         sock.listen(s.backlog)
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, lifespan="off", log_config=None, access_log=False, ws="none",
+        self.service.work_endpoints[0].subject = f"http://{s.host}:{self.port}/v1/chat/completions"
+        await self.service.start()
+        app = HttpMetrics(self.app, self.service, work_routes={"/v1/chat/completions": "chat_completions"})
+        config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, ws="none",
                                 http="h11", backlog=s.backlog, timeout_keep_alive=5)
         self._server = _EmbeddedServer(config)
         self._serve_task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway-http")
@@ -190,6 +205,7 @@ class GatewayActor:
             self._serve_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._serve_task
+        await self.service.stop()
         log.info("gateway: drained (%d request(s) still in flight)", self._in_flight)
 
     @property

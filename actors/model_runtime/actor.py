@@ -48,7 +48,7 @@ from actors.model_runtime.engine import RouterEngine
 from actors.model_runtime.errors import ModelRuntimeError
 from actors.model_runtime.identity import base_model_identity
 from actors.model_runtime.runtime import RouterRuntime, RuntimeStats
-from bus import rpc, subjects
+from bus import metrics, rpc, subjects
 from bus.errors import Rejected
 from bus.service import ActorService, Endpoint, RequestContext
 from bus.spans import set_error, span
@@ -111,6 +111,7 @@ class ModelRuntimeActor:
         self.engine = engine
         self.runtime: RouterRuntime | None = None
         self.service: ActorService | None = None
+        self._loads_counted = 0  # engine adapter loads already counted in trinity_adapter_loads_total
         self.base_model = ""
         self.incarnation = time.time()
         self.draining = False
@@ -251,6 +252,7 @@ class ModelRuntimeActor:
         try:
             info = await self.runtime.load_adapter(ctl.source)
         except ModelRuntimeError as e:
+            metrics.ADAPTER_LOADS.labels(outcome=e.code.value).inc()
             raise Rejected(e.code, f"loading {ctl.source}: {e}", retryable=e.retryable) from None
         if info.token != ctl.adapter:  # e.g. a vector of another base model: its token here is another one
             if info.token not in before:  # never unload an adapter that was already serving
@@ -280,6 +282,7 @@ class ModelRuntimeActor:
         """What this runtime announces: spec (base model identity), warm adapters, queue depth and memory."""
         s = self.settings
         st = self.runtime.stats() if self.runtime else None
+        metrics.RUNTIME_QUEUED.set(st.batcher.queued if st else 0)  # on the loop: the batcher is not thread-safe
         warm = self.warm_adapters()
         adapters = []
         for token in warm:
@@ -309,6 +312,9 @@ class ModelRuntimeActor:
         )
 
     async def _publish(self, hb: RuntimeHeartbeat) -> None:
+        if hb.adapter_loads > self._loads_counted:  # every load (at start or on ensure) precedes a heartbeat
+            metrics.ADAPTER_LOADS.labels(outcome="ok").inc(hb.adapter_loads - self._loads_counted)
+            self._loads_counted = hb.adapter_loads
         if self.nc.is_closed:
             return
         try:
