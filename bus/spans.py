@@ -19,7 +19,6 @@ from contextlib import contextmanager
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
@@ -34,7 +33,12 @@ def tracer() -> trace.Tracer:
 
 
 def provider_installed() -> bool:
-    """True when this process has an SDK tracer provider (its spans are recorded and exported)."""
+    """True when this process has an SDK tracer provider (its spans are recorded and exported). Only the API
+    is needed to import this module (a client install has no SDK)."""
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+    except ImportError:
+        return False
     return isinstance(trace.get_tracer_provider(), TracerProvider)
 
 
