@@ -39,6 +39,8 @@ def connect_options(settings: NatsSettings, name: str | None = None) -> dict[str
     if settings.user is not None:
         opts["user"] = settings.user
         opts["password"] = settings.password.reveal() if settings.password is not None else None
+    if settings.inbox_prefix is not None:
+        opts["inbox_prefix"] = settings.inbox_prefix
     if settings.token is not None:
         opts["token"] = settings.token.reveal()
     if settings.nkeys_seed is not None:
