@@ -11,6 +11,7 @@ from nats.aio.client import Client
 
 from bus.errors import ConnectFailed
 from config.nats import NatsSettings
+from schemas.redaction import scrub_text
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ async def connect(settings: NatsSettings, name: str | None = None) -> Client:
                                                reconnected_cb=on_reconnected, closed_cb=on_closed))
     auth_wait = asyncio.ensure_future(auth_failed.wait())
     budget = settings.connect_timeout_s * (len(settings.servers) + 1) + settings.reconnect_wait_s + 1.0
-    where = ", ".join(settings.servers)
+    where = scrub_text(", ".join(settings.servers))  # a URL may carry user:password
     try:
         done, _ = await asyncio.wait({attempt, auth_wait}, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
         if attempt in done:
