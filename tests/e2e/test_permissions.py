@@ -110,3 +110,21 @@ async def test_the_attacks_succeed_without_permissions(tmp_path: Path) -> None:
         assert status.succeeded == 3
     finally:
         await lab.close()
+
+
+def test_nats_auth_cli_writes_inbox_prefixes_node_owners_and_tenants(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import run
+    from config.settings import load_settings
+
+    out = tmp_path / "auth"
+    assert run.main(["nats-auth", "--out", str(out), "--users", "coordinator,client,tenant-alice",
+                     "--node", "node-1=coordinator"]) == 0
+    conf = (out / "auth.conf").read_text()
+    assert '"trinity.node.status.node-1"' in conf and conf.count("trinity.node.status.node-1") == 1
+    assert '"_INBOX_tenant-alice.>"' in conf and conf.count('deny: ["_INBOX.>"]') == 3
+    settings = load_settings(environ={}, config_file=out / "tenant-alice.toml")
+    assert (settings.nats.user, settings.nats.inbox_prefix) == ("tenant-alice", "_INBOX_tenant-alice")
+    assert run.main(["nats-auth", "--out", str(out), "--users", "client", "--node", "node-1=coordinator"]) == 2
+    assert run.main(["nats-auth", "--out", str(out), "--node", "node-1"]) == 2
+    assert "write ID=USER" in capsys.readouterr().err
