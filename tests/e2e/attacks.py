@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +27,15 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
 from actors.coordinator.actor import CoordinatorActor
+from actors.provider_agents.actor import ProviderAgentsActor
 from actors.role_injector.actor import RoleInjectorActor
 from actors.trace_sink.actor import TraceSinkActor
-from bus import subjects
+from actors.trace_sink.render import TraceFilter
+from bus import rpc, subjects
 from bus.codec import decode, encode
 from bus.connection import connect_options
 from bus.embedded import NatsServerProcess
+from bus.errors import RemoteError
 from bus.jetstream import (
     MSG_ID_HEADER,
     ConsumerSpec,
@@ -41,15 +46,18 @@ from bus.jetstream import (
     results_stream_spec,
     trace_stream_spec,
 )
+from bus.service import ActorService, Endpoint, RequestContext
 from config.coordinator import CoordinatorSettings
 from config.nats import NatsSettings
+from config.provider_agents import AgentSpec, ProviderAgentsSettings, ProviderKind, ProviderSettings, RetrySettings
 from config.trace_sink import JsonlSettings, TraceSinkSettings
-from ops.client import build_request, stored_result, submit, submit_job
+from ops.client import build_request, stored_result, submit, submit_job, tail
 from ops.nats_auth import TRACE_SINK_DURABLE, NatsUser, generate_users, inbox_prefix, render_authorization
-from schemas import AgentCallIntent, AgentCallReceipt, Role, RouteRequest
+from schemas import AgentCallIntent, AgentCallReceipt, Message, Role, RouteLogits, RouteRequest
 from schemas.coordination import CoordinationResult
 from tests.coordinator.fakes import make_logits
 from tests.e2e.fake_services import fake_services
+from tests.provider_agents.loopback import LoopbackServer, Reply
 
 USERS = ["coordinator", "model_runtime", "provider_agents", "role_injector", "trace_sink", "client",
          "tenant-alice", "tenant-bob"]
@@ -384,6 +392,107 @@ async def forge_status(lab: Lab, client: Client) -> Outcome:
         await sub.unsubscribe()
         await lab.retire(rogue, out)
     return out
+
+
+URL_PW = "UrlPassw0rd-4471"
+DEAD_PW = "DeadPassw0rd-9902"
+Q_PW = "hunter2-Q9x7"
+AWS = "AKIAIOSFODNN7EXAMPLE"
+SECRETS = (URL_PW, DEAD_PW, Q_PW, AWS)
+QUESTION = f"My key is {AWS} and password={Q_PW}. What is 17 + 25?"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class SecretsReport:
+    """Where the secrets were looked for (``places``: name -> text read) and the two runs' results."""
+
+    outcome: Outcome
+    places: dict[str, str]
+    request_result: CoordinationResult
+    job_result: CoordinationResult
+
+
+async def secret_leaks(lab: Lab) -> SecretsReport:
+    """Provider ``base_url``s with passwords (one reachable, one dead), a question with an AWS key id and a
+    ``password=``, a provider that echoes the password; then every place an attacker could read: the reply, the
+    stored result, the raw trace stream, ``tail``, the trace sink's JSONL, an error reply from the dead agent, and
+    the log lines (the caller captures them into ``lab.logs``). ``succeeded`` counts (place, secret) leaks."""
+    async with LoopbackServer() as provider:
+        provider.script(Reply(200, {"id": "x", "object": "chat.completion", "model": "m", "choices": [
+            {"index": 0, "finish_reason": "stop",
+             "message": {"role": "assistant", "content": f"ACCEPT 42 (and your password={Q_PW})"}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 5}}))
+        host = provider.url.split("://", 1)[1]
+        agents_settings = ProviderAgentsSettings(
+            providers=[ProviderSettings(name="good", kind=ProviderKind.OPENAI, base_url=f"http://alice:{URL_PW}@{host}/v1",
+                                        retry=RetrySettings(max_attempts=1)),
+                       ProviderSettings(name="dead", kind=ProviderKind.OPENAI,
+                                        base_url=f"http://bob:{DEAD_PW}@127.0.0.1:{_closed_port()}/v1",
+                                        retry=RetrySettings(max_attempts=1))],
+            agents=[AgentSpec(agent_id=1, name="good", provider="good", model="m"),
+                    AgentSpec(agent_id=0, name="dead", provider="dead", model="m")])
+        rt, ag, ri, co, ts = [(await lab.connect(u)).nc for u in
+                              ("model_runtime", "provider_agents", "role_injector", "coordinator", "trace_sink")]
+
+        async def route(req: RouteRequest, ctx: RequestContext) -> RouteLogits:
+            # turn 0: agent 1 (the good provider) as Worker; then agent 0 (dead) as Verifier, failing over to 1
+            agent, role = (1, Role.WORKER) if req.turn == 0 else (0, Role.VERIFIER)
+            return make_logits(req.request_id, req.turn, agent, role)
+
+        lab.actors = [ActorService(rt, name="secret-runtime", endpoints=[
+                          Endpoint("route", subjects.route("torch", "base"), RouteRequest, route,
+                                   queue_group=subjects.QUEUE_RUNTIMES)]),
+                      ProviderAgentsActor(ag, agents_settings), RoleInjectorActor(ri),
+                      CoordinatorActor(co, CoordinatorSettings(route_timeout_s=5.0, agent_timeout_s=5.0)),
+                      TraceSinkActor(ts, TraceSinkSettings(jsonl=JsonlSettings(path=str(lab.jsonl))))]
+        for a in lab.actors:
+            await a.start()
+        client = (await lab.connect("client")).nc
+        places: dict[str, str] = {}
+        res = await submit(client, build_request(QUESTION, request_id="sec-req", max_turns=3), timeout=30.0)
+        job = await submit_job(client, build_request(QUESTION, request_id="sec-job", max_turns=3), timeout=30.0)
+        places["request reply"] = msgspec.json.encode(res).decode()
+        raw = await client.jetstream().get_last_msg(subjects.RESULTS_STREAM, subjects.coord_result("sec-job"))
+        places["results stream"] = (raw.data or b"").decode()
+        try:  # an error reply, straight from the dead agent (as the coordinator user, who may call agents)
+            await rpc.request(co, subjects.agent_call(0), AgentCallIntent(
+                request_id="sec-direct", turn=0, agent_id=0, role=Role.WORKER,
+                messages=[Message(role="user", content="hi")]), AgentCallReceipt, timeout=10.0)
+            places["error reply"] = ""
+        except RemoteError as e:
+            places["error reply"] = msgspec.json.encode(e.reply).decode() + str(e)
+        sub = await client.jetstream().subscribe(subjects.TRACE_ALL, ordered_consumer=True,
+                                                 stream=subjects.TRACE_STREAM)
+        events: list[str] = []
+        while True:  # the raw trace stream, as tail and any sink read it
+            try:
+                events.append((await sub.next_msg(timeout=1.0)).data.decode())
+            except nats.errors.TimeoutError:
+                break
+        await sub.unsubscribe()
+        places["trace stream"] = "\n".join(events)
+        out = io.StringIO()
+        await tail(client, TraceFilter.parse(request_id="sec-job"), replay=True, follow=False, out=out,
+                   idle_timeout=1.0)
+        places["tail"] = out.getvalue()
+        for _ in range(100):
+            if lab.jsonl.exists() and lab.jsonl.read_text().count('"run_finished"') >= 2:
+                break
+            await asyncio.sleep(0.05)
+        places["jsonl"] = lab.jsonl.read_text() if lab.jsonl.exists() else ""
+        for a in reversed(lab.actors):
+            await a.drain(timeout=1.0)
+        lab.actors = []
+    outcome = Outcome("secret leaks", attempts=len(places) * len(SECRETS))
+    outcome.notes = sorted(f"{where}: {s}" for where, text in places.items() for s in SECRETS if s in text)
+    outcome.succeeded = len(outcome.notes)
+    return SecretsReport(outcome, places, res, job)
 
 
 async def legit_status(lab: Lab, client: Client) -> bool:
