@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nJetStream API abuse refused: {api.refused}/{api.attempts}; forged answers: "
           f"{protected['forge_agents'].succeeded + protected['forge_routes'].succeeded}; hijacked jobs: "
           f"{protected['hijack'].succeeded}; secret leaks: {protected['secrets'].succeeded}")
+    print(f"reply-inbox snoopers read {protected['snoop'].seen} messages protected, "
+          f"{control['snoop'].seen} in the control")
     if args.verbose:
         for key in ("api", "secrets"):
             print(f"control {key}: " + "; ".join(control[key].notes))
