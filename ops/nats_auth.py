@@ -154,6 +154,11 @@ ACTOR_PERMISSIONS: dict[str, Permissions] = {
                  f"{_API}.INFO", f"{_API}.STREAM.INFO.*", f"{_API}.STREAM.MSG.GET.{_R}", *_TRACE_READER),
         subscribe=(subjects.COORD_RESULT_ALL,),
         allow_responses=False, publish_deny=_NOT_THE_SINK),
+    # the OpenAI-compatible gateway: durable jobs, their results, and live trace events (for streaming)
+    "gateway": Permissions(
+        publish=(subjects.COORD_JOBS, f"{_API}.INFO", f"{_API}.STREAM.INFO.*", f"{_API}.STREAM.MSG.GET.{_R}"),
+        subscribe=(subjects.COORD_RESULT_ALL, "trinity.trace.*.*"),
+        allow_responses=False),
     "node": Permissions(publish=(">",), subscribe=(">",)),
 }
 

@@ -60,7 +60,7 @@ from tests.e2e.fake_services import fake_services
 from tests.provider_agents.loopback import LoopbackServer, Reply
 
 USERS = ["coordinator", "model_runtime", "provider_agents", "role_injector", "trace_sink", "client",
-         "tenant-alice", "tenant-bob"]
+         "tenant-alice", "tenant-bob", "gateway"]
 #: the node whose readiness the coordinator user may answer
 NODE = "node-a"
 #: how long a refused request is given before it counts as refused (a permission violation drops it silently)

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
+from bus import subjects
+from ops.client import build_request, submit_job
 from schemas import RunStatus
 from tests.e2e import attacks
 from tests.e2e.attacks import Lab
@@ -42,7 +45,25 @@ async def test_a_full_run_with_per_actor_users_still_answers(lab: Lab, client: C
     assert await attacks.legit_status(lab, client)  # the coordinator user answers readiness of the node it runs
 
 
-@pytest.mark.parametrize("attacker", ["provider_agents", "model_runtime", "client", "tenant-bob"])
+async def test_the_gateway_user_submits_jobs_and_streams_their_trace(lab: Lab, client: Client) -> None:
+    """What the OpenAI-compatible gateway does on the bus (``actors/gateway``): subscribe a run's trace subjects,
+    queue the job, wait for its result; and nothing more (it answers no agent call)."""
+    gw = await lab.connect("gateway")
+    kinds: list[str] = []
+
+    async def on_event(msg: Msg) -> None:
+        kinds.append(msg.subject.rsplit(".", 1)[1])
+
+    await gw.nc.subscribe(subjects.trace_filter("gw-1"), cb=on_event)
+    res = await submit_job(gw.nc, build_request("What is 17 + 25?", request_id="gw-1"), timeout=20.0)
+    assert res.answer == "42"
+    await gw.nc.flush()
+    assert kinds[0] == "run_started" and "run_finished" in kinds
+    await gw.nc.subscribe("trinity.agent.*.call", queue="agents")
+    assert await gw.violated('subscription to "trinity.agent.*.call"')
+
+
+@pytest.mark.parametrize("attacker", ["provider_agents", "model_runtime", "client", "tenant-bob", "gateway"])
 async def test_no_user_can_snoop_reply_inboxes(lab: Lab, client: Client, attacker: str) -> None:
     out = await attacks.snoop(lab, client, attacker)
     assert (out.seen, out.succeeded) == (0, 0)
