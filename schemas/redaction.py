@@ -88,25 +88,31 @@ def scrub_text(text: str, secrets: Iterable[str] = (), marker: str = MARKER) -> 
     return "".join(out)
 
 
-def scrub_value(value: Any, secrets: Iterable[str] = ()) -> Any:
+def scrub_value(value: Any, secrets: Iterable[str] = (), *, keep_length: bool = False) -> Any:
     """Builtins (``str``, ``dict``, ``list``) with every string scrubbed, except values under identifier keys
-    (``request_id``, ``*_hash``, ``kind``...), which are validated tokens."""
+    (``request_id``, ``*_hash``, ``kind``...), which are validated tokens. ``keep_length`` cuts a scrubbed
+    string that grew (a short secret, a longer marker) to its original length."""
     secrets = tuple(secrets)
     if isinstance(value, str):
-        return scrub_text(value, secrets)
+        out = scrub_text(value, secrets)
+        return out[:len(value)] if keep_length else out
     if isinstance(value, dict):
-        return {k: v if isinstance(k, str) and _KEEP_KEY.search(k) else scrub_value(v, secrets)
+        return {k: v if isinstance(k, str) and _KEEP_KEY.search(k) else scrub_value(v, secrets, keep_length=keep_length)
                 for k, v in value.items()}
     if isinstance(value, list):
-        return [scrub_value(v, secrets) for v in value]
+        return [scrub_value(v, secrets, keep_length=keep_length) for v in value]
     return value
 
 
 def scrub(obj: S, secrets: Iterable[str] = ()) -> S:
     """A copy of the msgspec Struct ``obj`` with every string field scrubbed (``obj`` itself when nothing
-    changed). Raises ``msgspec.ValidationError`` if scrubbing breaks one of its invariants."""
+    changed). When the scrubbed copy breaks a length limit (the marker is longer than a short secret), each
+    string is cut to its original length; ``msgspec.ValidationError`` if it still breaks an invariant."""
     data = msgspec.to_builtins(obj)
     clean = scrub_value(data, secrets)
     if clean == data:
         return obj
-    return msgspec.convert(clean, type(obj))
+    try:
+        return msgspec.convert(clean, type(obj))
+    except msgspec.ValidationError:
+        return msgspec.convert(scrub_value(data, secrets, keep_length=True), type(obj))

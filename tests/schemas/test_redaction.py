@@ -51,6 +51,13 @@ def test_scrub_keeps_identifiers_and_types() -> None:
     assert scrub(same) is same
 
 
+def test_scrub_keeps_length_limits() -> None:
+    from schemas.coordination import MAX_QUERY_CHARS
+    query = "x" * (MAX_QUERY_CHARS - len("pwd=ab")) + "pwd=ab"  # at the limit; the marker is longer than "ab"
+    clean = scrub(CoordinationRequest(request_id="r1", query=query))
+    assert len(clean.query) == MAX_QUERY_CHARS and clean.query.endswith("pwd=[R") and "ab" not in clean.query[-6:]
+
+
 def test_error_replies_scrub_on_construction_and_decoding() -> None:
     e = ErrorReply(code=ErrorCode.UPSTREAM, message="cannot reach https://a:pw-1@h", details={"url": "https://a:pw-1@h"})
     assert "pw-1" not in e.message and "pw-1" not in e.details["url"]
