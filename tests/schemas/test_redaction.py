@@ -53,7 +53,7 @@ def test_scrub_keeps_identifiers_and_types() -> None:
 
 def test_scrub_keeps_length_limits() -> None:
     from schemas.coordination import MAX_QUERY_CHARS
-    query = "x" * (MAX_QUERY_CHARS - len("pwd=ab")) + "pwd=ab"  # at the limit; the marker is longer than "ab"
+    query = "x" * (MAX_QUERY_CHARS - len(" pwd=ab")) + " pwd=ab"  # at the limit; the marker is longer than "ab"
     clean = scrub(CoordinationRequest(request_id="r1", query=query))
     assert len(clean.query) == MAX_QUERY_CHARS and clean.query.endswith("pwd=[R") and "ab" not in clean.query[-6:]
 
