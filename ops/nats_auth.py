@@ -24,6 +24,11 @@ What holds, each checked by an attack run as that user in ``tests/e2e/test_permi
 - **Node readiness** ``trinity.node.status.<id>`` is answerable only by the user that runs node ``<id>``
   (``nats-auth --node <id>=<user>``); without it no actor user may answer any.
 
+Limits: trust is per user, not per process. Whoever holds ``provider_agents``' password is an agent replica (it
+gets its share of every agent id's calls); a ``model_runtime`` holder may serve ``trinity.runtime.route.<id>`` of
+any runtime id; every actor user may answer ``$SRV`` discovery. Give hosts separate users where they must not
+vouch for each other. Durable consumer names are fixed here (``coordinators``, ``trace-sink``).
+
 Example:
     >>> users = generate_users(["coordinator", "provider_agents"], password=lambda name: "pw-" + name)
     >>> [u.user for u in users]
