@@ -25,6 +25,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+import msgspec
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
@@ -33,6 +34,7 @@ from bus import subjects
 from bus.codec import encode
 from bus.jetstream import MSG_ID_HEADER
 from bus.provenance import Provenance
+from schemas.redaction import scrub
 from schemas.trace import TraceEvent
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,13 @@ class TracePublisher:
 
         A disabled publisher ignores events (nothing is counted)."""
         if not self.enabled:
+            return
+        try:
+            event = scrub(event)  # the raw stream is read by `tail` and by every sink: no credential reaches it
+        except msgspec.ValidationError as e:
+            self.counters.dropped += 1
+            log.warning("trace event %s (%s) dropped: scrubbing a credential broke it (%s)", event.event_id,
+                        event.kind, e)
             return
         try:
             self._queue.put_nowait(event)
