@@ -55,6 +55,7 @@ from bus.service import ActorService, Endpoint, RequestContext, WorkEndpoint
 from bus.spans import provider_installed
 from config.coordinator import CoordinatorSettings
 from schemas.coordination import AgentCallIntent, AgentCallReceipt, CoordinationRequest, CoordinationResult
+from schemas.redaction import scrub
 from schemas.roles import RoleInjectReply, RoleInjectRequest
 from schemas.routing import RouteLogits, RouteRequest
 from schemas.sakana import RuntimeProfile
@@ -193,9 +194,11 @@ class CoordinatorActor:
 
     async def run_once(self, req: CoordinationRequest, base: Provenance) -> CoordinationResult:
         """One coordination run per request id (joined or cached for duplicates); a reused id with another
-        payload is rejected ``invalid``. Shared by the request/reply endpoint and the work queue."""
+        payload is rejected ``invalid``. Shared by the request/reply endpoint and the work queue. The result is
+        scrubbed of credentials (:func:`schemas.redaction.scrub`) before anyone sees or stores it."""
         try:
-            return await self.dedupe.run(req.request_id, fingerprint(req), lambda: self.run(req, base))
+            result = await self.dedupe.run(req.request_id, fingerprint(req), lambda: self.run(req, base))
+            return scrub(result)  # replied and stored: no credential typed in the question or echoed in an error
         except DuplicateRequestConflict as e:
             raise Rejected(ErrorCode.INVALID, str(e)) from None
 

@@ -29,6 +29,7 @@ import logging
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import msgspec
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
@@ -37,6 +38,7 @@ from bus import subjects
 from bus.codec import encode
 from bus.jetstream import MSG_ID_HEADER
 from bus.provenance import SPANS, Provenance
+from schemas.redaction import scrub
 from schemas.trace import TraceEvent
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,13 @@ class TracePublisher:
         ``traceparent``: the recorded span the event belongs to (sent with ``Trinity-Spans: 1``).
         A disabled publisher ignores events (nothing is counted)."""
         if not self.enabled:
+            return
+        try:
+            event = scrub(event)  # the raw stream is read by `tail` and by every sink: no credential reaches it
+        except msgspec.ValidationError as e:
+            self.counters.dropped += 1
+            log.warning("trace event %s (%s) dropped: scrubbing a credential broke it (%s)", event.event_id,
+                        event.kind, e)
             return
         try:
             self._queue.put_nowait(_Queued(event, traceparent, bool(traceparent) or self.spans))
