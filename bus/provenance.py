@@ -22,6 +22,8 @@ TURN = "Trinity-Turn"
 CAUSATION_ID = "Trinity-Causation-Id"
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
+#: A queued job's absolute deadline, epoch seconds (set by the client that queues it; a redelivery keeps it).
+DEADLINE_AT = "Trinity-Deadline-At"
 
 
 @dataclass(frozen=True)

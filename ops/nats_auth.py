@@ -53,7 +53,7 @@ ACTOR_PERMISSIONS: dict[str, Permissions] = {
     "coordinator": Permissions(
         publish=("trinity.route.>", "trinity.runtime.route.>", subjects.ROLE_INJECT, "trinity.agent.*.call",
                  subjects.TRACE_ALL, subjects.COORD_RESULT_ALL, "trinity.fleet.>", _JS_ALL,
-                 f"$JS.ACK.{subjects.JOBS_STREAM}.>"),
+                 f"$JS.ACK.{subjects.JOBS_STREAM}.>", "$KV.TRINITY_RUNS.>"),
         subscribe=(subjects.COORD_REQUEST, subjects.max_deliveries_advisory(), subjects.HEARTBEAT_ALL,
                    _INBOX, _SERVICE, subjects.NODE_STATUS_ALL)),
     "model_runtime": Permissions(

@@ -44,7 +44,7 @@ from actors.coordinator.errors import (
 from actors.coordinator.jobs import JobIntake
 from actors.coordinator.placement import PlacementClient
 from actors.coordinator.profiles import DEFAULT_RULE, VERIFIER_BEFORE_WORKER
-from actors.coordinator.state_machine import CallContext, Policy, Ports, VerifierBeforeWorker, coordinate
+from actors.coordinator.state_machine import CallContext, Policy, Ports, Resume, VerifierBeforeWorker, coordinate
 from actors.coordinator.tracing import TracePublisher
 from bus import rpc, subjects
 from bus.errors import MalformedPayload, NoResponders, PayloadTooLarge, Rejected, RemoteError, RequestTimeout
@@ -86,6 +86,9 @@ def policy_from_settings(s: CoordinatorSettings) -> Policy:
         route_attempts=s.route_attempts,
         fleet_wait_s=s.fleet_wait_s,
         fleet_retry_s=s.fleet_retry_s,
+        overload_wait_s=s.overload_wait_s,
+        overload_backoff_s=s.overload_backoff_s,
+        overload_backoff_max_s=s.overload_backoff_max_s,
         max_fallbacks=s.max_fallbacks,
         role_pack=s.role_pack,
         trace_content=s.trace_content,
@@ -185,11 +188,13 @@ class CoordinatorActor:
         """Endpoint handler: one coordination run per request id."""
         return await self.run_once(req, ctx.provenance)
 
-    async def run_once(self, req: CoordinationRequest, base: Provenance) -> CoordinationResult:
+    async def run_once(self, req: CoordinationRequest, base: Provenance,
+                       resume: Resume | None = None) -> CoordinationResult:
         """One coordination run per request id (joined or cached for duplicates); a reused id with another
-        payload is rejected ``invalid``. Shared by the request/reply endpoint and the work queue."""
+        payload is rejected ``invalid``. Shared by the request/reply endpoint and the work queue (which passes
+        ``resume``: the job's journal and absolute deadline)."""
         try:
-            return await self.dedupe.run(req.request_id, fingerprint(req), lambda: self.run(req, base))
+            return await self.dedupe.run(req.request_id, fingerprint(req), lambda: self.run(req, base, resume))
         except DuplicateRequestConflict as e:
             raise Rejected(ErrorCode.INVALID, str(e)) from None
 
@@ -197,7 +202,7 @@ class CoordinatorActor:
         """Bus-backed ports for one run (``base`` carries the caller's trace context)."""
         nc = self.nc
 
-        async def route(req: RouteRequest, ctx: CallContext) -> RouteLogits:
+        async def route_once(req: RouteRequest, ctx: CallContext) -> RouteLogits:
             if self.placement is not None:
                 prov = Provenance(request_id=ctx.request_id, turn=ctx.turn, causation_id=ctx.causation_id,
                                   traceparent=base.traceparent, tracestate=base.tracestate)
@@ -208,6 +213,14 @@ class CoordinatorActor:
                 raise RouteFailed(ErrorCode.UPSTREAM.value, f"runtime answered request {logits.request_id!r} turn "
                                   f"{logits.turn}, asked {req.request_id!r} turn {req.turn}")
             return logits
+
+        async def route(req: RouteRequest, ctx: CallContext) -> RouteLogits:
+            try:
+                return await route_once(req, ctx)
+            except RouteFailed as e:
+                if e.code == ErrorCode.OVERLOADED.value:
+                    self.jobs.intake.overloaded()  # the runtimes are at capacity: take fewer queued jobs at once
+                raise
 
         async def inject(req: RoleInjectRequest, ctx: CallContext) -> RoleInjectReply:
             if self.local_injector is not None:
@@ -229,6 +242,8 @@ class CoordinatorActor:
         return Ports(route=route, inject=inject, call_agent=call_agent, emit=emit, clock=self.clock,
                      wall=self.wall)
 
-    async def run(self, req: CoordinationRequest, base: Provenance | None = None) -> CoordinationResult:
+    async def run(self, req: CoordinationRequest, base: Provenance | None = None,
+                  resume: Resume | None = None) -> CoordinationResult:
         """Run one coordination (no dedupe): the state machine over bus-backed ports."""
-        return await coordinate(req, self.ports(base or Provenance(request_id=req.request_id)), self.policy)
+        return await coordinate(req, self.ports(base or Provenance(request_id=req.request_id)), self.policy,
+                                resume)

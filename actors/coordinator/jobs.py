@@ -7,17 +7,27 @@ waits on ``trinity.coord.result.<request_id>``. Every coordinator binds the shar
 
 1. A job whose result is already stored (a redelivery after the result was written but before the ack)
    is acknowledged without running again.
-2. A redelivered job (``num_delivered > 1``: its previous coordinator died or stalled) emits a
-   ``run_redelivered`` trace event, then runs again from the start.
+2. The run is claimed in the run journal (:mod:`.journal`, ``jobs_durable``): one owner and term per running
+   id across the cluster, a lease renewed with every in-progress ack, each completed turn recorded before
+   the run goes on. A redelivered job (``num_delivered > 1``: its previous coordinator died or stalled)
+   emits a ``run_redelivered`` trace event, then resumes after its last completed turn (no agent whose
+   receipt was recorded is called again). The coordinator it was taken from stops at its next journal
+   write or call (:class:`~.journal.Superseded`) and leaves the job alone (no ack, no nak).
 3. While the run is alive the job is kept with in-progress acks every third of ``jobs_ack_wait_s``; a
    coordinator killed mid-run stops sending them and JetStream redelivers the job to another one after
-   ``jobs_ack_wait_s``.
+   ``jobs_ack_wait_s``. The job's deadline is absolute: the ``Trinity-Deadline-At`` header its client set
+   (else the time it was queued plus its ``deadline_ms``), kept in the journal, so it does not restart on a
+   redelivery.
 4. The outcome is stored on the results stream (one message per subject, a second one refused; the
    request id as ``Nats-Msg-Id``), then the job is acknowledged. A result is either a
    :class:`~schemas.CoordinationResult` or, for a job that cannot run (malformed, too large, crashed
    handler on its last delivery), an :class:`~schemas.wire.ErrorReply` carrying the bus's error headers.
    A job reusing the id of a run still going here with another payload is dropped (the running one's
    result answers that id).
+4b. Backpressure: a run whose routes stay ``overloaded`` for ``jobs_requeue_after_s`` goes back to the queue
+   with a jittered delay (nak) while deliveries are left (its completed turns stay journaled); otherwise it
+   keeps backing off within its deadline. The jobs taken at once follow the runtimes' capacity
+   (:class:`~.intake.IntakeLimit`).
 5. A job that ran out of deliveries (``jobs_max_deliver``; JetStream's max-deliveries advisory, taken by
    one coordinator of the queue group) gets an explicit ``unavailable`` error result and a ``run_failed``
    trace event (``deliveries_exhausted``), and is removed from the queue: no request is lost silently.
@@ -32,13 +42,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
@@ -46,6 +59,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
+from actors.coordinator.intake import IntakeLimit
+from actors.coordinator.journal import JournalHandle, LeaseHeld, Superseded, claim, node_owner, open_bucket
+from actors.coordinator.state_machine import Resume, RunDeferred
 from bus import subjects
 from bus.codec import decode, encode, peek_request_id
 from bus.errors import MalformedPayload, PayloadTooLarge, Rejected
@@ -57,18 +73,18 @@ from bus.jetstream import (
     jobs_stream_spec,
     results_stream_spec,
 )
-from bus.provenance import Provenance
+from bus.provenance import DEADLINE_AT, Provenance
 from bus.rpc import error_headers
 from bus.service import finish_or_cancel
 from config.coordinator import CoordinatorSettings
-from schemas.coordination import CoordinationRequest, CoordinationResult
+from schemas.coordination import CoordinationRequest, CoordinationResult, TurnRecord
 from schemas.trace import RunFailed, RunRedelivered, TraceEvent
 from schemas.wire import ErrorCode, ErrorReply
 from supervisors.watch import LoopWatch
 
 log = logging.getLogger(__name__)
 
-RunOnce = Callable[[CoordinationRequest, Provenance], Awaitable[CoordinationResult]]
+RunOnce = Callable[[CoordinationRequest, Provenance, Resume | None], Awaitable[CoordinationResult]]
 Emit = Callable[[TraceEvent], Awaitable[None]]
 
 #: JetStream's error code for "maximum messages per subject exceeded" (the result is already stored).
@@ -82,7 +98,9 @@ class JobCounters:
     """Jobs fetched, results stored (ok results and error results), jobs found already done, redeliveries
     seen, malformed jobs, jobs refused for reusing a running id with another payload, jobs handed back
     (nak), jobs that ran out of deliveries, failed result stores, jobs terminated because their
-    ``Nats-Msg-Id`` was not their request id."""
+    ``Nats-Msg-Id`` was not their request id, runs resumed from the journal and the turns they skipped, runs
+    stopped here because another coordinator took them over, deliveries that waited for another owner's
+    lease, jobs handed back because the runtimes were overloaded."""
 
     received: int = 0
     results: int = 0
@@ -95,6 +113,25 @@ class JobCounters:
     exhausted: int = 0
     store_failed: int = 0
     id_mismatch: int = 0
+    resumed: int = 0
+    resumed_turns: int = 0
+    superseded: int = 0
+    lease_waits: int = 0
+    deferred: int = 0
+
+
+def job_deadline(headers: dict[str, str], queued_at: float, req: CoordinationRequest) -> float | None:
+    """The job's absolute deadline (epoch seconds): the client's ``Trinity-Deadline-At`` header, else the time
+    it was queued plus its budget's ``deadline_ms``; ``None`` when the budget has no deadline."""
+    if req.budget.deadline_ms is None:
+        return None
+    own = queued_at + req.budget.deadline_ms / 1000.0
+    try:
+        stated = float(headers.get(DEADLINE_AT, ""))
+    except ValueError:
+        return own
+    # a client's clock may be off, but never grants more than the budget from when the job was queued
+    return min(stated, own) if stated == stated else own
 
 
 def _valid_request_id(text: str | None) -> str | None:
@@ -125,6 +162,9 @@ class JobIntake:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._first_round = asyncio.Event()
+        self.owner = node_owner()
+        self._kv: object | None = None
+        self.intake = IntakeLimit(settings.jobs_concurrency, adaptive=settings.jobs_adaptive_intake)
         self.watch = LoopWatch("coordinator job fetch loop", stall_after_s=settings.jobs_stall_after_s,
                                pending=self.pending)
 
@@ -136,6 +176,8 @@ class JobIntake:
         await ensure_consumer(self._js, subjects.JOBS_STREAM,
                               jobs_consumer_spec(ack_wait_s=s.jobs_ack_wait_s, max_deliver=s.jobs_max_deliver,
                                                  max_ack_pending=max(1000, 4 * s.jobs_concurrency)))
+        if s.jobs_durable:
+            self._kv = await open_bucket(self._js, replicas=s.stream_replicas, ttl_s=s.results_max_age_s)
         self._sub = await self._js.pull_subscribe_bind(durable=subjects.JOBS_CONSUMER, stream=subjects.JOBS_STREAM)
         self._advisories = await self.nc.subscribe(subjects.max_deliveries_advisory(),
                                                    queue=subjects.QUEUE_COORDINATORS, cb=self._on_exhausted)
@@ -182,7 +224,7 @@ class JobIntake:
     async def _fetch_loop(self) -> None:
         assert self._sub is not None
         while not self._stopping:
-            free = self.settings.jobs_concurrency - len(self._tasks)
+            free = min(self.settings.jobs_concurrency, self.intake.value) - len(self._tasks)
             if free <= 0:  # at capacity: take more work only when a job finishes
                 self.watch.progress()  # busy, not stuck
                 await asyncio.wait(set(self._tasks), timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
@@ -239,16 +281,42 @@ class JobIntake:
             self.counters.already_done += 1
             await self._settle(msg)
             return
+        queued_at = meta.timestamp.timestamp() if meta.timestamp is not None else self.wall()
+        deadline_at = job_deadline(headers, queued_at, req)
         keepalive = asyncio.create_task(self._keep_in_progress(msg))
+        handle: JournalHandle | None = None
         try:
+            handle = await self._claim(req, deadline_at)
+            if handle is None:  # another coordinator's lease is live: back to the queue until it ends
+                return
+            guard_task = keepalive
+            keepalive = asyncio.create_task(self._keep_in_progress(msg, handle))
+            guard_task.cancel()
+            resume = self._resume(handle, delivery)
             if delivery > 1:
                 self.counters.redelivered += 1
                 await self.emit(RunRedelivered(request_id=rid, event_id=uuid.uuid4().hex, causation_id=rid,
                                                ts=self.wall(), delivery=delivery,
                                                max_deliver=self.settings.jobs_max_deliver, stream_seq=seq))
+            if resume.turns:
+                self.counters.resumed += 1
+                self.counters.resumed_turns += len(resume.turns)
+                log.info("job %s (delivery %d) resumes after %d completed turns", rid, delivery, len(resume.turns))
             outcome: CoordinationResult | ErrorReply
             try:
-                outcome = await self.run_once(req, prov)
+                outcome = await self.run_once(req, prov, resume)
+                self.intake.finished()
+            except Superseded as e:
+                # a newer delivery owns the run now: its coordinator stores the result and settles the job
+                self.counters.superseded += 1
+                log.warning("job #%d: %s", seq, e)
+                return
+            except RunDeferred as e:
+                self.counters.deferred += 1
+                log.info("job #%d: %s", seq, e)
+                delay = self.settings.jobs_requeue_delay_s * (0.5 + random.random())
+                await self._requeue(msg, delay)
+                return
             except Rejected as e:
                 # the id is running here with another payload: its own result will answer this id; an error
                 # stored now would take the place of that result
@@ -266,19 +334,70 @@ class JobIntake:
                     return
                 outcome = ErrorReply(code=ErrorCode.INTERNAL, message=f"coordination of {rid} failed on its last "
                                      f"delivery ({delivery}): {type(e).__name__}")
+            try:
+                await handle.confirm()  # still the owner: only then store (a taken-over run stores nothing)
+            except Superseded as e:
+                self.counters.superseded += 1
+                log.warning("job #%d: %s", seq, e)
+                return
             if await self._store(rid, outcome, prov):
                 await self._settle(msg)
+                await handle.release()
             else:
                 await self._requeue(msg, 1.0)
         finally:
             keepalive.cancel()
 
-    async def _keep_in_progress(self, msg: Msg) -> None:
+    async def _claim(self, req: CoordinationRequest, deadline_at: float | None) -> JournalHandle | None:
+        """Own the run of ``req`` in the journal (resume point, lease). Waits out another owner's lease that
+        ends within two ack waits (its coordinator stopped renewing it); ``None`` when it does not."""
+        s = self.settings
+        kv = self._kv if s.jobs_durable else None
+        fp = hashlib.sha256(msgspec.json.encode(req)).hexdigest()
+        waited = 0.0
+        while True:
+            try:
+                return await claim(kv, request_id=req.request_id, fingerprint=fp, owner=self.owner,  # type: ignore[arg-type]
+                                   now=self.wall(), lease_s=s.jobs_ack_wait_s, deadline_at=deadline_at,
+                                   force=waited > 2 * s.jobs_ack_wait_s)
+            except LeaseHeld as e:
+                self.counters.lease_waits += 1
+                if e.left_s > 2 * s.jobs_ack_wait_s:
+                    log.warning("job %s not run now: %s", req.request_id, e)
+                    return None
+                pause = min(e.left_s + 0.05, s.jobs_ack_wait_s)
+                await asyncio.sleep(pause)
+                waited += pause
+
+    def _resume(self, handle: JournalHandle, delivery: int) -> Resume:
+        s = self.settings
+        lease_s = s.jobs_ack_wait_s
+
+        async def guard() -> None:
+            # lease ran out here (this process was paused, or renewals failed): re-check ownership with a write
+            # before calling anything, so a run taken over elsewhere calls no agent here
+            if self.wall() >= handle.state.lease_until - lease_s / 3.0:
+                await handle.renew(self.wall() + lease_s)
+
+        async def record(turn: TurnRecord, rng_state: list[int] | None, cause: str) -> None:
+            await handle.record_turn(turn, rng_state=rng_state, cause=cause)
+
+        state = handle.state
+        return Resume(turns=list(state.turns), rng_state=state.rng_state, cause=state.cause,
+                      deadline_at=state.deadline_at, record=record, guard=guard,
+                      requeue_after_s=s.jobs_requeue_after_s if delivery + 1 < s.jobs_max_deliver else None)
+
+    async def _keep_in_progress(self, msg: Msg, handle: JournalHandle | None = None) -> None:
         period = self.settings.jobs_ack_wait_s / 3.0
         while True:
             await asyncio.sleep(period)
             with contextlib.suppress(nats.errors.Error, OSError):
                 await msg.in_progress()
+            if handle is not None:
+                try:
+                    await handle.renew(self.wall() + self.settings.jobs_ack_wait_s)
+                except Superseded:
+                    return  # the run's next call or write stops it
 
     async def _settle(self, msg: Msg, *, term: bool = False) -> None:
         """Acknowledge (or terminate) a job. A lost ack is harmless: the redelivered job finds its stored
