@@ -164,6 +164,8 @@ class JobIntake:
         self._first_round = asyncio.Event()
         self.owner = node_owner()
         self._kv: object | None = None
+        # runs owned here: their claim (a handle once claimed) and how many deliveries use it
+        self._held: dict[str, tuple[asyncio.Future[JournalHandle | None], int]] = {}
         self.intake = IntakeLimit(settings.jobs_concurrency, adaptive=settings.jobs_adaptive_intake)
         self.watch = LoopWatch("coordinator job fetch loop", stall_after_s=settings.jobs_stall_after_s,
                                pending=self.pending)
@@ -286,7 +288,20 @@ class JobIntake:
         keepalive = asyncio.create_task(self._keep_in_progress(msg))
         handle: JournalHandle | None = None
         try:
-            handle = await self._claim(req, deadline_at)
+            held = self._held.get(rid)
+            if held is None:
+                claimed: asyncio.Future[JournalHandle | None] = asyncio.get_running_loop().create_future()
+                self._held[rid] = (claimed, 1)
+                try:
+                    claimed.set_result(await self._claim(req, deadline_at))
+                except BaseException as e:
+                    claimed.set_exception(e)
+                    claimed.exception()
+                    raise
+            else:  # a second copy of a job running here: it joins that run (same owner and term)
+                claimed = held[0]
+                self._held[rid] = (claimed, held[1] + 1)
+            handle = await asyncio.shield(claimed)
             if handle is None:  # another coordinator's lease is live: back to the queue until it ends
                 return
             guard_task = keepalive
@@ -315,6 +330,7 @@ class JobIntake:
                 self.counters.deferred += 1
                 log.info("job #%d: %s", seq, e)
                 delay = self.settings.jobs_requeue_delay_s * (0.5 + random.random())
+                await handle.hand_back()
                 await self._requeue(msg, delay)
                 return
             except Rejected as e:
@@ -325,11 +341,13 @@ class JobIntake:
                 await self._settle(msg, term=True)
                 return
             except asyncio.CancelledError:
+                await handle.hand_back()
                 await self._requeue(msg, 0)  # draining past its timeout: hand the job to another coordinator
                 raise
             except Exception as e:  # a coordinator bug must not lose the job
                 log.exception("job %s (delivery %d) crashed", rid, delivery)
                 if delivery < self.settings.jobs_max_deliver:
+                    await handle.hand_back()
                     await self._requeue(msg, 1.0)
                     return
                 outcome = ErrorReply(code=ErrorCode.INTERNAL, message=f"coordination of {rid} failed on its last "
@@ -344,9 +362,16 @@ class JobIntake:
                 await self._settle(msg)
                 await handle.release()
             else:
+                await handle.hand_back()
                 await self._requeue(msg, 1.0)
         finally:
             keepalive.cancel()
+            if rid in self._held:
+                claimed, users = self._held[rid]
+                if users <= 1:
+                    del self._held[rid]
+                else:
+                    self._held[rid] = (claimed, users - 1)
 
     async def _claim(self, req: CoordinationRequest, deadline_at: float | None) -> JournalHandle | None:
         """Own the run of ``req`` in the journal (resume point, lease). Waits out another owner's lease that

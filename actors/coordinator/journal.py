@@ -116,6 +116,7 @@ class JournalHandle:
         self.revision = revision
         self.writes = 0
         self._lock = asyncio.Lock()  # the run's writes and the lease renewals share one revision
+        self.handed_back = False
 
     @property
     def durable(self) -> bool:
@@ -124,7 +125,21 @@ class JournalHandle:
 
     async def _write(self, change: Callable[[RunJournal], RunJournal]) -> None:
         async with self._lock:
+            if self.handed_back:  # the job went back to the queue: this run must not go on here
+                raise Superseded(self.state.request_id, self.state.term)
             await self._write_locked(change(self.state))
+
+    async def hand_back(self) -> None:
+        """End the lease now (the job goes back to the queue): the next delivery claims the run at once, and
+        this run's next write or guarded call stops it. The completed turns stay for the resume."""
+        async with self._lock:
+            if self.handed_back:
+                return
+            self.handed_back = True
+            try:
+                await self._write_locked(msgspec.structs.replace(self.state, lease_until=0.0))
+            except Superseded:
+                pass
 
     async def _write_locked(self, new: RunJournal) -> None:
         if not self.durable:
