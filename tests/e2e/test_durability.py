@@ -1,0 +1,209 @@
+"""Durable execution and backpressure, with coordinators in processes of their own (``run.py node``) where the
+claim is about crashes: SIGKILL mid-run, SIGSTOP past the ack wait; and jobs against one runtime of small
+capacity. The fake agents log every request and every call they make (``--calls-log``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client
+
+from actors.coordinator.actor import CoordinatorActor
+from bus import subjects
+from bus.codec import decode
+from bus.embedded import NatsServerProcess
+from config.coordinator import CoordinatorSettings
+from ops.client import build_request, submit_job
+from schemas import CoordinationResult, RunStatus, StopReason
+from schemas.trace import TraceEvent
+from tests.e2e import procs
+from tests.e2e.fake_services import fake_services
+from tests.e2e.support import results_stored
+
+ACK_WAIT = 2.0
+COORDINATOR = (f"coordinator.jobs_ack_wait_s={ACK_WAIT}", "coordinator.jobs_max_deliver=4",
+               "coordinator.role_inject_mode=local", "coordinator.route_timeout_s=3", "coordinator.agent_timeout_s=6",
+               "nats.reconnect_wait_s=0.2")
+
+
+@pytest.fixture
+async def client(fresh_nats_server: NatsServerProcess) -> AsyncIterator[Client]:
+    nc = await nats.connect(fresh_nats_server.url, name="durability-test")
+    yield nc
+    await nc.close()
+
+
+async def traces(nc: Client, timeout: float = 1.5) -> dict[str, list[TraceEvent]]:
+    """Every stored trace event, by request id (one pass over the trace stream)."""
+    sub = await nc.jetstream().subscribe(subjects.TRACE_ALL, ordered_consumer=True, stream=subjects.TRACE_STREAM)
+    out: dict[str, list[TraceEvent]] = {}
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except nats.errors.TimeoutError:
+                return out
+            ev = decode(msg.data, TraceEvent)  # type: ignore[arg-type]
+            out.setdefault(ev.request_id, []).append(ev)  # type: ignore[attr-defined]
+    finally:
+        await sub.unsubscribe()
+
+
+async def wait_for_event(nc: Client, rids: list[str], kind: str, timeout: float = 60.0) -> None:
+    """Wait until every request has a stored ``kind`` trace event."""
+    js = nc.jetstream()
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    pending = set(rids)
+    while pending and loop.time() < end:
+        for rid in list(pending):
+            try:
+                await js.get_last_msg(subjects.TRACE_STREAM, subjects.trace(rid, kind))
+                pending.discard(rid)
+            except nats.js.errors.NotFoundError:
+                pass
+        await asyncio.sleep(0.05)
+    assert not pending, f"no {kind} for {sorted(pending)}"
+
+
+def calls_of(log: Path) -> tuple[Counter[str], Counter[str]]:
+    """(requests, provider calls) per call id ``request_id:turn:agent``, from the fake agents' log."""
+    requests: Counter[str] = Counter()
+    calls: Counter[str] = Counter()
+    for line in log.read_text().splitlines():
+        what, call_id = line.split(" ", 1)
+        (requests if what == "request" else calls)[call_id] += 1
+    return requests, calls
+
+
+def submit_all(nc: Client, rids: list[str], deadline_s: float = 90.0) -> list[asyncio.Task[CoordinationResult]]:
+    return [asyncio.create_task(submit_job(nc, build_request(f"question {i}", request_id=rid, deadline_s=deadline_s),
+                                           timeout=deadline_s + 10.0)) for i, rid in enumerate(rids)]
+
+
+async def test_sigkill_mid_run_20_jobs_resume_each_stored_once_and_no_agent_called_twice(
+        fresh_nats_server: NatsServerProcess, client: Client, tmp_path: Path) -> None:
+    urls = [fresh_nats_server.url]
+    log = tmp_path / "calls.log"
+    fake = procs.fakes("fakes", urls, tmp_path, agent_delay=2.0, extra=["--calls-log", str(log), "--idempotent"])
+    first = procs.node("coord-a", urls, "coordinator", tmp_path, *COORDINATOR)
+    second: procs.Proc | None = None
+    try:
+        rids = [f"dk-{i}-{uuid.uuid4().hex[:6]}" for i in range(20)]
+        tasks = submit_all(client, rids)
+        second = await asyncio.to_thread(procs.node, "coord-b", urls, "coordinator", tmp_path, *COORDINATOR)
+        await wait_for_event(client, rids, "agent_call_finished")  # turn 0 done everywhere, turn 1's calls running
+        first.kill()
+        results = await asyncio.gather(*tasks)
+        for rid, res in zip(rids, results, strict=True):
+            assert (res.request_id, res.status, res.answer, res.stop_reason, len(res.turns)) == (
+                rid, RunStatus.OK, "42", StopReason.ACCEPTED, 2)
+            assert await results_stored(client, rid) == 1
+        requests, calls = calls_of(log)
+        assert sorted(calls) == sorted(f"{rid}:{t}:{a}" for rid in rids for t, a in ((0, 1), (1, 2)))
+        assert set(calls.values()) == {1}, calls  # 0 repeated agent calls: 40 calls for 40 turns
+        # the journal: no completed turn was asked again; only the calls in flight at the kill were (and joined)
+        assert all(requests[f"{rid}:0:1"] == 1 for rid in rids), requests
+        assert sum(requests.values()) - len(calls) <= len(rids)
+        by_rid = await traces(client)
+        resumed = 0
+        for rid in rids:
+            kinds = [e.kind for e in by_rid[rid]]
+            assert kinds.count("run_finished") == 1 and kinds.count("run_redelivered") == 1, kinds
+            starts = [e for e in by_rid[rid] if e.kind == "run_started"]
+            resumed += any(e.attrs.get("resumed_at_turn") == "1" for e in starts)  # type: ignore[attr-defined]
+        assert resumed == len(rids)
+        assert (await client.jetstream().stream_info(subjects.JOBS_STREAM)).state.messages == 0
+    finally:
+        for p in (second, first, fake):
+            if p is not None:
+                p.stop()
+
+
+async def test_sigstop_past_the_ack_wait_no_job_runs_twice_to_completion(
+        fresh_nats_server: NatsServerProcess, client: Client, tmp_path: Path) -> None:
+    urls = [fresh_nats_server.url]
+    log = tmp_path / "calls.log"
+    fake = procs.fakes("fakes", urls, tmp_path, agent_delay=1.5, extra=["--calls-log", str(log)])
+    first = procs.node("coord-a", urls, "coordinator", tmp_path, *COORDINATOR)
+    second: procs.Proc | None = None
+    try:
+        rids = [f"ds-{i}-{uuid.uuid4().hex[:6]}" for i in range(10)]
+        tasks = submit_all(client, rids)
+        second = await asyncio.to_thread(procs.node, "coord-b", urls, "coordinator", tmp_path, *COORDINATOR)
+        await wait_for_event(client, rids, "agent_call_started")
+        os.kill(first.proc.pid, signal.SIGSTOP)  # paused mid-call, past the ack wait: B takes the jobs over
+        await asyncio.sleep(3 * ACK_WAIT + 1.0)
+        os.kill(first.proc.pid, signal.SIGCONT)
+        results = await asyncio.gather(*tasks)
+        await asyncio.sleep(2.0)  # A's late replies arrive: it must stop, not finish a second time
+        by_rid = await traces(client)
+        for rid, res in zip(rids, results, strict=True):
+            assert (res.status, res.answer) == (RunStatus.OK, "42")
+            assert await results_stored(client, rid) == 1
+            kinds = [e.kind for e in by_rid[rid]]
+            assert kinds.count("run_finished") == 1 and "run_failed" not in kinds, kinds
+        assert "claimed by another coordinator" in first.text()
+        _, calls = calls_of(log)
+        assert all(calls[f"{rid}:1:2"] == 1 for rid in rids), calls  # the Verifier turn ran once, on B
+    finally:
+        with_pid = first.proc.poll() is None
+        if with_pid:
+            os.kill(first.proc.pid, signal.SIGCONT)
+        for p in (second, first, fake):
+            if p is not None:
+                p.stop()
+
+
+OVERLOAD = CoordinatorSettings(route_timeout_s=5.0, agent_timeout_s=5.0, role_inject_mode="bus",
+                               jobs_concurrency=64, route_attempts=1, trace_enabled=False,
+                               overload_backoff_s=0.02, overload_backoff_max_s=0.5)
+
+
+async def _overload_run(url: str, n: int, settings: CoordinatorSettings) -> tuple[Counter[str], CoordinatorActor]:
+    from actors.role_injector.actor import RoleInjectorActor
+
+    conns = [await nats.connect(url) for _ in range(3)]
+    services = fake_services(conns[0], conns[0], route_delay=0.01, runtime_capacity=2, runtime_id="tiny")
+    injector = RoleInjectorActor(conns[0])
+    coordinator = CoordinatorActor(conns[1], settings)
+    for s in services:
+        await s.start()
+    await injector.start()
+    await coordinator.start()
+    try:
+        rids = [f"ov-{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
+        results = await asyncio.gather(*submit_all(conns[2], rids, deadline_s=300.0))
+        outcome = Counter(r.status.value for r in results)
+        assert [await results_stored(conns[2], rid) for rid in rids[:20]] == [1] * 20
+        return outcome, coordinator
+    finally:
+        await coordinator.drain(timeout=2.0)
+        await injector.drain()
+        for s in services:
+            await s.drain(timeout=2.0)
+        for c in conns:
+            await c.close()
+
+
+async def test_jobs_against_one_tiny_runtime_back_off_and_all_end_ok(fresh_nats_server: NatsServerProcess) -> None:
+    outcome, coordinator = await _overload_run(fresh_nats_server.url, 200, OVERLOAD)
+    assert outcome == Counter({"ok": 200}), outcome
+    assert coordinator.jobs.intake.cuts >= 1  # intake followed the runtime's capacity down
+    assert coordinator.stats()["jobs"]["results"] == 200
+
+
+async def test_without_backoff_the_same_load_fails_jobs(fresh_nats_server: NatsServerProcess) -> None:
+    """The baseline (the test above can fail): an overloaded route ends the run at once."""
+    baseline = msgspec.structs.replace(OVERLOAD, overload_wait_s=0.0, jobs_adaptive_intake=False)
+    outcome, _ = await _overload_run(fresh_nats_server.url, 100, baseline)
+    assert outcome["failed"] > 0 and outcome["ok"] + outcome["failed"] == 100, outcome
