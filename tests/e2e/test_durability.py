@@ -154,7 +154,10 @@ async def test_sigstop_past_the_ack_wait_no_job_runs_twice_to_completion(
             assert kinds.count("run_finished") == 1 and "run_failed" not in kinds, kinds
         assert "claimed by another coordinator" in first.text()
         _, calls = calls_of(log)
-        assert all(calls[f"{rid}:1:2"] == 1 for rid in rids), calls  # the Verifier turn ran once, on B
+        # no agent cache here: only the call each job had in flight at the pause may be repeated (by B), and
+        # no completed turn is (A recorded it, B resumed after it)
+        assert len(calls) == 2 * len(rids) and max(calls.values()) <= 2, calls
+        assert sum(calls.values()) - len(calls) <= len(rids), calls
     finally:
         with_pid = first.proc.poll() is None
         if with_pid:
