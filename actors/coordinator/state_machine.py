@@ -107,6 +107,7 @@ class Policy:
     (every runtime is at capacity) is retried after a full-jitter exponential backoff (uniform in
     ``[0, min(max, base * 2**n)]``) for up to ``overload_wait_s``, never past the deadline; only then the run
     stops with ``route_failed`` (a queued job is handed back to the queue first, see :class:`Resume`).
+    ``overload_wait_s = 0`` treats ``overloaded`` as any retryable error (``route_attempts`` tries, no backoff).
     ``role_pack``: the pack asked of the injector (``None``: its default).
     ``routing_profile``: ``elixir-port`` or ``sakana`` (:mod:`.profiles`); ``route_rule``: ``argmax`` or
     ``sample`` (softmax at ``route_temperature``, seeded with ``route_seed``, or, when ``None``, a seed derived
@@ -319,7 +320,8 @@ class Run:
                 logits = await self.ports.route(req, self._ctx(turn, self.policy.route_timeout_s))
                 break
             except RouteFailed as e:
-                if e.code == ErrorCode.OVERLOADED.value:  # every runtime at capacity: back off with jitter
+                if e.code == ErrorCode.OVERLOADED.value and self.policy.overload_wait_s > 0:
+                    # every runtime at capacity: back off with jitter (overload_wait_s = 0: a plain retryable error)
                     overloaded += 1
                     now = self.ports.clock()
                     overload_from = now if overload_from is None else overload_from

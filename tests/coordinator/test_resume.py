@@ -94,6 +94,12 @@ async def test_overload_past_the_wait_fails_the_route_or_hands_the_job_back() ->
     assert res.error and "overloaded for" in res.error
     w = _world()
     w.route_failures, w.route_failure_code = 10_000, "overloaded"
+    res = await coordinate(_request(), w.ports(), Policy(overload_wait_s=0.0, route_attempts=2))
+    assert len(w.routes) == 2 and w.slept == []  # the old behaviour: two tries, then failed
+    assert (res.status, res.stop_reason) == (RunStatus.FAILED, StopReason.ROUTE_FAILED)
+    assert res.error == "routing turn 0 failed: overloaded: runtime down"
+    w = _world()
+    w.route_failures, w.route_failure_code = 10_000, "overloaded"
     with pytest.raises(RunDeferred):  # a queued job goes back to the queue instead of ending failed
         await coordinate(_request(), w.ports(), Policy(overload_wait_s=600.0), Resume(requeue_after_s=3.0))
     assert w.calls == [] and sum(w.slept) >= 3.0 - 1.0
