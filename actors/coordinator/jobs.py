@@ -58,6 +58,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from actors.coordinator.intake import IntakeLimit
 from actors.coordinator.journal import JournalHandle, LeaseHeld, Superseded, claim, node_owner, open_bucket
@@ -163,7 +164,7 @@ class JobIntake:
         self._stopping = False
         self._first_round = asyncio.Event()
         self.owner = node_owner()
-        self._kv: object | None = None
+        self._kv: KeyValue | None = None
         # runs owned here: their claim (a handle once claimed) and how many deliveries use it
         self._held: dict[str, tuple[asyncio.Future[JournalHandle | None], int]] = {}
         self.intake = IntakeLimit(settings.jobs_concurrency, adaptive=settings.jobs_adaptive_intake)
@@ -382,7 +383,7 @@ class JobIntake:
         waited = 0.0
         while True:
             try:
-                return await claim(kv, request_id=req.request_id, fingerprint=fp, owner=self.owner,  # type: ignore[arg-type]
+                return await claim(kv, request_id=req.request_id, fingerprint=fp, owner=self.owner,
                                    now=self.wall(), lease_s=s.jobs_ack_wait_s, deadline_at=deadline_at,
                                    force=waited > 2 * s.jobs_ack_wait_s)
             except LeaseHeld as e:
@@ -504,6 +505,9 @@ class JobIntake:
                 return  # leave the job; the next advisory or an operator can retry
             await self.emit(RunFailed(request_id=rid, event_id=uuid.uuid4().hex, causation_id=rid, ts=self.wall(),
                                       error_code="deliveries_exhausted", message=message))
+            if self._kv is not None:  # its journal will not be resumed
+                with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError):
+                    await self._kv.delete(rid)
         else:
             log.warning("job #%d ran out of deliveries and carries no request id; removing it", seq)
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, OSError):

@@ -590,6 +590,8 @@ class Run:
                     stop = s
                     break
                 turn += 1
+        if self.resume.guard is not None:  # a run taken over elsewhere does not record an end here
+            await self.resume.guard()
         return await self._finish(stop)
 
     async def _finish(self, stop: _Stop) -> CoordinationResult:
