@@ -16,7 +16,10 @@
 - Traces go through :class:`~.tracing.TracePublisher` (bounded buffer, never blocks coordination).
 - Durable intake (:mod:`.jobs`, ``jobs_enabled``): jobs from the JetStream work queue ``trinity.coord.jobs``
   run through the same dedupe and state machine; each stores exactly one result on
-  ``trinity.coord.result.<request_id>`` and survives the coordinator being killed mid-run.
+  ``trinity.coord.result.<request_id>`` and survives the coordinator being killed mid-run: its completed turns
+  are journaled (:mod:`.journal`) and a redelivery resumes after the last one.
+- Backpressure: an ``overloaded`` route backs off with jitter (the state machine) and halves the job intake
+  (:mod:`.intake`).
 """
 
 from __future__ import annotations
