@@ -21,6 +21,7 @@ from actors.coordinator.actor import CoordinatorActor
 from bus import subjects
 from bus.embedded import NatsServerProcess
 from config.coordinator import CoordinatorSettings
+from ops.client import build_request, submit_job
 from schemas import RunStatus, StopReason
 from tests.e2e import procs
 from tests.e2e.durability_support import calls_of, submit_all, traces, wait_for_event
@@ -160,3 +161,57 @@ async def test_without_backoff_the_same_load_fails_jobs(fresh_nats_server: NatsS
     baseline = msgspec.structs.replace(OVERLOAD, overload_wait_s=0.0, jobs_adaptive_intake=False)
     outcome, _ = await _overload_run(fresh_nats_server.url, 100, baseline)
     assert outcome["failed"] > 0 and outcome["ok"] + outcome["failed"] == 100, outcome
+
+
+async def test_a_job_that_cannot_proceed_goes_back_to_the_queue_and_resumes(
+        fresh_nats_server: NatsServerProcess, tmp_path: Path) -> None:
+    """Turn 1 finds the only runtime overloaded for longer than ``jobs_requeue_after_s``: the job is handed back
+    (nak with delay), not failed, and its redelivery resumes at turn 1 (turn 0's agent is not called again)."""
+    from actors.role_injector.actor import RoleInjectorActor
+    from bus.errors import Rejected
+    from bus.service import ActorService, Endpoint, RequestContext
+    from schemas import ErrorCode, RouteLogits, RouteRequest
+    from tests.coordinator.fakes import make_logits
+    from tests.e2e.fake_services import world
+
+    w = world()
+    loop = asyncio.get_running_loop()
+    busy_until: list[float] = []
+
+    async def route(req: RouteRequest, ctx: RequestContext) -> RouteLogits:
+        if req.turn == 1:
+            if not busy_until:
+                busy_until.append(loop.time() + 1.0)
+            if loop.time() < busy_until[0]:
+                raise Rejected(ErrorCode.OVERLOADED, "at capacity", retryable=True)
+        agent, role = w.route_plan(req.turn)
+        return make_logits(req.request_id, req.turn, agent, role)
+
+    nc = await nats.connect(fresh_nats_server.url)
+    client = await nats.connect(fresh_nats_server.url)
+    runtime = ActorService(nc, name="busy-runtime", endpoints=[
+        Endpoint("route", subjects.route("torch", "base"), RouteRequest, route, queue_group="runtimes")])
+    log = tmp_path / "calls.log"
+    agents = fake_services(None, nc, calls_log=str(log))[0]
+    injector = RoleInjectorActor(nc)
+    settings = CoordinatorSettings(role_inject_mode="bus", jobs_max_deliver=4, jobs_requeue_after_s=0.4,
+                                   jobs_requeue_delay_s=0.2, overload_backoff_s=0.02, overload_backoff_max_s=0.1,
+                                   route_attempts=1)
+    coordinator = CoordinatorActor(nc, settings)
+    for actor in (runtime, agents, injector, coordinator):
+        await actor.start()
+    try:
+        res = await submit_job(client, build_request("busy", request_id=f"rq-{uuid.uuid4().hex[:6]}"), timeout=30.0)
+        assert (res.status, res.answer, len(res.turns)) == (RunStatus.OK, "42", 2)
+        jobs = coordinator.jobs.counters
+        assert jobs.deferred >= 1 and jobs.requeued >= 1 and jobs.resumed >= 1 and jobs.resumed_turns >= 1, jobs
+        requests, _ = calls_of(log)
+        assert requests == {f"{res.request_id}:0:1": 1, f"{res.request_id}:1:2": 1}  # the redelivery resumed at 1
+        assert await results_stored(client, res.request_id) == 1
+    finally:
+        await coordinator.drain(timeout=2.0)
+        await injector.drain()
+        await agents.drain(timeout=2.0)
+        await runtime.drain(timeout=2.0)
+        await nc.close()
+        await client.close()
