@@ -14,8 +14,10 @@ key's last revision, so:
 - a delivery that finds a live lease held by another coordinator does not run it (:class:`LeaseHeld`);
   the job goes back to the queue until the lease ends.
 
-The entry is deleted once the result is stored. Journal writes that fail for other reasons (no JetStream,
-store full) are logged and the run goes on without durability; they never fail a run.
+The entry is deleted once the result is stored. A write that fails for another reason (JetStream timeout,
+store full, a value over the server's max payload) is logged and carried by the next write; the run goes on
+(without a fresh resume point meanwhile). If such a write did land unacknowledged, the next compare-and-set
+fails and the run stops conservatively (the job is redelivered after the ack wait and resumes).
 
 Example:
     >>> j = RunJournal(request_id="q1", fingerprint="ab", owner="n1", term=1, lease_until=10.0)
@@ -115,6 +117,7 @@ class JournalHandle:
         self.state = state
         self.revision = revision
         self.writes = 0
+        self.failed_writes = 0
         self._lock = asyncio.Lock()  # the run's writes and the lease renewals share one revision
         self.handed_back = False
 
@@ -151,10 +154,13 @@ class JournalHandle:
         except nats.js.errors.KeyWrongLastSequenceError:
             raise Superseded(new.request_id, self.state.term) from None
         except _BUS_ERRORS as e:
-            log.warning("run journal of %s not written (%r); going on without a resume point", new.request_id, e)
-            self.revision = None
+            # the next write carries this one's content; if this one did land unacknowledged, that next write
+            # fails its compare-and-set and the run stops here (its redelivery resumes): never two owners
+            self.failed_writes += 1
+            log.warning("run journal of %s not written (%r); the next write carries it", new.request_id, e)
+        else:
+            self.writes += 1
         self.state = new
-        self.writes += 1
 
     async def record_turn(self, turn: TurnRecord, *, rng_state: list[int] | None, cause: str) -> None:
         """Record a completed turn (raises :class:`Superseded` when another coordinator owns the run now)."""

@@ -118,3 +118,40 @@ async def test_provider_agents_answer_a_repeated_intent_with_one_provider_call(c
         assert actor.stats()["calls"] == {"calls": 2, "joined": 1, "cached": 1, "evicted": 0}
     finally:
         await actor.drain(timeout=2.0)
+
+
+class _Flaky:
+    """The real bucket, but the next update fails with a timeout, either before or after it lands."""
+
+    def __init__(self, kv: object, *, lands: bool) -> None:
+        self.kv, self.lands, self.fail_next = kv, lands, False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.kv, name)
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int:
+        if self.fail_next:
+            self.fail_next = False
+            if self.lands:
+                await self.kv.update(key, value, last=last)  # type: ignore[attr-defined]
+            raise nats.errors.TimeoutError
+        return await self.kv.update(key, value, last=last)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("lands", [False, True], ids=["lost-write", "unacknowledged-write"])
+async def test_a_failed_journal_write_is_carried_by_the_next_or_stops_the_run(client: Client, lands: bool) -> None:
+    kv = _Flaky(await open_bucket(client.jetstream()), lands=lands)
+    rid = f"j-{uuid.uuid4().hex[:8]}"
+    h = await claim(kv, request_id=rid, fingerprint="fp", owner="A", now=0.0, lease_s=5.0,  # type: ignore[arg-type]
+                    deadline_at=None)
+    kv.fail_next = True
+    await h.record_turn(_turn(rid, 0), rng_state=None, cause="a")  # logged, the run goes on
+    assert h.failed_writes == 1 and h.durable
+    if lands:  # it did land: our revision is stale, so the next write cannot pass for the owner's
+        with pytest.raises(Superseded):
+            await h.record_turn(_turn(rid, 1), rng_state=None, cause="b")
+    else:
+        await h.record_turn(_turn(rid, 1), rng_state=None, cause="b")
+        resumed = await claim(kv, request_id=rid, fingerprint="fp", owner="B", now=10.0, lease_s=5.0,  # type: ignore[arg-type]
+                              deadline_at=None)
+        assert [t.turn for t in resumed.state.turns] == [0, 1]  # the lost turn came with the next write
