@@ -303,7 +303,9 @@ class JobIntake:
                 claimed = held[0]
                 self._held[rid] = (claimed, held[1] + 1)
             handle = await asyncio.shield(claimed)
-            if handle is None:  # another coordinator's lease is live: back to the queue until it ends
+            if handle is None:  # its owner elsewhere stored the result while this copy waited
+                self.counters.already_done += 1
+                await self._settle(msg)
                 return
             guard_task = keepalive
             keepalive = asyncio.create_task(self._keep_in_progress(msg, handle))
@@ -375,25 +377,28 @@ class JobIntake:
                     self._held[rid] = (claimed, users - 1)
 
     async def _claim(self, req: CoordinationRequest, deadline_at: float | None) -> JournalHandle | None:
-        """Own the run of ``req`` in the journal (resume point, lease). Waits out another owner's lease that
-        ends within two ack waits (its coordinator stopped renewing it); ``None`` when it does not."""
+        """Own the run of ``req`` in the journal (resume point, lease); ``None`` when its result got stored
+        while waiting. Another owner's live lease is waited out (the job kept with in-progress acks): while
+        that owner renews it, until its result is stored; once the entry stops changing for two ack waits
+        (its owner stopped, whatever the clocks say) the run is taken over."""
         s = self.settings
         kv = self._kv if s.jobs_durable else None
         fp = hashlib.sha256(msgspec.json.encode(req)).hexdigest()
-        waited = 0.0
+        loop = asyncio.get_running_loop()
+        seen_rev, seen_at, force = -1, loop.time(), False
         while True:
             try:
                 return await claim(kv, request_id=req.request_id, fingerprint=fp, owner=self.owner,
-                                   now=self.wall(), lease_s=s.jobs_ack_wait_s, deadline_at=deadline_at,
-                                   force=waited > 2 * s.jobs_ack_wait_s)
+                                   now=self.wall(), lease_s=s.jobs_ack_wait_s, deadline_at=deadline_at, force=force)
             except LeaseHeld as e:
                 self.counters.lease_waits += 1
-                if e.left_s > 2 * s.jobs_ack_wait_s:
-                    log.warning("job %s not run now: %s", req.request_id, e)
+                if e.revision != seen_rev:
+                    seen_rev, seen_at = e.revision, loop.time()
+                force = loop.time() - seen_at > 2 * s.jobs_ack_wait_s
+                if not force:
+                    await asyncio.sleep(min(max(e.left_s, 0.0) + 0.05, s.jobs_ack_wait_s / 3.0))
+                if await self._stored(req.request_id):
                     return None
-                pause = min(e.left_s + 0.05, s.jobs_ack_wait_s)
-                await asyncio.sleep(pause)
-                waited += pause
 
     def _resume(self, handle: JournalHandle, delivery: int) -> Resume:
         s = self.settings

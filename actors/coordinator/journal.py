@@ -83,9 +83,9 @@ class Superseded(Exception):
 class LeaseHeld(Exception):
     """The run is held by a live lease of another coordinator: do not run it now."""
 
-    def __init__(self, request_id: str, owner: str, left_s: float) -> None:
+    def __init__(self, request_id: str, owner: str, left_s: float, revision: int = 0) -> None:
         super().__init__(f"run {request_id} is held by {owner} for another {left_s:.1f}s")
-        self.request_id, self.owner, self.left_s = request_id, owner, left_s
+        self.request_id, self.owner, self.left_s, self.revision = request_id, owner, left_s, revision
 
 
 _enc = msgspec.json.Encoder()
@@ -214,7 +214,7 @@ async def claim(kv: KeyValue | None, *, request_id: str, fingerprint: str, owner
                 log.warning("unreadable run journal of %s (%s); starting it again", request_id, e)
                 old = None
             if old is not None and old.owner != owner and old.lease_until > now and not force:
-                raise LeaseHeld(request_id, old.owner, old.lease_until - now)
+                raise LeaseHeld(request_id, old.owner, old.lease_until - now, entry.revision)
             if old is None or old.fingerprint != fingerprint:
                 new = msgspec.structs.replace(fresh, term=(old.term + 1) if old else 1)
             else:

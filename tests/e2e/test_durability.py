@@ -215,3 +215,60 @@ async def test_a_job_that_cannot_proceed_goes_back_to_the_queue_and_resumes(
         await runtime.drain(timeout=2.0)
         await nc.close()
         await client.close()
+
+
+async def test_a_second_copy_elsewhere_waits_for_the_live_owner_and_never_takes_it_over(
+        fresh_nats_server: NatsServerProcess, tmp_path: Path) -> None:
+    """Cluster-wide dedupe of a running id: the same job queued twice (past the stream's dedupe window) lands on
+    two coordinators; the second waits while the first renews its lease (longer than two ack waits), then
+    acknowledges its copy once the result is stored. No agent runs twice, nothing is taken over."""
+    from actors.role_injector.actor import RoleInjectorActor
+    from bus.codec import encode
+    from bus.jetstream import MSG_ID_HEADER
+    from tests.e2e.test_jobs import _shrink_dedupe_window
+
+    log = tmp_path / "calls.log"
+    nc = await nats.connect(fresh_nats_server.url)
+    client = await nats.connect(fresh_nats_server.url)
+    services = fake_services(nc, nc, agent_delay=2.5, calls_log=str(log))
+    injector = RoleInjectorActor(nc)
+    settings = CoordinatorSettings(role_inject_mode="bus", jobs_ack_wait_s=1.5, jobs_concurrency=1,
+                                   agent_timeout_s=10.0)
+    a, b = CoordinatorActor(await nats.connect(fresh_nats_server.url), settings), \
+        CoordinatorActor(await nats.connect(fresh_nats_server.url), settings)
+    for actor in (*services, injector, a, b):
+        await actor.start()
+    try:
+        req = build_request("twice", request_id=f"tw-{uuid.uuid4().hex[:6]}")
+        js = client.jetstream()
+        await _shrink_dedupe_window(js)  # (after every start: a starting coordinator restores the window)
+        waiting = asyncio.create_task(submit_job(client, req, timeout=30.0))
+        for _ in range(200):
+            if a.jobs.running + b.jobs.running == 1:
+                break
+            await asyncio.sleep(0.02)
+        if b.jobs.running:  # name the owner a
+            a, b = b, a
+        await asyncio.sleep(0.3)
+        await js.publish(subjects.COORD_JOBS, encode(req), headers={MSG_ID_HEADER: req.request_id})
+        res = await waiting
+        assert (res.status, res.answer) == (RunStatus.OK, "42")
+        for _ in range(100):
+            if b.jobs.counters.already_done >= 1:
+                break
+            await asyncio.sleep(0.05)
+        assert b.jobs.counters.lease_waits >= 1 and b.jobs.counters.already_done == 1, b.jobs.counters
+        assert a.jobs.counters.superseded == 0 and b.jobs.counters.results == 0
+        _, calls = calls_of(log)
+        assert sorted(calls.values()) == [1, 1], calls  # each of the two turns called once, by A
+        assert await results_stored(client, req.request_id) == 1
+        assert (await js.stream_info(subjects.JOBS_STREAM)).state.messages == 0
+    finally:
+        for c in (b, a):
+            await c.drain(timeout=2.0)
+            await c.nc.close()
+        await injector.drain()
+        for s in services:
+            await s.drain(timeout=2.0)
+        await nc.close()
+        await client.close()
