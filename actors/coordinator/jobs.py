@@ -295,9 +295,12 @@ class JobIntake:
                 self._held[rid] = (claimed, 1)
                 try:
                     claimed.set_result(await self._claim(req, deadline_at))
-                except BaseException as e:
+                except asyncio.CancelledError:
+                    claimed.cancel()
+                    raise
+                except Exception as e:
                     claimed.set_exception(e)
-                    claimed.exception()
+                    claimed.exception()  # retrieved: joined copies re-raise it
                     raise
             else:  # a second copy of a job running here: it joins that run (same owner and term)
                 claimed = held[0]
