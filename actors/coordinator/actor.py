@@ -188,7 +188,12 @@ class CoordinatorActor:
         return [self.jobs.watch] if self.settings.jobs_enabled else []
 
     async def handle(self, req: CoordinationRequest, ctx: RequestContext) -> CoordinationResult:
-        """Endpoint handler: one coordination run per request id."""
+        """Endpoint handler: one coordination run per request id (a queued job of that id running on another
+        coordinator is joined: its stored result answers)."""
+        if self.settings.jobs_enabled:
+            joined = await self.jobs.join_elsewhere(req, fingerprint(req))
+            if joined is not None:
+                return joined
         return await self.run_once(req, ctx.provenance)
 
     async def run_once(self, req: CoordinationRequest, base: Provenance,

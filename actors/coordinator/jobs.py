@@ -61,7 +61,15 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from actors.coordinator.intake import IntakeLimit
-from actors.coordinator.journal import JournalHandle, LeaseHeld, Superseded, claim, node_owner, open_bucket
+from actors.coordinator.journal import (
+    JournalHandle,
+    LeaseHeld,
+    RunJournal,
+    Superseded,
+    claim,
+    node_owner,
+    open_bucket,
+)
 from actors.coordinator.state_machine import Resume, RunDeferred
 from bus import subjects
 from bus.codec import decode, encode, peek_request_id
@@ -75,7 +83,7 @@ from bus.jetstream import (
     results_stream_spec,
 )
 from bus.provenance import DEADLINE_AT, Provenance
-from bus.rpc import error_headers
+from bus.rpc import error_from_headers, error_headers
 from bus.service import finish_or_cancel
 from config.coordinator import CoordinatorSettings
 from schemas.coordination import CoordinationRequest, CoordinationResult, TurnRecord
@@ -378,6 +386,47 @@ class JobIntake:
                     del self._held[rid]
                 else:
                     self._held[rid] = (claimed, users - 1)
+
+    async def join_elsewhere(self, req: CoordinationRequest, fingerprint: str) -> CoordinationResult | None:
+        """For a request/reply run: when a queued job with this id is running on another coordinator (a live
+        journal entry), wait for that job's stored result instead of running it again (cluster-wide dedupe of
+        running ids); ``None`` when there is none. Raises :class:`~bus.errors.Rejected` ``invalid`` for another
+        payload under the id, the stored error for an error result, ``deadline`` when none came in time."""
+        if self._kv is None:
+            return None
+        rid = req.request_id
+        try:
+            entry = await self._kv.get(rid)
+            state = msgspec.json.decode(entry.value or b"", type=RunJournal)
+        except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError, msgspec.DecodeError,
+                msgspec.ValidationError):
+            return None  # none (or unreadable): run it here
+        if state.owner == self.owner or state.lease_until <= self.wall():
+            return None
+        if state.fingerprint != fingerprint:
+            raise Rejected(ErrorCode.INVALID, f"request id {rid} is running as a queued job with another payload; "
+                           "use a new request id")
+        wait_s = (state.deadline_at - self.wall() + 5.0) if state.deadline_at is not None else \
+            (req.budget.deadline_ms or 120_000) / 1000.0
+        loop = asyncio.get_running_loop()
+        end = loop.time() + max(0.5, wait_s)
+        while loop.time() < end:
+            try:
+                raw = await self._js.get_last_msg(subjects.RESULTS_STREAM, subjects.coord_result(rid))
+            except nats.js.errors.NotFoundError:
+                await asyncio.sleep(0.2)
+                continue
+            except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
+                log.warning("could not read the stored result of %s (%r); retrying", rid, e)
+                await asyncio.sleep(0.5)
+                continue
+            err = error_from_headers(raw.data or b"", raw.headers)
+            if err is not None:
+                raise Rejected(err.code, err.message, retryable=err.retryable)
+            return decode(raw.data or b"", CoordinationResult, max_bytes=16 * 1_048_576,
+                          subject=subjects.coord_result(rid))
+        raise Rejected(ErrorCode.DEADLINE, f"request id {rid} runs as a queued job on another coordinator and its "
+                       f"result was not stored within {wait_s:.0f}s", retryable=True)
 
     async def _claim(self, req: CoordinationRequest, deadline_at: float | None) -> JournalHandle | None:
         """Own the run of ``req`` in the journal (resume point, lease); ``None`` when its result got stored

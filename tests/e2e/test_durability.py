@@ -272,3 +272,52 @@ async def test_a_second_copy_elsewhere_waits_for_the_live_owner_and_never_takes_
             await s.drain(timeout=2.0)
         await nc.close()
         await client.close()
+
+
+async def test_a_request_for_an_id_running_as_a_job_elsewhere_gets_that_jobs_result(
+        fresh_nats_server: NatsServerProcess, tmp_path: Path) -> None:
+    """Cluster-wide dedupe for request/reply: coordinator B, asked (request/reply) for an id that runs as a queued
+    job on A, answers with the job's stored result instead of running it again; another payload under the id is
+    refused ``invalid``."""
+    from actors.coordinator.actor import fingerprint
+    from actors.role_injector.actor import RoleInjectorActor
+    from bus.errors import Rejected
+
+    log = tmp_path / "calls.log"
+    nc = await nats.connect(fresh_nats_server.url)
+    client = await nats.connect(fresh_nats_server.url)
+    services = fake_services(nc, nc, agent_delay=1.0, calls_log=str(log))
+    injector = RoleInjectorActor(nc)
+    settings = CoordinatorSettings(role_inject_mode="bus", jobs_ack_wait_s=3.0, agent_timeout_s=10.0)
+    a = CoordinatorActor(await nats.connect(fresh_nats_server.url), settings)
+    b = CoordinatorActor(await nats.connect(fresh_nats_server.url), settings)
+    for actor in (*services, injector, a):
+        await actor.start()
+    try:
+        req = build_request("joined", request_id=f"jr-{uuid.uuid4().hex[:6]}")
+        waiting = asyncio.create_task(submit_job(client, req, timeout=30.0))
+        for _ in range(200):
+            if a.jobs.running == 1:
+                break
+            await asyncio.sleep(0.02)
+        await b.start()
+        assert await b.jobs.join_elsewhere(build_request("free", request_id="jr-none"), "x") is None
+        other = build_request("another payload", request_id=req.request_id)
+        with pytest.raises(Rejected) as refused:
+            await b.jobs.join_elsewhere(other, fingerprint(other))
+        assert refused.value.reply.code.value == "invalid"
+        joined = await b.jobs.join_elsewhere(req, fingerprint(req))
+        res = await waiting
+        assert joined is not None and msgspec.json.encode(joined) == msgspec.json.encode(res)
+        _, calls = calls_of(log)
+        assert sorted(calls.values()) == [1, 1], calls  # one run, on A
+        assert b.dedupe.stats.started == 0
+    finally:
+        for c in (b, a):
+            await c.drain(timeout=2.0)
+            await c.nc.close()
+        await injector.drain()
+        for s in services:
+            await s.drain(timeout=2.0)
+        await nc.close()
+        await client.close()
