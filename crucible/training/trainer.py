@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -181,17 +181,32 @@ def plot(run_dir: Path, history: Sequence[dict[str, Any]]) -> Path:
 Publish = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+class BatchEvaluator(Protocol):
+    """Scores vectors on tasks somewhere else (:class:`~crucible.training.bus_eval.BusEvaluator`)."""
+
+    stats: Any
+
+    async def evaluate_many(self, vectors: Sequence[NDArray[np.floating]],
+                            tasks: Sequence[Task]) -> list[Evaluation]:
+        """One :class:`Evaluation` per vector, episodes in task order."""
+        ...
+
+
 class Trainer:
     """One training run in ``run_dir`` (see the module docs)."""
 
     def __init__(self, run_dir: Path, config: TrainConfig, runner: EpisodeRunner, suite: TaskSuite, *,
-                 state: TrainState | None = None, publish: Publish | None = None, progress: bool = True) -> None:
+                 state: TrainState | None = None, publish: Publish | None = None, progress: bool = True,
+                 evaluator: BatchEvaluator | None = None) -> None:
         from cmaes import SepCMA
 
         config.check()
         self.run_dir = Path(run_dir)
         self.config = config
         self.runner = runner
+        #: where candidates are scored: ``None`` in this process (``runner``), else e.g. a
+        #: :class:`~crucible.training.bus_eval.BusEvaluator` (the same episodes as jobs on the bus)
+        self.evaluator = evaluator
         self.layout = VectorLayout.from_dict(config.layout)
         if runner.layout != self.layout:
             raise TrainError(f"the evaluator serves layout {runner.layout.name}, the config {self.layout.name}")
@@ -220,14 +235,16 @@ class Trainer:
 
     @classmethod
     def resume(cls, run_dir: Path, runner: EpisodeRunner, suite: TaskSuite, *, generations: int | None = None,
-               publish: Publish | None = None, progress: bool = True) -> Trainer:
+               publish: Publish | None = None, progress: bool = True,
+               evaluator: BatchEvaluator | None = None) -> Trainer:
         """Continue the run in ``run_dir`` from its last finished generation (optionally to more generations)."""
         state = load_state(Path(run_dir))
         config = TrainConfig(**state.config)
         if generations is not None:
             config.generations = generations
             state.config["generations"] = generations
-        return cls(Path(run_dir), config, runner, suite, state=state, publish=publish, progress=progress)
+        return cls(Path(run_dir), config, runner, suite, state=state, publish=publish, progress=progress,
+                   evaluator=evaluator)
 
     def vector(self, z: NDArray[np.floating]) -> NDArray[np.float64]:
         """The layout vector of optimizer point ``z`` (itself unless ``project``: ``(Z @ P).ravel()``)."""
@@ -244,17 +261,27 @@ class Trainer:
         idx = sorted(rng.choice(len(self.train), size=self.config.batch, replace=False).tolist())
         return [self.train[i] for i in idx]
 
+    async def _evaluate(self, vectors: Sequence[NDArray[np.float64]], tasks: Sequence[Task]) -> list[Evaluation]:
+        """Score layout vectors on ``tasks``: in process, or through :attr:`evaluator` with the head's column
+        scale applied first (the same head, so the same episodes and the same fitness floats)."""
+        if self.evaluator is None:
+            return [await self.runner.evaluate(v, tasks) for v in vectors]
+        scale = self.state.scale
+        if self.layout.head_only and scale is not None:
+            vectors = [(self.layout.head(v) * scale[None, :]).ravel() for v in vectors]
+        return await self.evaluator.evaluate_many(vectors, tasks)
+
     async def _generation(self) -> dict[str, Any]:
         st, opt = self.state, self.state.optimizer
         gen = st.generation + 1
         start = time.perf_counter()
         tasks = self.batch(gen)
         xs = [opt.ask() for _ in range(opt.population_size)]
-        scores: list[Evaluation] = [await self.runner.evaluate(self.vector(x), tasks) for x in xs]
+        scores = await self._evaluate([self.vector(x) for x in xs], tasks)
         opt.tell([(x, -e.fitness) for x, e in zip(xs, scores, strict=True)])
         mean = self.vector(np.array(opt._mean, dtype=np.float64))
-        valid = await self.runner.evaluate(mean, self.valid)
-        test = await self.runner.evaluate(mean, self.test) if self.config.test_each_generation else None
+        valid = (await self._evaluate([mean], self.valid))[0]
+        test = (await self._evaluate([mean], self.test))[0] if self.config.test_each_generation else None
         evals = len(xs) * len(tasks) + len(self.valid) + (len(self.test) if test else 0)
         key = (valid.accuracy, valid.fitness)
         new_best = key > st.best_key
@@ -272,7 +299,7 @@ class Trainer:
         st.history.append(record)
         st.elapsed_s += seconds
         st.evaluations += evals
-        st.memo = self.runner.stats()
+        st.memo = self.runner.stats() if self.evaluator is None else self.evaluator.stats.to_dict()
         return record
 
     async def run(self, *, stop_after: int | None = None) -> TrainState:
@@ -282,7 +309,8 @@ class Trainer:
         st = self.state
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if st.generation == 0:
-            self.runner.warm([*self.train, *self.valid, *self.test])
+            if self.evaluator is None:
+                self.runner.warm([*self.train, *self.valid, *self.test])
             if self.config.precondition and self.layout.head_only and st.scale is None:
                 st.scale = self.runner.feature_scale(self.train)
         self.runner.scale = st.scale
@@ -310,8 +338,9 @@ class Trainer:
         st = self.state
         if st.best_x is None:
             raise TrainError("no generation has finished; nothing to export")
-        test = await self.runner.evaluate(st.best_x, self.test)
-        valid = await self.runner.evaluate(st.best_x, self.valid)
+        self.runner.scale = st.scale
+        test = (await self._evaluate([st.best_x], self.test))[0]
+        valid = (await self._evaluate([st.best_x], self.valid))[0]
         by_family = {f: float(np.mean([e.correct for e in test.episodes if e.family == f]))
                      for f in FAMILIES if any(e.family == f for e in test.episodes)}
         self.runner.scale = st.scale
