@@ -86,6 +86,7 @@ class EvalReply(msgspec.Struct, frozen=True):
     error: str | None = None
     seconds: float = 0.0
     stats: dict[str, Any] = msgspec.field(default_factory=dict)
+    spent_usd: float = 0.0  # agent calls this job really made (memo hits are free)
 
 
 def config_sha256(config: dict[str, Any]) -> str:
@@ -158,6 +159,8 @@ class BusEvaluator:
         self.nonce = uuid.uuid4().hex[:12]
         self.reply_subject = subjects.train_reply(self.run_id, self.nonce)
         self.stats = BusStats()
+        #: USD the evaluators spent on this trainer's jobs (first reply per job)
+        self.spent_usd = 0.0
         self._batch = 0
         self._queue: asyncio.Queue[EvalReply] = asyncio.Queue()
         self._sub: Any = None
@@ -226,6 +229,7 @@ class BusEvaluator:
                 self.stats.duplicates += 1
                 continue
             got[reply.job_id] = reply
+            self.spent_usd += reply.spent_usd
             self.stats.replies += 1
             self.stats.evaluators.add(reply.evaluator)
             if reply.delivery > 1:
@@ -247,19 +251,24 @@ class BuiltRunner:
 Builder = Callable[[dict[str, Any]], Awaitable[BuiltRunner]]
 
 
-async def default_builder(config: dict[str, Any]) -> BuiltRunner:
-    """Build the run's episode runner exactly as ``run.py train`` does (:func:`crucible.training.setup.build`)."""
-    from crucible.training.setup import build
-    from crucible.training.trainer import TrainConfig
+def default_builder(providers: Any = None) -> Builder:
+    """A builder making the run's episode runner exactly as ``run.py train`` does
+    (:func:`crucible.training.setup.build`); ``providers``: this process's ``provider_agents`` settings, for
+    runs with ``agents = "configured"`` (API keys never travel in jobs)."""
 
-    built = await build(TrainConfig(**config))
-    return BuiltRunner(built.runner, built.close)
+    async def make(config: dict[str, Any]) -> BuiltRunner:
+        from crucible.training.setup import build
+        from crucible.training.trainer import TrainConfig
+
+        built = await build(TrainConfig(**config), providers)
+        return BuiltRunner(built.runner, built.close)
+    return make
 
 
 class EvaluatorWorker:
     """One evaluator process's loop (``run.py evaluator``): fetch a job, run it, reply, acknowledge.
 
-    ``builder`` turns a run config into an episode runner (default: :func:`default_builder`); the last
+    ``builder`` turns a run config into an episode runner (default: :func:`default_builder` ``()``); the last
     ``keep_runners`` built runners stay warm (memos included). ``max_jobs`` stops after that many jobs (tests,
     benchmarks); ``stop`` ends the loop between jobs.
     """
@@ -269,7 +278,7 @@ class EvaluatorWorker:
         self.nc = nc
         self.js = nc.jetstream()
         self.name = name or f"evaluator-{uuid.uuid4().hex[:8]}"
-        self.builder = builder or default_builder
+        self.builder = builder or default_builder()
         self.keep_runners = max(1, keep_runners)
         self.fetch_timeout_s = fetch_timeout_s
         self._runners: dict[str, BuiltRunner] = {}
@@ -349,9 +358,11 @@ class EvaluatorWorker:
                 runner.scale = None  # head-only jobs carry the scaled head
                 if runner.features is not None:
                     runner.warm(tasks)
+                spent = runner.replies.spent_usd
                 ev = await runner.evaluate(vector, tasks)
                 reply = EvalReply(job.job_id, self.name, delivery, ev.episodes,
-                                  seconds=round(time.perf_counter() - start, 4), stats=runner.stats())
+                                  seconds=round(time.perf_counter() - start, 4), stats=runner.stats(),
+                                  spent_usd=runner.replies.spent_usd - spent)
             except (ValueError, KeyError, TypeError, SetupError) as e:  # the same on every delivery: refuse
                 log.warning("refused job %s: %s", job.job_id, e)
                 reply = EvalReply(job.job_id, self.name, delivery, error=f"{type(e).__name__}: {e}")

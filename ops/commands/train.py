@@ -243,7 +243,7 @@ async def _stop_children(procs: list[Any], grace_s: float = 10.0) -> None:
 
 def _dry_run(args: argparse.Namespace, config: Any, run_dir: Path, settings: Any) -> dict[str, Any]:
     """The estimate ``--dry-run`` prints: nothing is built, loaded or called."""
-    from crucible.training.budget import estimate
+    from crucible.training.budget import estimate, role_prompt_chars
     from crucible.training.setup import agent_settings
     from crucible.training.trainer import load_state, split_tasks
     from crucible.world.tasks import build_suite
@@ -266,7 +266,8 @@ def _dry_run(args: argparse.Namespace, config: Any, run_dir: Path, settings: Any
     out = estimate(generations=config.generations, popsize=config.popsize, batch=batch, valid=len(valid),
                    test=len(test), test_each_generation=config.test_each_generation, max_turns=config.max_turns,
                    agent_max_tokens=config.agent_max_tokens, questions=[t.question for t in train],
-                   prices=prices, budget_usd=None if budget is None else max(budget - spent, 0.0),
+                   prices=prices, system_chars=role_prompt_chars(),
+                   budget_usd=None if budget is None else max(budget - spent, 0.0),
                    done_generations=done)
     out.update({"run_dir": str(run_dir), "agents": config.agents, "spent_usd": round(spent, 6)})
     return out
