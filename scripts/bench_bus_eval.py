@@ -2,8 +2,10 @@
 
 The same run (same flags and seed) three times in one invocation, against one nats-server this script starts;
 each prints its history, and the rows below are read from it. ``evals/s`` = episodes scored in the
-generations / the generations' seconds (the trainer's own clock; bus runs include the evaluators' cold start
-and memo filling, as an in-process run includes its memo filling); ``wall`` is the whole command. The three
+generations / the generations' seconds (the trainer's own clock). An in-process run computes the first-turn
+backbone states of every split before its first generation (not in ``gen s``); evaluators compute the states
+their jobs need inside the jobs (and load the backbone in their first), so ``gen 1/s`` shows the cold start
+and ``last/s`` the warm rate; ``wall`` is the whole command, process starts included. The three
 results must be identical (candidates, fitness and accuracy per generation): the script checks it.
 
 Example::
@@ -62,17 +64,20 @@ def main() -> int:
                 histories.append(history)
                 evals = sum(h["evaluations"] for h in history)
                 secs = sum(h["seconds"] for h in history)
-                rows.append((mode, evals, secs, wall))
+                last = history[-1]
+                rows.append((mode, evals, secs, wall, history[0]["evals_per_s"], last["evals_per_s"]))
     finally:
         srv.close()
     keys = ("candidates_sha256", "best_fitness", "mean_fitness", "valid_accuracy", "test_accuracy")
     same = all([[h[k] for h in hist] for k in keys] == [[h[k] for h in histories[0]] for k in keys]
                for hist in histories)
     base = rows[0][1] / rows[0][2]
-    print(f"{'evaluation':<24} {'episodes':>9} {'gen s':>8} {'evals/s':>8} {'x first':>8} {'wall s':>8}")
-    for mode, evals, secs, wall in rows:
+    print(f"{'evaluation':<24} {'episodes':>9} {'gen s':>8} {'evals/s':>8} {'x first':>8} {'gen 1/s':>8} "
+          f"{'last/s':>8} {'wall s':>8}")
+    for mode, evals, secs, wall, first, last in rows:
         name = "in process" if mode == 0 else f"{mode} evaluator process{'es' if mode > 1 else ''}"
-        print(f"{name:<24} {evals:>9} {secs:>8.1f} {evals / secs:>8.1f} {evals / secs / base:>8.2f} {wall:>8.1f}")
+        print(f"{name:<24} {evals:>9} {secs:>8.1f} {evals / secs:>8.1f} {evals / secs / base:>8.2f} {first:>8.1f} "
+              f"{last:>8.1f} {wall:>8.1f}")
     print(f"identical results across modes: {same}")
     return 0 if same else 1
 

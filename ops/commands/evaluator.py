@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``evaluator``."""
     p.add_argument("--name", help="evaluator name in replies and logs (default: evaluator-<random>)")
     p.add_argument("--max-jobs", type=int, metavar="N", help="stop after N jobs (default: serve until stopped)")
+    p.add_argument("--parent", type=int, metavar="PID",
+                   help="stop when process PID is gone (what `run.py train --evaluators` passes its children)")
 
 
 async def run(args: argparse.Namespace, settings: Any) -> int:
@@ -48,6 +50,7 @@ async def run(args: argparse.Namespace, settings: Any) -> int:
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
     serving = asyncio.create_task(worker.run(stop, max_jobs=args.max_jobs))
+    watching = asyncio.create_task(_watch_parent(args.parent, stop)) if args.parent else None
     try:
         await asyncio.wait([serving, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         if not serving.done():  # a signal: let the current job finish, or hand it back after a short grace
@@ -59,6 +62,8 @@ async def run(args: argparse.Namespace, settings: Any) -> int:
                     await serving
         serving.result()
     finally:
+        if watching is not None:
+            watching.cancel()
         for sig in installed:
             loop.remove_signal_handler(sig)
         with contextlib.suppress(Exception):
@@ -66,3 +71,18 @@ async def run(args: argparse.Namespace, settings: Any) -> int:
     print(json.dumps({"evaluator": worker.name, "jobs": worker.jobs_done, "episodes": worker.episodes_done,
                       "busy_s": round(worker.busy_s, 3)}))
     return 0
+
+
+async def _watch_parent(pid: int, stop: asyncio.Event, period_s: float = 2.0) -> None:
+    """Set ``stop`` once process ``pid`` no longer exists (a trainer killed with SIGKILL leaves no orphans)."""
+    import os
+
+    while not stop.is_set():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            stop.set()
+            return
+        except PermissionError:
+            pass  # alive, another user's
+        await asyncio.sleep(period_s)

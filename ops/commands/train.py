@@ -213,7 +213,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 async def _spawn_evaluators(args: argparse.Namespace, settings: Any, n: int) -> list[Any]:
     """Start ``n`` ``run.py evaluator`` children on this trainer's NATS servers and settings."""
-    cmd = [sys.executable, str(ROOT / "run.py"), "evaluator", "--nats", ",".join(settings.nats.servers)]
+    import os
+
+    cmd = [sys.executable, str(ROOT / "run.py"), "evaluator", "--nats", ",".join(settings.nats.servers),
+           "--parent", str(os.getpid())]
     if getattr(args, "config", None):
         cmd += ["--config", args.config]
     for o in getattr(args, "overrides", None) or []:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from pathlib import Path
 
 from bus.embedded import NatsServerProcess
-from tests.training.test_command import _train
+from tests.training.test_command import ROOT, _train
 
 ARGS = ["--backbone", "tiny", "--agents", "offline-world-tools", "--generations", "2", "--popsize", "4",
         "--limit", "3", "--batch", "6", "--no-progress"]
@@ -36,3 +38,14 @@ async def test_evaluator_flags_are_checked() -> None:
     code, _, err = await _train("--run-dir", "/tmp/never-made", "--backbone", "tiny", "--agents",
                                 "offline-world-tools", "--evaluators", "-1")
     assert code == 2 and "--evaluators >= 0" in err
+
+
+async def test_an_evaluator_stops_when_its_parent_is_gone(fresh_nats_server: NatsServerProcess) -> None:
+    parent = await asyncio.create_subprocess_exec("sleep", "0.5")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "run.py", "evaluator", "--nats", fresh_nats_server.url,
+                                                "--parent", str(parent.pid), "--name", "orphan", cwd=str(ROOT),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    await parent.wait()
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)  # no orphan serving forever
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out) == {"evaluator": "orphan", "jobs": 0, "episodes": 0, "busy_s": 0.0}
