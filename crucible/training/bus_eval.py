@@ -374,6 +374,11 @@ class EvaluatorWorker:
             with contextlib.suppress(nats.errors.Error, OSError):
                 await msg.nak()
             raise
+        except Exception:  # a bug or a broken backbone here: keep serving, let another evaluator try the job
+            log.exception("job %s (delivery %d) crashed on %s; handed back", job.job_id, delivery, self.name)
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await msg.nak(delay=1.0)
+            return
         finally:
             keepalive.cancel()
         # acknowledged after the reply: a crash in between makes a duplicate, never a lost job

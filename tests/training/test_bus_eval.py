@@ -132,3 +132,31 @@ async def test_no_evaluator_stops_with_an_actionable_error(fresh_nats_server: Na
     finally:
         await bus.close()
         await nc.close()
+
+
+async def test_a_crashing_evaluator_hands_the_job_back_and_keeps_serving(
+        fresh_nats_server: NatsServerProcess) -> None:
+    suite = build_suite(0)
+    crashes: list[int] = []
+
+    async def flaky(config: dict[str, Any]) -> BuiltRunner:
+        if not crashes:
+            crashes.append(1)
+            raise RuntimeError("backbone weights unreadable (simulated)")
+        return await _keyword_builder(config)
+
+    nc = await nats.connect(fresh_nats_server.url)
+    bus = BusEvaluator(nc, "bus-d", asdict(_config()), suite.fingerprint, job_tasks=5, ack_wait_s=5.0)
+    await bus.start()
+    stop = asyncio.Event()
+    worker = EvaluatorWorker(nc, name="ev", builder=flaky)
+    serving = asyncio.create_task(worker.run(stop))
+    try:
+        [ev] = await bus.evaluate_many([np.zeros(60)], suite.split("valid")[:3])
+    finally:
+        stop.set()
+        await serving
+        await bus.close()
+        await nc.close()
+    assert crashes == [1] and len(ev.episodes) == 3
+    assert bus.stats.redelivered == 1 and worker.jobs_done == 1  # the second delivery, on the same evaluator
