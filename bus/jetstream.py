@@ -143,6 +143,22 @@ def jobs_consumer_spec(ack_wait_s: float = 30.0, max_deliver: int = 3, max_ack_p
                         max_deliver=max_deliver, max_ack_pending=max_ack_pending)
 
 
+def train_jobs_stream_spec(replicas: int = 1) -> StreamSpec:
+    """Training episode jobs (``trinity.train.jobs.<run>``): a work queue, each job taken by one evaluator.
+
+    Jobs are cheap to re-create (a resumed trainer publishes its generation again), so they live in memory
+    and at most a day."""
+    return StreamSpec(name=subjects.TRAIN_JOBS_STREAM, subjects=[subjects.TRAIN_JOBS_ALL], retention="workqueue",
+                      storage="memory", replicas=replicas, max_age_s=24 * 3600.0, duplicate_window_s=600.0)
+
+
+def train_jobs_consumer_spec(ack_wait_s: float = 60.0, max_deliver: int = 5) -> ConsumerSpec:
+    """The evaluators' shared durable pull consumer: a job not acknowledged within ``ack_wait_s`` (its
+    evaluator died) goes to another evaluator, at most ``max_deliver`` times."""
+    return ConsumerSpec(durable=subjects.TRAIN_EVALUATORS, filter_subject=subjects.TRAIN_JOBS_ALL,
+                        ack_wait_s=ack_wait_s, max_deliver=max_deliver)
+
+
 _COMPARED = ("subjects", "retention", "storage", "max_age", "max_bytes", "max_msgs", "num_replicas",
              "duplicate_window", "max_msg_size", "max_msgs_per_subject", "discard", "discard_new_per_subject")
 

@@ -15,6 +15,8 @@
 ``trinity.fleet.place``            placement: lease runtimes for (backend, base, adapter)
 ``trinity.fleet.release``          give a placement lease back early
 ``trinity.fleet.status``           a registry's view of the fleet
+``trinity.train.jobs.<run>``       training episodes as jobs (JetStream work queue ``TRINITY_TRAIN_JOBS``)
+``trinity.train.reply.<run>.<n>``  evaluators' replies to one trainer process ``<n>`` of run ``<run>``
 =================================  ======================================================
 """
 
@@ -41,6 +43,9 @@ TRACE_STREAM = "TRINITY_TRACE"
 JOBS_STREAM = "TRINITY_JOBS"
 RESULTS_STREAM = "TRINITY_RESULTS"
 JOBS_CONSUMER = "coordinators"
+TRAIN_JOBS_ALL = f"{PREFIX}.train.jobs.>"
+TRAIN_JOBS_STREAM = "TRINITY_TRAIN_JOBS"
+TRAIN_EVALUATORS = "evaluators"
 
 QUEUE_COORDINATORS = "coordinators"
 QUEUE_RUNTIMES = "runtimes"
@@ -140,3 +145,13 @@ def node_status(node_id: str) -> str:
 def train_generation(run_id: str) -> str:
     """Per-generation fitness of training run ``run_id`` (``run.py train --publish``; plain JSON, no stream)."""
     return f"{PREFIX}.train.{token('run_id', run_id)}.generation"
+
+
+def train_jobs(run_id: str) -> str:
+    """Episode jobs of training run ``run_id`` (work queue ``TRINITY_TRAIN_JOBS``; ``run.py evaluator``)."""
+    return f"{PREFIX}.train.jobs.{token('run_id', run_id)}"
+
+
+def train_reply(run_id: str, nonce: str) -> str:
+    """Where evaluators answer the jobs of trainer process ``nonce`` of run ``run_id``."""
+    return f"{PREFIX}.train.reply.{token('run_id', run_id)}.{token('nonce', nonce)}"

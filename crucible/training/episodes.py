@@ -151,18 +151,28 @@ class ReplyMemo:
         self.hits = 0
         self.misses = 0
         self.calls = 0
+        #: USD of the calls really made (memo hits are free)
+        self.spent_usd = 0.0
+        #: a :class:`~crucible.training.budget.SpendMeter` also charged per real call (the trainer's, or None)
+        self.meter: Any = None
+
+    async def _real(self, intent: AgentCallIntent) -> AgentCallReceipt:
+        self.calls += 1
+        got = await self.call(intent)
+        self.spent_usd += got.cost_usd
+        if self.meter is not None:
+            self.meter.add(got.cost_usd)
+        return got
 
     async def __call__(self, intent: AgentCallIntent) -> AgentCallReceipt:
         if intent.agent_id not in self.deterministic:
-            self.calls += 1
-            return await self.call(intent)
+            return await self._real(intent)
         key = (intent.agent_id, int(intent.role), intent.max_tokens, intent.temperature,
                msgspec.json.encode(intent.messages))
         got = self._memo.get(key)
         if got is None:
             self.misses += 1
-            self.calls += 1
-            got = await self.call(intent)
+            got = await self._real(intent)
             self._memo[key] = got
         else:
             self.hits += 1
@@ -170,7 +180,8 @@ class ReplyMemo:
 
     def stats(self) -> dict[str, Any]:
         """Counters for the checkpoint and the report."""
-        return {"replies": len(self._memo), "hits": self.hits, "misses": self.misses, "calls": self.calls}
+        return {"replies": len(self._memo), "hits": self.hits, "misses": self.misses, "calls": self.calls,
+                "spent_usd": round(self.spent_usd, 6)}
 
 
 @dataclass(frozen=True)
@@ -298,6 +309,8 @@ class EpisodeRunner:
         ports = self._ports(route)
         out = Evaluation()
         for task in tasks:
+            if self.replies.meter is not None:
+                self.replies.meter.check()  # BudgetExhausted once the spend budget is used up
             req = CoordinationRequest(request_id=task.id, query=task.question,
                                       budget=Budget(max_turns=self.max_turns, deadline_ms=None))
             result = await Run(req, ports, self.policy).execute()

@@ -88,18 +88,40 @@ class VectorLayout:
                    tuple((str(n), int(k)) for n, k in d.get("svf_blocks", [])))
 
 
-def sakana_blocks(hidden: int, layer: int) -> tuple[tuple[str, int], ...]:
-    """Sakana's nine SVF blocks for a backbone of width ``hidden`` adapting layer ``layer``."""
+def sakana_blocks(hidden: int, layer: int, sizes: tuple[int, ...] | None = None) -> tuple[tuple[str, int], ...]:
+    """Sakana's nine SVF blocks for a backbone of width ``hidden`` adapting layer ``layer``.
+
+    A block holds one offset per singular value, ``min(rows, cols)`` of its matrix: ``hidden`` for all nine on
+    Qwen3-0.6B, but fewer where k/v projections are narrower than ``hidden`` (grouped-query attention with few
+    KV heads: SmolLM2-135M's are 192 x 576). ``sizes`` gives the nine counts (default: ``hidden`` each); see
+    :func:`block_sizes`."""
     names = ["model.embed_tokens.weight",
              *(f"model.layers.{layer}.{m}.weight" for m in _SAKANA_LAYER_MATRICES), "lm_head.weight"]
-    return tuple((n, hidden) for n in names)
+    counts = sizes if sizes is not None else (hidden,) * len(names)
+    if len(counts) != len(names):
+        raise LayoutError(f"layout sakana has {len(names)} blocks, got {len(counts)} sizes")
+    return tuple(zip(names, counts, strict=True))
+
+
+def block_sizes(cfg: dict[str, Any]) -> tuple[int, ...]:
+    """The nine SVF block lengths (``min(rows, cols)``) of a Qwen3/Llama config dict (``config.json`` keys)."""
+    hidden = int(cfg["hidden_size"])
+    heads = int(cfg["num_attention_heads"])
+    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    kv = int(cfg.get("num_key_value_heads") or heads) * head_dim
+    q = heads * head_dim
+    inter = int(cfg["intermediate_size"])
+    vocab = int(cfg["vocab_size"])
+    return (min(vocab, hidden), min(q, hidden), min(kv, hidden), min(kv, hidden), min(hidden, q),
+            min(inter, hidden), min(inter, hidden), min(hidden, inter), min(vocab, hidden))
 
 
 def make_layout(preset: str, *, n_agents: int, hidden: int, num_layers: int | None = None,
-                layer: int | None = None) -> VectorLayout:
+                layer: int | None = None, sizes: tuple[int, ...] | None = None) -> VectorLayout:
     """The layout ``preset`` (:data:`PRESETS`) for a backbone of width ``hidden``.
 
-    ``sakana`` adapts ``layer`` (default: ``num_layers - 2``, Sakana's layer 26 of 28).
+    ``sakana`` adapts ``layer`` (default: ``num_layers - 2``, Sakana's layer 26 of 28); ``sizes``: its nine
+    block lengths (:func:`block_sizes`; default ``hidden`` each, right for Qwen3-0.6B).
     """
     if n_agents < 1 or hidden < 1:
         raise LayoutError(f"n_agents and hidden must be >= 1, got {n_agents} and {hidden}")
@@ -110,5 +132,5 @@ def make_layout(preset: str, *, n_agents: int, hidden: int, num_layers: int | No
             if num_layers is None or num_layers < 2:
                 raise LayoutError("layout sakana needs num_layers >= 2 (or an explicit layer)")
             layer = num_layers - 2
-        return VectorLayout("sakana", n_agents, hidden, sakana_blocks(hidden, layer))
+        return VectorLayout("sakana", n_agents, hidden, sakana_blocks(hidden, layer, sizes))
     raise LayoutError(f"unknown layout {preset!r}; choose one of {', '.join(PRESETS)}")

@@ -9,8 +9,10 @@ Backbones (``config.backbone["kind"]``):
 * ``dir`` — any Qwen3 or Llama-family checkpoint folder (``backbone["path"]``), e.g. the converted real
   SmolLM2-135M-Instruct under ``~/.cache/trinity-nats/smollm2/`` (hidden 576): meaningful features.
 
-Agents (``config.agents``): ``offline-world`` (all seven agents of the preset; SmolLM2 calls take seconds) or
-``offline-world-tools`` (the tool agents only; ids 0 and 4, SmolLM2, are masked and never called).
+Agents (``config.agents``): ``offline-world`` (all seven agents of the preset; SmolLM2 calls take seconds),
+``offline-world-tools`` (the tool agents only; ids 0 and 4, SmolLM2, are masked and never called), or
+``configured`` (the ``provider_agents`` settings of the process: HTTP providers such as OpenAI-compatible
+servers, priced per token; keys stay in each process's own settings and never travel in a job).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from typing import Any
 
 from crucible.training.episodes import AdapterRouter, EpisodeRunner, HiddenMemo
 from crucible.training.fitness import FitnessWeights
-from crucible.training.layout import VectorLayout, make_layout
+from crucible.training.layout import VectorLayout, block_sizes, make_layout
 
-AGENT_SETS = ("offline-world", "offline-world-tools")
+AGENT_SETS = ("offline-world", "offline-world-tools", "configured")
 BACKBONES = ("tiny", "synthetic", "dir")
 
 
@@ -83,33 +85,49 @@ class Built:
         await self.pool.aclose()
 
 
-def agent_pool(agents: str) -> tuple[Any, set[int], list[int]]:
-    """The provider pool for ``agents``, the deterministic agent ids, and the ids that may be routed to."""
-    from actors.provider_agents.pool import AgentPool
+def agent_settings(agents: str, providers: Any = None) -> Any:
+    """The :class:`~config.provider_agents.ProviderAgentsSettings` of agent set ``agents`` (``configured``:
+    ``providers``, the process's own settings)."""
     from config.provider_agents import ProviderAgentsSettings, ProviderKind
 
     if agents not in AGENT_SETS:
         raise SetupError(f"unknown agents {agents!r}; choose one of {', '.join(AGENT_SETS)}")
+    if agents == "configured":
+        if providers is None:
+            raise SetupError("agents 'configured' need the provider_agents settings of this process (set "
+                             "provider_agents.providers/agents in the TOML file or the environment)")
+        return providers
     s = ProviderAgentsSettings.offline_world()
     if agents == "offline-world-tools":
         s = ProviderAgentsSettings(providers=[p for p in s.providers if p.kind is not ProviderKind.LOCAL],
                                    agents=[a for a in s.agents
                                            if s.provider(a.provider).kind is not ProviderKind.LOCAL],
                                    local=s.local)
+    return s
+
+
+def agent_pool(agents: str, providers: Any = None) -> tuple[Any, set[int], list[int]]:
+    """The provider pool for ``agents``, the deterministic agent ids, and the ids that may be routed to.
+
+    Deterministic (replies memoized): tool agents, and every other agent whose temperature is unset or 0 (the
+    trainer's calls ask for temperature 0; an agent's own temperature overrides it)."""
+    from actors.provider_agents.pool import AgentPool
+
+    s = agent_settings(agents, providers)
     kinds = {p.name: p.kind for p in s.providers}
-    deterministic = {a.agent_id for a in s.agents
-                     if kinds[a.provider] is not ProviderKind.LOCAL or not (a.temperature or 0.0) > 0}
+    deterministic = {a.agent_id for a in s.agents if kinds[a.provider].is_tool or not (a.temperature or 0.0) > 0}
     return AgentPool.from_settings(s), deterministic, sorted(a.agent_id for a in s.agents)
 
 
-async def build(config: Any) -> Built:
-    """Engine, pool and runner for ``config`` (a :class:`TrainConfig`); the layout must fit the engine."""
+async def build(config: Any, providers: Any = None) -> Built:
+    """Engine, pool and runner for ``config`` (a :class:`TrainConfig`); the layout must fit the engine.
+    ``providers``: the process's ``provider_agents`` settings (used by ``agents = "configured"``)."""
     engine = load_engine(config.backbone, config.routing_profile)
     hidden = int(engine.model.config.hidden_size)
     layout = VectorLayout.from_dict(config.layout)
     if layout.hidden != hidden:
         raise SetupError(f"layout {layout.name} is {layout.hidden} wide; the backbone's hidden size is {hidden}")
-    pool, deterministic, served = agent_pool(config.agents)
+    pool, deterministic, served = agent_pool(config.agents, providers)
     mask = sorted(set(served) & set(config.agent_mask)) if config.agent_mask is not None else served
     await pool.start()
     runner = EpisodeRunner(layout, pool.call, deterministic=deterministic,
@@ -128,10 +146,9 @@ def layout_for(preset: str, backbone: dict[str, Any], routing_profile: str, n_ag
     kind = backbone.get("kind", "tiny")
     if kind == "dir":
         cfg = json.loads((Path(backbone["path"]).expanduser() / "config.json").read_text())
-        hidden, layers = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"])
     else:
         from actors.model_runtime.checkpoints import preset_config
 
-        c = preset_config("qwen3-tiny-synthetic" if kind == "tiny" else "qwen3-0.6b-synthetic")
-        hidden, layers = int(c.hidden_size), int(c.num_hidden_layers)
-    return make_layout(preset, n_agents=n_agents, hidden=hidden, num_layers=layers)
+        cfg = preset_config("qwen3-tiny-synthetic" if kind == "tiny" else "qwen3-0.6b-synthetic").to_dict()
+    hidden, layers = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"])
+    return make_layout(preset, n_agents=n_agents, hidden=hidden, num_layers=layers, sizes=block_sizes(cfg))

@@ -29,11 +29,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from crucible.training.budget import BudgetExhausted, SpendMeter
 from crucible.training.episodes import EpisodeRunner, Evaluation
 from crucible.training.fitness import FitnessWeights
 from crucible.training.layout import VectorLayout
@@ -117,6 +118,9 @@ class TrainState:
     rng_state: Any = None
     scale: NDArray[np.float64] | None = None
     format: int = FORMAT
+    #: USD spent on agent calls by this run so far (every process, every resume), and the limit (None: none)
+    spent_usd: float = 0.0
+    budget_usd: float | None = None
 
 
 def save_state(run_dir: Path, state: TrainState) -> None:
@@ -181,17 +185,32 @@ def plot(run_dir: Path, history: Sequence[dict[str, Any]]) -> Path:
 Publish = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+class BatchEvaluator(Protocol):
+    """Scores vectors on tasks somewhere else (:class:`~crucible.training.bus_eval.BusEvaluator`)."""
+
+    stats: Any
+
+    async def evaluate_many(self, vectors: Sequence[NDArray[np.floating]],
+                            tasks: Sequence[Task]) -> list[Evaluation]:
+        """One :class:`Evaluation` per vector, episodes in task order."""
+        ...
+
+
 class Trainer:
     """One training run in ``run_dir`` (see the module docs)."""
 
     def __init__(self, run_dir: Path, config: TrainConfig, runner: EpisodeRunner, suite: TaskSuite, *,
-                 state: TrainState | None = None, publish: Publish | None = None, progress: bool = True) -> None:
+                 state: TrainState | None = None, publish: Publish | None = None, progress: bool = True,
+                 evaluator: BatchEvaluator | None = None, budget_usd: float | None = None) -> None:
         from cmaes import SepCMA
 
         config.check()
         self.run_dir = Path(run_dir)
         self.config = config
         self.runner = runner
+        #: where candidates are scored: ``None`` in this process (``runner``), else e.g. a
+        #: :class:`~crucible.training.bus_eval.BusEvaluator` (the same episodes as jobs on the bus)
+        self.evaluator = evaluator
         self.layout = VectorLayout.from_dict(config.layout)
         if runner.layout != self.layout:
             raise TrainError(f"the evaluator serves layout {runner.layout.name}, the config {self.layout.name}")
@@ -217,17 +236,25 @@ class Trainer:
             raise TrainError("the task suite differs from the one this run started with (fingerprint "
                              f"{state.suite_fingerprint[:12]} vs {suite.fingerprint[:12]})")
         self.state = state
+        if budget_usd is not None:
+            if budget_usd < 0:
+                raise TrainError(f"the spend budget must be >= 0 USD, got {budget_usd}")
+            state.budget_usd = budget_usd
+        #: spend so far and its limit; charged by the runner's agent calls (or the bus replies)
+        self.meter = SpendMeter(limit_usd=state.budget_usd, spent_usd=state.spent_usd)
 
     @classmethod
     def resume(cls, run_dir: Path, runner: EpisodeRunner, suite: TaskSuite, *, generations: int | None = None,
-               publish: Publish | None = None, progress: bool = True) -> Trainer:
+               publish: Publish | None = None, progress: bool = True,
+               evaluator: BatchEvaluator | None = None, budget_usd: float | None = None) -> Trainer:
         """Continue the run in ``run_dir`` from its last finished generation (optionally to more generations)."""
         state = load_state(Path(run_dir))
         config = TrainConfig(**state.config)
         if generations is not None:
             config.generations = generations
             state.config["generations"] = generations
-        return cls(Path(run_dir), config, runner, suite, state=state, publish=publish, progress=progress)
+        return cls(Path(run_dir), config, runner, suite, state=state, publish=publish, progress=progress,
+                   evaluator=evaluator, budget_usd=budget_usd)
 
     def vector(self, z: NDArray[np.floating]) -> NDArray[np.float64]:
         """The layout vector of optimizer point ``z`` (itself unless ``project``: ``(Z @ P).ravel()``)."""
@@ -244,17 +271,37 @@ class Trainer:
         idx = sorted(rng.choice(len(self.train), size=self.config.batch, replace=False).tolist())
         return [self.train[i] for i in idx]
 
+    async def _evaluate(self, vectors: Sequence[NDArray[np.float64]], tasks: Sequence[Task]) -> list[Evaluation]:
+        """Score layout vectors on ``tasks``: in process, or through :attr:`evaluator` with the head's column
+        scale applied first (the same head, so the same episodes and the same fitness floats)."""
+        if self.evaluator is None:
+            self.runner.replies.meter = self.meter
+            try:
+                return [await self.runner.evaluate(v, tasks) for v in vectors]
+            finally:
+                self.runner.replies.meter = None
+        self.meter.check()
+        scale = self.state.scale
+        if self.layout.head_only and scale is not None:
+            vectors = [(self.layout.head(v) * scale[None, :]).ravel() for v in vectors]
+        before = float(getattr(self.evaluator, "spent_usd", 0.0))
+        out = await self.evaluator.evaluate_many(vectors, tasks)
+        spent = float(getattr(self.evaluator, "spent_usd", 0.0)) - before
+        if spent:
+            self.meter.add(spent)
+        return out
+
     async def _generation(self) -> dict[str, Any]:
         st, opt = self.state, self.state.optimizer
         gen = st.generation + 1
         start = time.perf_counter()
         tasks = self.batch(gen)
         xs = [opt.ask() for _ in range(opt.population_size)]
-        scores: list[Evaluation] = [await self.runner.evaluate(self.vector(x), tasks) for x in xs]
+        scores = await self._evaluate([self.vector(x) for x in xs], tasks)
         opt.tell([(x, -e.fitness) for x, e in zip(xs, scores, strict=True)])
         mean = self.vector(np.array(opt._mean, dtype=np.float64))
-        valid = await self.runner.evaluate(mean, self.valid)
-        test = await self.runner.evaluate(mean, self.test) if self.config.test_each_generation else None
+        valid = (await self._evaluate([mean], self.valid))[0]
+        test = (await self._evaluate([mean], self.test))[0] if self.config.test_each_generation else None
         evals = len(xs) * len(tasks) + len(self.valid) + (len(self.test) if test else 0)
         key = (valid.accuracy, valid.fitness)
         new_best = key > st.best_key
@@ -272,8 +319,18 @@ class Trainer:
         st.history.append(record)
         st.elapsed_s += seconds
         st.evaluations += evals
-        st.memo = self.runner.stats()
+        st.memo = self.runner.stats() if self.evaluator is None else self.evaluator.stats.to_dict()
+        st.spent_usd = self.meter.spent_usd
+        record["spent_usd"] = round(st.spent_usd, 6)
         return record
+
+    def _record_spend(self) -> None:
+        """After a budget stop: write the spend into the last checkpoint (its generation and optimizer untouched,
+        so a resumed run asks the same candidates)."""
+        disk = load_state(self.run_dir)
+        disk.spent_usd = self.meter.spent_usd
+        save_state(self.run_dir, disk)
+        self.state.spent_usd = self.meter.spent_usd
 
     async def run(self, *, stop_after: int | None = None) -> TrainState:
         """Train up to ``config.generations`` (or only ``stop_after`` more generations), checkpointing each."""
@@ -282,10 +339,13 @@ class Trainer:
         st = self.state
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if st.generation == 0:
-            self.runner.warm([*self.train, *self.valid, *self.test])
+            if self.evaluator is None:
+                self.runner.warm([*self.train, *self.valid, *self.test])
             if self.config.precondition and self.layout.head_only and st.scale is None:
                 st.scale = self.runner.feature_scale(self.train)
         self.runner.scale = st.scale
+        if not (self.run_dir / CHECKPOINT).exists():
+            save_state(self.run_dir, st)  # generation 0: a run stopped in its first generation can resume
         todo = self.config.generations - st.generation
         if stop_after is not None:
             todo = min(todo, stop_after)
@@ -293,7 +353,11 @@ class Trainer:
                    desc="train", unit="gen")
         try:
             for _ in range(max(todo, 0)):
-                record = await self._generation()
+                try:
+                    record = await self._generation()
+                except BudgetExhausted:
+                    self._record_spend()
+                    raise
                 save_state(self.run_dir, st)
                 (self.run_dir / "history.json").write_text(json.dumps(st.history, indent=1))
                 plot(self.run_dir, st.history)
@@ -310,8 +374,14 @@ class Trainer:
         st = self.state
         if st.best_x is None:
             raise TrainError("no generation has finished; nothing to export")
-        test = await self.runner.evaluate(st.best_x, self.test)
-        valid = await self.runner.evaluate(st.best_x, self.valid)
+        self.runner.scale = st.scale
+        try:
+            test = (await self._evaluate([st.best_x], self.test))[0]
+            valid = (await self._evaluate([st.best_x], self.valid))[0]
+        except BudgetExhausted:
+            self._record_spend()
+            raise
+        st.spent_usd = self.meter.spent_usd
         by_family = {f: float(np.mean([e.correct for e in test.episodes if e.family == f]))
                      for f in FAMILIES if any(e.family == f for e in test.episodes)}
         self.runner.scale = st.scale
@@ -352,6 +422,7 @@ def export(run_dir: Path, layout: VectorLayout, state: TrainState, *, valid_accu
                 "agents": c["agents"], "agent_mask": c["agent_mask"], "max_turns": c["max_turns"],
                 "valid_accuracy": valid_accuracy, "test_accuracy": test_accuracy,
                 "test_accuracy_by_family": test_by_family or {}, "train_seconds": round(state.elapsed_s, 1),
-                "evaluations": state.evaluations, "memo": state.memo}
+                "evaluations": state.evaluations, "memo": state.memo, "spent_usd": round(state.spent_usd, 6),
+                "budget_usd": state.budget_usd}
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest

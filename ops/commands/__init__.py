@@ -25,6 +25,7 @@ MODULES: list[str] = [
     "ops.commands.fleet",
     "ops.commands.status",
     "ops.commands.train",
+    "ops.commands.evaluator",
 ]
 
 
