@@ -46,6 +46,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     adapters: list[str] = msgspec.field(default_factory=lambda: ["base"])
     backend: str = "torch"
     backlog: int = 2048
+    keep_alive_s: float = 75.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -67,6 +68,8 @@ class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("adapters: serve at least one adapter token (e.g. ['base'])")
         if any(not a or ":" in a or any(c.isspace() for c in a) for a in self.adapters):
             raise ValueError(f"adapters: tokens without ':' or spaces, got {self.adapters!r}")
+        if not self.keep_alive_s > 0:
+            raise ValueError(f"keep_alive_s: must be > 0 seconds, got {self.keep_alive_s:g}")
         if self.backlog < 1:
             raise ValueError(f"backlog: must be >= 1, got {self.backlog}")
 

@@ -177,7 +177,8 @@ class GatewayActor:
         await self.service.start()
         app = HttpMetrics(self.app, self.service, work_routes={"/v1/chat/completions": "chat_completions"})
         config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, ws="none",
-                                http="h11", backlog=s.backlog, timeout_keep_alive=5)
+                                http="h11", backlog=s.backlog,
+                                timeout_keep_alive=s.keep_alive_s)
         self._server = _EmbeddedServer(config)
         self._serve_task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway-http")
         while not self._server.started:
