@@ -257,6 +257,27 @@ class EpisodeRunner:
         rms = np.sqrt(np.mean(self.features.states(texts) ** 2, axis=0))
         return np.where(rms > 1e-12, 1.0 / np.maximum(rms, 1e-12), 1.0)
 
+    def pca_basis(self, tasks: Sequence[Task], k: int) -> NDArray[np.float64]:
+        """A data basis ``P {k, hidden}`` for ``W = Z P`` searches (``--basis pca``), from first-turn states.
+
+        Rows: the mean preconditioned state ``m / |m|^2`` (so ``P[0] @ f`` is ~1 for every text: a bias), then
+        the top ``k - 1`` principal directions of the centred states, each divided by its standard deviation
+        (every searched coordinate then moves the logits by the same amount at the start). Preconditioned
+        means ``f = h * scale`` (:meth:`feature_scale`); unsupervised: it reads the texts, never the answers.
+        """
+        assert self.features is not None
+        if k < 2:
+            raise ValueError(f"a pca basis needs k >= 2 (a bias row and one direction), got {k}")
+        texts = [self.features.text(observation(self.routing_profile, t.question, [])) for t in tasks]
+        f = self.features.states(texts)
+        if self.scale is not None:
+            f = f * self.scale[None, :]
+        mean = f.mean(axis=0)
+        _, sv, vt = np.linalg.svd(f - mean, full_matrices=False)
+        k = min(k, vt.shape[0] + 1)
+        std = np.maximum(sv[:k - 1] / np.sqrt(len(f)), 1e-12)
+        return np.vstack([mean / max(float(mean @ mean), 1e-12), vt[:k - 1] / std[:, None]])
+
     # -- ports ---------------------------------------------------------------------------------------------
     def _head_route(self, head: NDArray[np.float64]) -> RouteFn:
         assert self.features is not None
