@@ -41,9 +41,10 @@ async def run(a: argparse.Namespace) -> dict[str, object]:
                       batch=a.batch, limit=a.limit, max_turns=a.max_turns, agents=a.agents, backbone=backbone,
                       agent_mask=[int(x) for x in a.agent_mask.split(",")] if a.agent_mask else None,
                       weights={"diversity": 0.15, "turn": 0.1, "max_turns": a.max_turns},
-                      agent_max_tokens=a.agent_max_tokens, test_each_generation=True, project=a.project,
+                      agent_max_tokens=a.agent_max_tokens, project=a.project,
                       basis=a.basis, sigma0=a.sigma0, routing_profile=a.routing_profile, route_rule="argmax",
-                      export_layout=a.export_layout)
+                      export_layout=a.export_layout, train_limit=a.train_limit,
+                      test_each_generation=not a.no_test_each_generation)
     built = await build(cfg)
     runner = built.runner
     suite = build_suite(0)
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sigma0", type=float, default=0.03)
     ap.add_argument("--routing-profile", default="elixir-port", choices=("elixir-port", "sakana"))
     ap.add_argument("--export-layout", default="", choices=("", "head-only", "sakana"))
+    ap.add_argument("--train-limit", type=int, default=0, help="train tasks per family (0: --limit)")
+    ap.add_argument("--no-test-each-generation", action="store_true",
+                    help="score the test split only at the end (fewer calls to slow agents)")
     ap.add_argument("--run-dir")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--json", type=Path)

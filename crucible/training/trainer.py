@@ -72,11 +72,13 @@ class TrainConfig:
     project: int = 0
     basis: str = "random"
     export_layout: str = ""
+    #: train tasks per family (0: ``limit``): a smaller train set bounds the calls to slow agents
+    train_limit: int = 0
 
     def check(self) -> None:
         """Raise :class:`TrainError` on values that cannot run."""
         if self.generations < 1 or self.popsize < 2 or not self.sigma0 > 0 or self.batch < 0 or self.limit < 0 \
-                or self.project < 0 or self.basis not in ("random", "pca") \
+                or self.project < 0 or self.train_limit < 0 or self.basis not in ("random", "pca") \
                 or (self.basis == "pca" and self.project < 2):
             raise TrainError(f"need generations >= 1, popsize >= 2, sigma0 > 0, batch, limit, project >= 0, "
                              f"basis random or pca (pca: project >= 2); got {self.generations}, {self.popsize}, "
@@ -201,7 +203,7 @@ class Trainer:
         if runner.layout != self.layout:
             raise TrainError(f"the evaluator serves layout {runner.layout.name}, the config {self.layout.name}")
         self.suite = suite
-        self.train = split_tasks(suite, "train", config.limit)
+        self.train = split_tasks(suite, "train", config.train_limit or config.limit)
         self.valid = split_tasks(suite, "valid", config.limit)
         self.test = split_tasks(suite, "test", config.limit)
         self.publish = publish

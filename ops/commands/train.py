@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "vector.npy/.safetensors) with artifact_pin.json (default: the trained layout)")
     p.add_argument("--batch", type=int, default=0, help="train tasks per generation (default 0: the whole split)")
     p.add_argument("--limit", type=int, default=0, help="tasks per family and split (default 0: all)")
+    p.add_argument("--train-limit", type=int, default=0,
+                   help="train tasks per family (default 0: --limit); valid and test keep --limit")
     p.add_argument("--suite-seed", type=int, default=0, help="task suite seed (default 0)")
     p.add_argument("--routing-profile", default="elixir-port", choices=("elixir-port", "sakana"))
     p.add_argument("--route-rule", default="argmax", choices=("argmax", "sample"))
@@ -96,7 +98,8 @@ def _config(args: argparse.Namespace) -> Any:
                                                   "max_turns": args.max_turns},
                        routing_profile=args.routing_profile, route_rule=args.route_rule, max_turns=args.max_turns,
                        agent_mask=mask, agent_max_tokens=args.agent_max_tokens, backbone=backbone, agents=args.agents,
-                       project=args.project, basis=args.basis, export_layout=args.export_layout)
+                       project=args.project, basis=args.basis, export_layout=args.export_layout,
+                       train_limit=args.train_limit)
 
 
 async def run(args: argparse.Namespace, settings: Any) -> int:
