@@ -128,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "split, graded; with --trinity-vector: three built-in ones)")
     demo.add_argument("--max-turns", type=_turns, default=None,
                       help=f"turn budget K, 1..{MAX_TURNS} (default: the trained router's, else 5)")
-    demo.add_argument("--per-family", type=int, default=2, metavar="N",
-                      help="world questions per task family (default 2: 8 questions)")
+    demo.add_argument("--per-family", type=int, default=5, metavar="N",
+                      help="world questions per task family (default 5: 20 questions)")
     demo.add_argument("--seed", type=int, default=0, help="seed drawing the world questions (default 0)")
     demo.add_argument("--trinity-vector", action="store_true",
                       help="the previous demo: Sakana's TRINITY head on the synthetic Qwen3 backbone and SmolLM2 "

@@ -120,7 +120,7 @@ def _agent_names(settings: Settings) -> dict[int, str]:
 
 async def run_demo(settings: Settings, questions: list[str], *, repo_root: Path, out: TextIO = sys.stdout,
                    startup_timeout: float = 1800.0, max_turns: int | None = None, deadline_s: float = 600.0,
-                   hard_exit: HardExit | None = None, trained: bool = True, per_family: int = 2,
+                   hard_exit: HardExit | None = None, trained: bool = True, per_family: int = 5,
                    seed: int = 0) -> int:
     """Start the node, ask the questions one by one, print each run; return how many got no result.
 
