@@ -100,6 +100,31 @@ async def local_model_checkpoint(settings: Settings, out: TextIO) -> Path:
     return Path(json.loads(stdout.decode().strip().splitlines()[-1])["dir"])
 
 
+async def wait_trace_stored(nc: Any, request_id: str, timeout: float = 5.0) -> bool:
+    """Wait until the run's ``run_finished``/``run_failed`` event is on the trace stream (``False`` on timeout).
+
+    The coordinator publishes trace events off its run loop; a demo whose last run took a second could stop
+    the node before that event reached the stream, and the trace sink's drain exports only what is stored.
+    """
+    from nats.js.errors import NotFoundError
+
+    from bus import subjects
+
+    js = nc.jetstream()
+    deadline = time.monotonic() + timeout
+    while True:
+        for kind in ("run_finished", "run_failed"):
+            try:
+                await js.get_last_msg(subjects.TRACE_STREAM, subjects.trace(request_id, kind))
+                return True
+            except NotFoundError:
+                pass
+        if time.monotonic() >= deadline:
+            log.warning("the trace of %s has no run_finished/run_failed event after %.0f s", request_id, timeout)
+            return False
+        await asyncio.sleep(0.05)
+
+
 def trained_label(bundle: Bundle) -> str:
     """What the trained router is, for the demo's header."""
     m = bundle.manifest
@@ -232,6 +257,8 @@ async def run_demo(settings: Settings, questions: list[str], *, repo_root: Path,
                       f"{res.request_id} --replay --until-finished)", file=out, flush=True)
                 if res.status.value != "ok" and res.turns == []:
                     failed += 1
+            if questions:  # the last run's final trace event is stored before the node drains (runs here are fast)
+                await wait_trace_stored(nc, res.request_id)
             if right:
                 print(f"\ncorrect: {sum(right)}/{len(right)} ({100 * sum(right) / len(right):.1f}%) by the world's "
                       f"graders; slowest question {max(times):.1f}s, mean {sum(times) / len(times):.1f}s",
