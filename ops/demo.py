@@ -188,8 +188,8 @@ async def run_demo(settings: Settings, questions: list[str], *, repo_root: Path,
     node = Node(settings, on_started=on_started)
     failed = 0
     t0 = time.monotonic()
-    print("starting actors (the first start builds the synthetic checkpoint and converts the local model; "
-          "later starts reuse the cache)...", file=out, flush=True)
+    print("starting actors..." if trained else "starting actors (the first start builds the synthetic checkpoint "
+          "and converts the local model; later starts reuse the cache)...", file=out, flush=True)
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     interrupted: list[signal.Signals] = []
