@@ -37,6 +37,7 @@ from ops.embedded_nats import ensure_nats
 from ops.node import Node
 from ops.world_demo import Bundle, BundleError, bundle_settings, grade_answer, load_bundle, world_questions
 from schemas.common import Role
+from schemas.redaction import scrub_text
 from supervisors.signals import HardExit
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ async def run_demo(settings: Settings, questions: list[str], *, repo_root: Path,
     max_turns = max_turns or 5
     nats_settings, embedded = await ensure_nats(settings.nats, Path("~/.cache/trinity-nats/nats").expanduser())
     settings = msgspec.structs.replace(settings, nats=nats_settings)
-    print(f"NATS: {', '.join(settings.nats.servers)}{' (embedded)' if embedded else ''}", file=out)
+    print(f"NATS: {scrub_text(', '.join(settings.nats.servers))}{' (embedded)' if embedded else ''}", file=out)
     print(label, file=out)
     print("agents: " + "; ".join(_agent_names(settings).values()), file=out, flush=True)
 
