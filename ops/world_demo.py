@@ -5,9 +5,11 @@ reproduces it, see its ``README.md``) is a head trained over the real SmolLM2-13
 in the Sakana layout (``vector.npy`` / ``vector.safetensors``: zero SVF offsets, then the head) with its
 ``manifest.json`` and ``artifact_pin.json``. :func:`load_bundle` checks every file against the pin;
 :func:`bundle_settings` turns the manifest into the node's settings, so the node serves exactly what was trained:
-the same backbone and dtype, routing profile and decision rule, agents (the ``offline-world`` preset), agent
-mask, completion cap and turn budget. :func:`world_questions` draws the demo's questions from the test split of
-the world's suite (never seen in training); :func:`grade_answer` grades a reply with the suite's exact grader.
+the same backbone and dtype, routing profile and decision rule, role pack (the one the episodes injected with:
+``trinity-default/2``, not the ``sakana`` profile's default ``sakana-fugu/1``), agents (the ``offline-world``
+preset), agent mask, completion cap and turn budget. :func:`world_questions` draws the demo's questions from
+the test split of the world's suite (never seen in training); :func:`grade_answer` grades a reply with the
+suite's exact grader.
 
 Pure apart from reading files (no torch here: the node's actors load the models).
 """
@@ -88,7 +90,8 @@ def bundle_settings(settings: Settings, bundle: Bundle, backbone_dir: Path) -> S
     rt = type(rt)(**msgspec.structs.asdict(rt))  # re-validate (resolves the profile's tied-embedding default)
     co = msgspec.structs.replace(settings.coordinator, routing_profile=m["routing_profile"],
                                  route_rule=m["route_rule"], agent_mask=m["agent_mask"],
-                                 agent_max_tokens=int(m["agent_max_tokens"]), agent_temperature=0.0)
+                                 agent_max_tokens=int(m["agent_max_tokens"]), agent_temperature=0.0,
+                                 role_pack=m.get("role_pack"))
     return msgspec.structs.replace(settings, model_runtime=rt, coordinator=co,
                                    provider_agents=ProviderAgentsSettings.offline_world())
 

@@ -332,6 +332,13 @@ class Trainer:
                       test_by_family=by_family)
 
 
+def _role_pack_id() -> str:
+    """The role pack the episodes inject with (a deployment serving the vector must ask for the same one)."""
+    from actors.role_injector.packs import DEFAULT_PACK
+
+    return str(DEFAULT_PACK.pack_id)
+
+
 def export(run_dir: Path, layout: VectorLayout, state: TrainState, *, valid_accuracy: float,
            test_accuracy: float, test_by_family: dict[str, float] | None = None) -> dict[str, Any]:
     """Write the best vector and ``manifest.json``; return the manifest.
@@ -373,7 +380,7 @@ def export(run_dir: Path, layout: VectorLayout, state: TrainState, *, valid_accu
                 "generations": state.generation, "best_generation": state.best_generation,
                 "popsize": c["popsize"], "sigma0": c["sigma0"], "weights": c["weights"], "backbone": c["backbone"],
                 "agents": c["agents"], "agent_mask": c["agent_mask"], "max_turns": c["max_turns"],
-                "agent_max_tokens": c["agent_max_tokens"], "dtype": "float32",
+                "agent_max_tokens": c["agent_max_tokens"], "dtype": "float32", "role_pack": _role_pack_id(),
                 "valid_accuracy": valid_accuracy, "test_accuracy": test_accuracy,
                 "test_accuracy_by_family": test_by_family or {}, "train_seconds": round(state.elapsed_s, 1),
                 "evaluations": state.evaluations, "memo": state.memo}

@@ -74,6 +74,7 @@ def test_settings_serve_what_was_trained(tmp_path: Path) -> None:
     assert rt.routing_profile == co.routing_profile == m["routing_profile"] and rt.dtype == m["dtype"] == "float32"
     assert co.route_rule == m["route_rule"] and co.agent_mask == m["agent_mask"]
     assert co.agent_max_tokens == m["agent_max_tokens"] and bundle.max_turns == m["max_turns"]
+    assert co.role_pack == m["role_pack"] == "trinity-default/2"  # the pack the episodes injected with
     assert {a.agent_id for a in s.provider_agents.agents} == set(range(7))
     assert s.provider_agents.provider(s.provider_agents.agents[1].provider).kind.value == "tool-arithmetic"
 
