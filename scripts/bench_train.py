@@ -36,12 +36,15 @@ from schemas.roles import RoleInjectRequest
 async def run(a: argparse.Namespace) -> dict[str, object]:
     backbone = {"kind": "dir", "path": str(find_smollm2()), "name": "smollm2"} if a.backbone == "smollm2" \
         else {"kind": a.backbone}
-    layout = layout_for("head-only", backbone, "elixir-port")
+    layout = layout_for("head-only", backbone, a.routing_profile)
     cfg = TrainConfig(layout=layout.to_dict(), generations=a.generations, popsize=a.popsize, seed=a.seed,
                       batch=a.batch, limit=a.limit, max_turns=a.max_turns, agents=a.agents, backbone=backbone,
                       agent_mask=[int(x) for x in a.agent_mask.split(",")] if a.agent_mask else None,
                       weights={"diversity": 0.15, "turn": 0.1, "max_turns": a.max_turns},
-                      agent_max_tokens=a.agent_max_tokens, test_each_generation=True, project=a.project)
+                      agent_max_tokens=a.agent_max_tokens, project=a.project,
+                      basis=a.basis, sigma0=a.sigma0, routing_profile=a.routing_profile, route_rule="argmax",
+                      export_layout=a.export_layout, train_limit=a.train_limit,
+                      test_each_generation=not a.no_test_each_generation)
     built = await build(cfg)
     runner = built.runner
     suite = build_suite(0)
@@ -103,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-turns", type=int, default=5)
     ap.add_argument("--agent-max-tokens", type=int, default=64)
     ap.add_argument("--project", type=int, default=0, help="search a random rank-k head W = Z P (0: the full head)")
+    ap.add_argument("--basis", default="random", choices=("random", "pca"), help="basis of --project")
+    ap.add_argument("--sigma0", type=float, default=0.03)
+    ap.add_argument("--routing-profile", default="elixir-port", choices=("elixir-port", "sakana"))
+    ap.add_argument("--export-layout", default="", choices=("", "head-only", "sakana"))
+    ap.add_argument("--train-limit", type=int, default=0, help="train tasks per family (0: --limit)")
+    ap.add_argument("--no-test-each-generation", action="store_true",
+                    help="score the test split only at the end (fewer calls to slow agents)")
     ap.add_argument("--run-dir")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--json", type=Path)

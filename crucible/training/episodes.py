@@ -67,10 +67,13 @@ class HiddenMemo:
     ``hits``/``misses`` count lookups; ``forward_s`` is the time spent in the backbone.
     """
 
-    def __init__(self, engine: Any, batch: int = 16) -> None:
+    def __init__(self, engine: Any, batch: int = 16, share_prefix: bool = True) -> None:
         from actors.model_runtime.formatting import router_text
 
         self.engine = engine
+        #: run the router texts' shared system preamble once (see :meth:`_from_prefix`)
+        self.share_prefix = share_prefix
+        self._prefix: tuple[list[int], Any] | None = None
         self.hidden = int(engine.model.config.hidden_size)
         self.batch = batch
         self._router_text = router_text
@@ -99,12 +102,39 @@ class HiddenMemo:
                     raise RouteFailed("invalid", f"router text of {len(ids)} tokens; needs at least 2")
                 ids = ids[-self.engine.max_context_tokens:]
                 prepared.append(_Prepared(ids))
-            results = self.engine._hidden(prepared)  # package-internal hook: the final-norm state at -2
+            if self.share_prefix:
+                with torch.inference_mode():
+                    results = [self._from_prefix(p.feed) for p in prepared]
+            else:
+                results = self.engine._hidden(prepared)  # package-internal hook: the final-norm state at -2
             for t, r in zip(chunk, results, strict=True):
                 if isinstance(r, ModelRuntimeError):
                     raise RouteFailed("invalid", str(r))
-                self._memo[t] = r.hidden.detach().to(torch.float64).cpu().numpy()
+                state = r if isinstance(r, torch.Tensor) else r.hidden
+                self._memo[t] = state.detach().to(torch.float64).cpu().numpy()
         self.forward_s += time.perf_counter() - start
+
+    def _from_prefix(self, feed: list[int]) -> Any:
+        """The state at the end of ``feed``, continuing from the K/V of the router texts' shared prefix.
+
+        Every router text starts with the same system preamble (most of a first-turn text's tokens): it runs
+        once, its cache is cloned per text and only the rest runs (package-internal engine hooks, the same
+        ones the runtime's own prefix cache uses). Base adapter only.
+        """
+        from transformers import DynamicCache
+
+        from actors.model_runtime.prefix_cache import common_prefix_len
+
+        if self._prefix is None:
+            n = len(feed) - 1
+            cache = DynamicCache(config=self.engine.model.config)
+            self.engine._forward_one(feed[:n], 0, cache, None)
+            self._prefix = (feed[:n], cache)
+        ids, cache = self._prefix
+        reuse = min(common_prefix_len(ids, feed), len(feed) - 1)
+        if reuse < 1:
+            return self.engine._forward_one(feed, 0, DynamicCache(config=self.engine.model.config), None)
+        return self.engine._forward_one(feed[reuse:], reuse, self.engine._slice_cache(cache, 0, reuse), None)
 
     def states(self, texts: Sequence[str]) -> NDArray[np.float64]:
         """Hidden states of ``texts``, computing the missing ones in packed batches."""
@@ -271,6 +301,27 @@ class EpisodeRunner:
         texts = [self.features.text(observation(self.routing_profile, t.question, [])) for t in tasks]
         rms = np.sqrt(np.mean(self.features.states(texts) ** 2, axis=0))
         return np.where(rms > 1e-12, 1.0 / np.maximum(rms, 1e-12), 1.0)
+
+    def pca_basis(self, tasks: Sequence[Task], k: int) -> NDArray[np.float64]:
+        """A data basis ``P {k, hidden}`` for ``W = Z P`` searches (``--basis pca``), from first-turn states.
+
+        Rows: the mean preconditioned state ``m / |m|^2`` (so ``P[0] @ f`` is ~1 for every text: a bias), then
+        the top ``k - 1`` principal directions of the centred states, each divided by its standard deviation
+        (every searched coordinate then moves the logits by the same amount at the start). Preconditioned
+        means ``f = h * scale`` (:meth:`feature_scale`); unsupervised: it reads the texts, never the answers.
+        """
+        assert self.features is not None
+        if k < 2:
+            raise ValueError(f"a pca basis needs k >= 2 (a bias row and one direction), got {k}")
+        texts = [self.features.text(observation(self.routing_profile, t.question, [])) for t in tasks]
+        f = self.features.states(texts)
+        if self.scale is not None:
+            f = f * self.scale[None, :]
+        mean = f.mean(axis=0)
+        _, sv, vt = np.linalg.svd(f - mean, full_matrices=False)
+        k = min(k, vt.shape[0] + 1)
+        std = np.maximum(sv[:k - 1] / np.sqrt(len(f)), 1e-12)
+        return np.vstack([mean / max(float(mean @ mean), 1e-12), vt[:k - 1] / std[:, None]])
 
     # -- ports ---------------------------------------------------------------------------------------------
     def _head_route(self, head: NDArray[np.float64]) -> RouteFn:

@@ -71,14 +71,19 @@ class TrainConfig:
     test_each_generation: bool = True
     precondition: bool = True
     project: int = 0
+    basis: str = "random"
+    export_layout: str = ""
+    #: train tasks per family (0: ``limit``): a smaller train set bounds the calls to slow agents
+    train_limit: int = 0
 
     def check(self) -> None:
         """Raise :class:`TrainError` on values that cannot run."""
         if self.generations < 1 or self.popsize < 2 or not self.sigma0 > 0 or self.batch < 0 or self.limit < 0 \
-                or self.project < 0:
-            raise TrainError(f"need generations >= 1, popsize >= 2, sigma0 > 0, batch, limit, project >= 0; got "
-                             f"{self.generations}, {self.popsize}, {self.sigma0}, {self.batch}, {self.limit}, "
-                             f"{self.project}")
+                or self.project < 0 or self.train_limit < 0 or self.basis not in ("random", "pca") \
+                or (self.basis == "pca" and self.project < 2):
+            raise TrainError(f"need generations >= 1, popsize >= 2, sigma0 > 0, batch, limit, project >= 0, "
+                             f"basis random or pca (pca: project >= 2); got {self.generations}, {self.popsize}, "
+                             f"{self.sigma0}, {self.batch}, {self.limit}, {self.project}, {self.basis}")
 
 
 def split_tasks(suite: TaskSuite, split: str, limit: int = 0) -> list[Task]:
@@ -121,6 +126,8 @@ class TrainState:
     #: USD spent on agent calls by this run so far (every process, every resume), and the limit (None: none)
     spent_usd: float = 0.0
     budget_usd: float | None = None
+    #: ``W = Z P`` basis of a ``basis="pca"`` run (``None`` otherwise: a random basis is rebuilt from the seed)
+    projection: NDArray[np.float64] | None = None
 
 
 def save_state(run_dir: Path, state: TrainState) -> None:
@@ -215,7 +222,7 @@ class Trainer:
         if runner.layout != self.layout:
             raise TrainError(f"the evaluator serves layout {runner.layout.name}, the config {self.layout.name}")
         self.suite = suite
-        self.train = split_tasks(suite, "train", config.limit)
+        self.train = split_tasks(suite, "train", config.train_limit or config.limit)
         self.valid = split_tasks(suite, "valid", config.limit)
         self.test = split_tasks(suite, "test", config.limit)
         self.publish = publish
@@ -224,9 +231,11 @@ class Trainer:
             raise TrainError("project (a random low-rank head search) applies to head-only layouts only")
         rows, cols = self.layout.head_shape
         self.projection = None
-        if config.project:
+        if config.project and config.basis == "random":
             # W = Z @ P: the optimizer searches Z {rows, k}; P {k, hidden} is fixed, seeded by the run's seed
             self.projection = np.random.default_rng([config.seed, 7919]).standard_normal((config.project, cols))
+        elif config.project:  # basis pca: computed from the train states when the run starts (kept in the state)
+            self.projection = state.projection if state is not None else None
         dim = rows * config.project if config.project else self.layout.size
         if state is None:
             opt = SepCMA(mean=np.zeros(dim), sigma=config.sigma0, seed=config.seed,
@@ -344,6 +353,10 @@ class Trainer:
             if self.config.precondition and self.layout.head_only and st.scale is None:
                 st.scale = self.runner.feature_scale(self.train)
         self.runner.scale = st.scale
+        if self.config.project and self.config.basis == "pca" and st.projection is None:
+            st.projection = self.runner.pca_basis(self.train, self.config.project)
+        if self.config.basis == "pca":
+            self.projection = st.projection
         if not (self.run_dir / CHECKPOINT).exists():
             save_state(self.run_dir, st)  # generation 0: a run stopped in its first generation can resume
         todo = self.config.generations - st.generation
@@ -389,13 +402,23 @@ class Trainer:
                       test_by_family=by_family)
 
 
+def _role_pack_id() -> str:
+    """The role pack the episodes inject with (a deployment serving the vector must ask for the same one)."""
+    from actors.role_injector.packs import DEFAULT_PACK
+
+    return str(DEFAULT_PACK.pack_id)
+
+
 def export(run_dir: Path, layout: VectorLayout, state: TrainState, *, valid_accuracy: float,
            test_accuracy: float, test_by_family: dict[str, float] | None = None) -> dict[str, Any]:
     """Write the best vector and ``manifest.json``; return the manifest.
 
     Head-only layouts: ``head.npy`` (float32 ``{n_agents + 3, hidden}``; ``model_runtime.head_path`` loads it).
     Layouts with SVF offsets: ``vector.npy`` (float64) and ``vector.safetensors`` (one F32 tensor under
-    ``trinity_router_es_vector``), in TRINITY vector order (offsets, then the head row-major).
+    ``trinity_router_es_vector``), in TRINITY vector order (offsets, then the head row-major). A head-only run
+    with ``export_layout="sakana"`` writes both: ``head.npy`` and the Sakana-layout vector with zero offsets
+    (the backbone as trained; ``head_path`` takes its last ``rows * hidden`` values). Vectors come with
+    ``artifact_pin.json`` (``run.py verify RUN_DIR`` checks every file against it).
     """
     from safetensors.numpy import save_file
 
@@ -404,25 +427,38 @@ def export(run_dir: Path, layout: VectorLayout, state: TrainState, *, valid_accu
     assert state.best_x is not None
     x = np.asarray(state.best_x, dtype=np.float64)
     files: dict[str, str] = {}
+    c = state.config
+    exported = layout
     if layout.head_only:
         head = layout.head(x) if state.scale is None else layout.head(x) * state.scale[None, :]
         np.save(run_dir / "head.npy", head.astype(np.float32))
         files["head"] = "head.npy"
-    else:
+        if c.get("export_layout") == "sakana":  # zero SVF offsets (the backbone unchanged), then the head
+            from crucible.training.setup import layout_for
+
+            exported = layout_for("sakana", c["backbone"], c["routing_profile"], layout.n_agents)
+            x = np.concatenate([np.zeros(exported.svf_size), head.ravel()])
+    if not exported.head_only:
         np.save(run_dir / "vector.npy", x)
         save_file({SAFETENSORS_KEY: x.astype(np.float32)}, str(run_dir / "vector.safetensors"))
         files["vector_npy"], files["vector_safetensors"] = "vector.npy", "vector.safetensors"
     digests = {name: hashlib.sha256((run_dir / name).read_bytes()).hexdigest() for name in files.values()}
-    c = state.config
     manifest = {"kind": "trinity-trained-router", "layout": layout.to_dict(), "files": files, "sha256": digests,
+                "exported_layout": exported.to_dict(), "project": c.get("project", 0), "basis": c.get("basis"),
                 "suite_fingerprint": state.suite_fingerprint, "suite_seed": c["suite_seed"],
                 "routing_profile": c["routing_profile"], "route_rule": c["route_rule"], "seed": c["seed"],
                 "generations": state.generation, "best_generation": state.best_generation,
                 "popsize": c["popsize"], "sigma0": c["sigma0"], "weights": c["weights"], "backbone": c["backbone"],
                 "agents": c["agents"], "agent_mask": c["agent_mask"], "max_turns": c["max_turns"],
+                "agent_max_tokens": c["agent_max_tokens"], "dtype": "float32", "role_pack": _role_pack_id(),
                 "valid_accuracy": valid_accuracy, "test_accuracy": test_accuracy,
                 "test_accuracy_by_family": test_by_family or {}, "train_seconds": round(state.elapsed_s, 1),
                 "evaluations": state.evaluations, "memo": state.memo, "spent_usd": round(state.spent_usd, 6),
                 "budget_usd": state.budget_usd}
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if not exported.head_only:  # the Sakana bundle's pin: every exported file with its sha256
+        from crucible.registry.pins import build_pin, write_pin
+
+        write_pin(build_pin(run_dir, ["manifest.json", *files.values()], repo_id="local/trinity-trained",
+                            revision=f"gen{state.best_generation}"), run_dir / "artifact_pin.json")
     return manifest

@@ -60,8 +60,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent-mask", metavar="IDS", help="comma-separated agent ids the router may pick")
     p.add_argument("--project", type=int, default=0, metavar="K",
                    help="head-only: search W = Z P with a fixed random P {K, hidden} (K*(n_agents+3) values; 0: off)")
+    p.add_argument("--basis", default="random", choices=("random", "pca"),
+                   help="with --project: a seeded random basis P, or the top principal directions of the train "
+                        "texts' states (whitened, plus a bias row)")
+    p.add_argument("--export-layout", default="", choices=("", "head-only", "sakana"),
+                   help="head-only runs: also write the head as a Sakana-layout vector (zero SVF offsets + head: "
+                        "vector.npy/.safetensors) with artifact_pin.json (default: the trained layout)")
     p.add_argument("--batch", type=int, default=0, help="train tasks per generation (default 0: the whole split)")
     p.add_argument("--limit", type=int, default=0, help="tasks per family and split (default 0: all)")
+    p.add_argument("--train-limit", type=int, default=0,
+                   help="train tasks per family (default 0: --limit); valid and test keep --limit")
     p.add_argument("--suite-seed", type=int, default=0, help="task suite seed (default 0)")
     p.add_argument("--routing-profile", default="elixir-port", choices=("elixir-port", "sakana"))
     p.add_argument("--route-rule", default="argmax", choices=("argmax", "sample"))
@@ -116,7 +124,8 @@ def _config(args: argparse.Namespace) -> Any:
                                                   "max_turns": args.max_turns},
                        routing_profile=args.routing_profile, route_rule=args.route_rule, max_turns=args.max_turns,
                        agent_mask=mask, agent_max_tokens=args.agent_max_tokens, backbone=backbone, agents=args.agents,
-                       project=args.project)
+                       project=args.project, basis=args.basis, export_layout=args.export_layout,
+                       train_limit=args.train_limit)
 
 
 async def run(args: argparse.Namespace, settings: Any) -> int:

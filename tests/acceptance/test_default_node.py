@@ -1,12 +1,14 @@
 """Acceptance: the default node as a person runs it, built exactly as ``make demo`` builds it.
 
-No fakes and no tiny models: the full-size synthetic Qwen3-0.6B router with the real TRINITY vector from the
-anchors, the local SmolLM2-135M agents, the trace sink writing JSONL, every actor in one ``run.py`` process,
-against a real nats-server. The tests check what a user sees:
+No fakes and no tiny models: ``run.py demo`` serves the trained router committed in ``routers/`` (the real
+SmolLM2-135M backbone) over the offline world's agents; ``run.py node`` the full-size synthetic Qwen3-0.6B router
+with the real TRINITY vector from the anchors and the local SmolLM2-135M agents; both with the trace sink writing
+JSONL, every actor in one ``run.py`` process, against a real nats-server. The tests check what a user sees:
 
-* ``run.py demo``: every question ends within its deadline with a result (an answer or an explicit stop
-  reason), the process exits by itself with status 0, the JSONL trace holds every request's events, and
-  nothing keeps running afterwards;
+* ``run.py demo`` (the trained router over the offline world): every question ends within its deadline with a
+  result (an answer or an explicit stop reason) and the grader's verdict, at least 80% are correct, the process
+  exits by itself with status 0, the JSONL trace holds every request's events, and nothing keeps running
+  afterwards;
 * ``run.py node`` + ``run.py submit``: questions submitted while the node is still starting all get a stored
   result (none fails because the runtime had not joined yet); the node says once that it is ready;
   ``run.py status --wait-ready`` returns 0 once it is; Ctrl-C exits within ``node.drain_timeout_s``, a job
@@ -54,6 +56,10 @@ DEADLINE_S = 300.0
 RESULT_RX = re.compile(r"request (q-[0-9a-f]+): (ok|failed), stopped by (\w+) after (\d+) turn")
 ELAPSED_RX = re.compile(r"\((\d+\.\d)s; replay its trace")
 READY_RX = r"node \S+ ready"
+#: ``run.py demo``'s default: 5 questions per world family
+WORLD_QUESTIONS = 20
+GRADER_RX = re.compile(r"^  grader: (correct|incorrect) ", re.M)
+CORRECT_RX = re.compile(r"^correct: (\d+)/(\d+) ", re.M)
 
 
 def _common_args(url: str, jsonl: Path) -> list[str]:
@@ -62,30 +68,36 @@ def _common_args(url: str, jsonl: Path) -> list[str]:
 
 
 def test_make_demo_answers_every_question_and_exits(fresh_nats_server: NatsServerProcess, tmp_path: Path) -> None:
+    """``run.py demo`` as ``make demo`` runs it: the trained router over the offline world, 20 graded questions
+    from the world's test split (5 per family); at least 80% answered correctly by the world's graders."""
     mark = new_mark()
     jsonl = tmp_path / "trace.jsonl"
-    args = ["run.py", "demo", *_common_args(fresh_nats_server.url, jsonl), "--max-turns", str(MAX_TURNS),
-            "--deadline", str(DEADLINE_S)]
-    for q in QUESTIONS:
-        args += ["--question", q]
+    args = ["run.py", "demo", *_common_args(fresh_nats_server.url, jsonl), "--deadline", str(DEADLINE_S)]
     demo = start("demo", args, tmp_path, env_with(mark))
     try:
-        rc = demo.wait_exit(STARTUP_GUARD_S + len(QUESTIONS) * (DEADLINE_S + 60.0))
+        rc = demo.wait_exit(STARTUP_GUARD_S + WORLD_QUESTIONS * (DEADLINE_S + 60.0))
     finally:
         demo.kill()
     out = demo.text()
     assert "Traceback" not in out, out[-4000:]
     assert rc == 0, out[-4000:]
-    assert "real TRINITY head" in out and "synthetic random-weight" in out, out[:2000]
+    assert "router: the trained head in offline-world-smollm2/" in out and "SmolLM2-135M-Instruct" in out, out[:3000]
     results = RESULT_RX.findall(out)
     elapsed = [float(x) for x in ELAPSED_RX.findall(out)]
-    assert len(results) == len(QUESTIONS) == len(elapsed), out[-4000:]
+    assert len(results) == WORLD_QUESTIONS == len(elapsed), out[-4000:]
     for (rid, status, stop, turns), secs in zip(results, elapsed, strict=True):
         assert secs <= DEADLINE_S, f"{rid} took {secs}s past its {DEADLINE_S}s deadline"
         assert stop != "deadline" or status == "ok", out[-4000:]
         assert int(turns) >= 1, f"{rid} ran no turn ({status}, {stop})"
-    # what a person reads: an answer, or an explicit reason, after each question
-    assert out.count("answer: ") == len(QUESTIONS), out[-4000:]
+    # what a person reads: an answer, or an explicit reason, after each question; the grader's verdict; agents used
+    assert out.count("answer: ") == WORLD_QUESTIONS, out[-4000:]
+    verdicts = GRADER_RX.findall(out)
+    assert len(verdicts) == WORLD_QUESTIONS and out.count("  agents/roles: ") == WORLD_QUESTIONS, out[-4000:]
+    total = CORRECT_RX.search(out)
+    assert total is not None, out[-3000:]
+    right, asked = int(total.group(1)), int(total.group(2))
+    assert asked == WORLD_QUESTIONS and right == verdicts.count("correct"), out[-3000:]
+    assert right / asked >= 0.8, f"only {right}/{asked} answered correctly:\n{out[-6000:]}"
     assert "REVISE (unparsed)" not in out
     traces = read_jsonl(jsonl)
     for rid, _status, _stop, turns in results:

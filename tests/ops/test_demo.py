@@ -45,7 +45,7 @@ async def test_demo_answers_a_question_through_the_work_queue(fresh_nats_server:
     )
     out = io.StringIO()
     failed = await run_demo(settings, ["What is 17 + 25?"], repo_root=REPO, out=out, startup_timeout=600.0,
-                            max_turns=2, deadline_s=300.0)
+                            max_turns=2, deadline_s=300.0, trained=False)
     text = out.getvalue()
     assert failed == 0, text
     for actor in ALL_ACTORS:

@@ -55,9 +55,10 @@ async def test_worker_then_verifier_ends_the_episode_on_accept() -> None:
     assert runner.replies.hits == 2
 
 
-def test_hidden_memo_gives_the_engines_own_logits() -> None:
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_hidden_memo_gives_the_engines_own_logits(share_prefix: bool) -> None:
     engine = RouterEngine.load(ModelRuntimeSettings(checkpoint_preset="qwen3-tiny-synthetic"))
-    memo = HiddenMemo(engine, batch=4)
+    memo = HiddenMemo(engine, batch=4, share_prefix=share_prefix)
     transcripts = [[Message(role="user", content=q)] for q in ("What is 2 + 3?", "Capital of Peru?", "Reverse 'ab'")]
     transcripts.append([*transcripts[0], Message(role="assistant", content="2 + 3 = 5")])
     texts = [memo.text(m) for m in transcripts]

@@ -121,3 +121,49 @@ async def test_projected_search_exports_a_low_rank_head_and_resumes_identically(
         [h["candidates_sha256"] for h in resumed.state.history]
     head = np.load(tmp_path / "b" / "head.npy")
     assert head.shape == (10, 6) and np.linalg.matrix_rank(head) <= 2
+
+
+async def test_pca_basis_learns_resumes_identically_and_exports_a_pinned_sakana_vector(tmp_path: Path) -> None:
+    from crucible.registry.pins import load_pin
+    from crucible.registry.verify import verify_directory
+    from crucible.router_vector import load_router_vector
+
+    suite = build_suite(0)
+    runner, pool = await tool_runner()
+    # the tiny backbone's config sizes the Sakana layout; the keyword features are 6 wide, so use a 6-wide stand-in
+    backbone = {"kind": "dir", "path": str(tmp_path / "cfg")}
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps({"hidden_size": 6, "num_hidden_layers": 3}))
+    cfg = _config(project=4, basis="pca", generations=6, limit=10, batch=0, export_layout="sakana",
+                  backbone=backbone)
+    try:
+        whole = Trainer(tmp_path / "a", cfg, runner, suite, progress=False)
+        await whole.run()
+        part = Trainer(tmp_path / "b", cfg, runner, suite, progress=False)
+        await part.run(stop_after=2)
+        resumed = Trainer.resume(tmp_path / "b", runner, suite, progress=False)
+        await resumed.run()
+        manifest = await resumed.finish()
+    finally:
+        await pool.aclose()  # type: ignore[attr-defined]
+    p = whole.state.projection
+    assert p is not None and p.shape == (4, 6)
+    np.testing.assert_array_equal(p, resumed.state.projection)  # type: ignore[arg-type]
+    assert [h["candidates_sha256"] for h in whole.state.history] == \
+        [h["candidates_sha256"] for h in resumed.state.history]
+    assert manifest["valid_accuracy"] >= 0.7  # keyword features separate the tool families: the search finds it
+    run = tmp_path / "b"
+    head = np.load(run / "head.npy")
+    vec = load_router_vector(run / "vector.npy")
+    assert manifest["exported_layout"]["name"] == "sakana" and vec.shape == (9 * 6 + 10 * 6,)
+    assert not vec[:54].any()  # zero SVF offsets: the backbone as trained
+    np.testing.assert_allclose(vec[54:].reshape(10, 6), head, rtol=1e-6)
+    spec = HeadSpec(cols=6)
+    np.testing.assert_allclose(RoutingHead.load(run / "vector.npy", spec).weight.numpy(), head, rtol=1e-6)
+    pin = load_pin(run / "artifact_pin.json")
+    assert verify_directory(run, pin, ignore=("artifact_pin.json",)).ok
+    assert {f.path for f in pin.files} == {"manifest.json", "head.npy", "vector.npy", "vector.safetensors"}
+    raw = bytearray((run / "vector.npy").read_bytes())
+    raw[-1] ^= 0x40  # one value of the head altered
+    (run / "vector.npy").write_bytes(bytes(raw))
+    assert not verify_directory(run, pin, ignore=("artifact_pin.json",)).ok
