@@ -29,7 +29,8 @@ class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ends); one more gets ``429`` with ``Retry-After: retry_after_s``. ``request_deadline_s`` is a run's
     deadline unless the request asks for another (``deadline_s``, at most ``max_deadline_s``); the gateway
     waits ``result_grace_s`` past it for the stored result before answering ``504``. ``port`` 0 picks a free
-    port (logged at start).
+    port (logged at start). ``keep_alive_s`` keeps an idle connection open longer than clients keep theirs
+    (httpx and the openai client: 5 s), so a client never reuses a connection the server is closing.
     """
 
     host: str = "127.0.0.1"
