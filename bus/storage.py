@@ -307,7 +307,8 @@ async def publish_async(js: JetStreamContext, subject: str, payload: bytes, *, h
     except nats.js.errors.TooManyStalledMsgsError:
         raise  # no slot was taken
     except (nats.errors.Error, OSError) as e:
-        _release_leaked_slot(js, before)
+        if _release_leaked_slot(js, before):
+            await asyncio.sleep(0)  # let the cancelled future's done-callback give the slot back
         typed = storage_error(e, subject=subject)
         if typed is not None:
             raise typed from e
