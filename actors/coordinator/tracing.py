@@ -80,11 +80,12 @@ class TracePublisher:
         self._idle = asyncio.Event()
         self._idle.set()
         self.on_stream_missing = on_stream_missing
+        self._in_flight = 0  # events of the batch being published
         self.watch = LoopWatch("coordinator trace publisher", pending=self._waiting,
                                stall_after_s=self.retry_window_s + 4 * publish_timeout_s)
 
     async def _waiting(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + self._in_flight
 
     @property
     def pending(self) -> int:
@@ -116,7 +117,9 @@ class TracePublisher:
             batch = [await self._queue.get()]
             while len(batch) < BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            self._in_flight = len(batch)
             await self._publish(batch)
+            self._in_flight = 0
             self.watch.progress()
             if self._queue.empty():
                 self._idle.set()
