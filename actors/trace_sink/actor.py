@@ -116,8 +116,9 @@ class TraceSinkActor:
             return
 
     def watches(self) -> list[LoopWatch]:
-        """The inner loops the node watches: the fetch loop (once bound) and the storage keeper."""
-        return [self.watch, *([self.storage.watch] if self.storage is not None else [])]
+        """The inner loops the node watches: the fetch loop (once bound), the storage keeper and each exporter's
+        loop."""
+        return [self.watch, *([self.storage.watch] if self.storage is not None else []), *self.sink.watches()]
 
     async def pending(self) -> int:
         """Messages the durable consumer has not delivered yet (one JetStream API round trip)."""
@@ -184,11 +185,7 @@ class TraceSinkActor:
         """
         t0 = time.monotonic()
         if self._binder is not None:
-            self._binder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._binder
-        if self.storage is not None:
-            await self.storage.stop()
+            self._binder.cancel()  # awaited below, after the fetch loop (no await may come before its cancel)
         # Catch up only when the loop was healthy: a failed incarnation (loop died or stalled) stops at once
         # and leaves the pending events to its restarted successor.
         healthy = (self._task is not None and not self._task.done()
@@ -201,6 +198,12 @@ class TraceSinkActor:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError, nats.errors.Error):
                 await self._task
             self._task = None
+        if self._binder is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._binder
+            self._binder = None
+        if self.storage is not None:
+            await self.storage.stop()
         if self._sub is not None and healthy:
             caught = await self._catch_up(t0 + timeout * self.catchup_share)
             self.caught_up += caught
