@@ -50,7 +50,7 @@ from actors.coordinator.profiles import DEFAULT_RULE, VERIFIER_BEFORE_WORKER
 from actors.coordinator.state_machine import CallContext, Policy, Ports, VerifierBeforeWorker, coordinate
 from actors.coordinator.tracing import TracePublisher
 from bus import rpc, subjects
-from bus.errors import MalformedPayload, NoResponders, PayloadTooLarge, Rejected, RemoteError, RequestTimeout
+from bus.errors import BusError, Rejected, error_contract
 from bus.jetstream import (
     ConsumerSpec,
     StreamSpec,
@@ -131,14 +131,11 @@ async def _call(nc: Client, subject: str, payload: msgspec.Struct, reply_type: t
                       traceparent=base.traceparent, tracestate=base.tracestate)
     try:
         return await rpc.request(nc, subject, payload, reply_type, timeout=ctx.timeout_s, provenance=prov)
-    except RemoteError as e:
-        raise error(e.code.value, e.message, retryable=e.retryable) from None
-    except RequestTimeout as e:
-        raise error(ErrorCode.DEADLINE.value, str(e), retryable=True) from None
-    except NoResponders as e:
-        raise error(ErrorCode.UNAVAILABLE.value, str(e), retryable=False) from None
-    except (MalformedPayload, PayloadTooLarge) as e:
-        raise error(ErrorCode.MALFORMED.value, f"bad reply on {subject}: {e}", retryable=False) from None
+    except BusError as e:
+        reply = error_contract(e, subject)
+        if reply is None:
+            raise
+        raise error(reply.code.value, reply.message, retryable=reply.retryable) from None
 
 
 class CoordinatorActor:

@@ -163,3 +163,23 @@ async def test_raw_publish_async_leaks_slots_and_the_wrapper_does_not(nc: nats.N
     assert [(await a).stream for a in acks] == ["SLOTS"] * 20
     await asyncio.sleep(0)  # done-callbacks (which free the slots) run on the next loop turn
     assert js.publish_async_pending() == 0
+
+
+def test_one_error_contract_for_every_bus_failure() -> None:
+    from bus.errors import MalformedPayload, NoResponders, RemoteError, RequestTimeout, error_contract
+    from schemas.wire import ErrorReply
+
+    cases = {
+        RemoteError(ErrorReply(code=ErrorCode.OVERLOADED, message="busy", retryable=True)): ("overloaded", True),
+        RequestTimeout("trinity.agent.1.call", 2.0): ("deadline", True),
+        NoResponders("trinity.agent.1.call"): ("unavailable", False),
+        MalformedPayload("RouteLogits", "bad json"): ("malformed", False),
+        StreamMissing("gone"): ("unavailable", True),
+        StoreFull("full"): ("unavailable", True),
+        StoreTooSmall("small"): ("unavailable", False),
+        PublishRefused("bad subject"): ("invalid", False),
+    }
+    for exc, (code, retryable) in cases.items():
+        reply = error_contract(exc, "s")
+        assert reply is not None and (reply.code.value, reply.retryable) == (code, retryable), exc
+    assert error_contract(ValueError("a bug")) is None
