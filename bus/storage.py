@@ -235,7 +235,7 @@ class StorageKeeper:
                 log.debug("%s: storage check failed (%r); retrying", self.owner, e)
                 return False
             if self.error is None or str(self.error) != str(typed):
-                log.error("%s: %s: %s (request/reply keeps serving; retrying every %.0f s)", self.owner,
+                log.error("%s: %s: %s (request/reply keeps serving; retrying every %.1f s)", self.owner,
                           type(typed).__name__, typed, self.check_every_s)
             self.error = typed
             return False
