@@ -259,6 +259,7 @@ class StorageKeeper:
             self._poke.clear()
             await self.ensure()
             self.watch.progress()
+            await asyncio.sleep(min(0.25, self.check_every_s))  # pokes in a burst (every failed publish) coalesce
 
     async def stop(self) -> None:
         """Stop the periodic check."""

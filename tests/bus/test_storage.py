@@ -183,3 +183,24 @@ def test_one_error_contract_for_every_bus_failure() -> None:
         reply = error_contract(exc, "s")
         assert reply is not None and (reply.code.value, reply.retryable) == (code, retryable), exc
     assert error_contract(ValueError("a bug")) is None
+
+
+async def test_a_poke_checks_at_once_and_a_burst_of_pokes_coalesces(fresh_nats_server: NatsServerProcess) -> None:
+    nc = await nats.connect(fresh_nats_server.url)
+    js = nc.jetstream()
+    keeper = StorageKeeper(js, "test", [StreamSpec(name="POKE", subjects=["poke.>"])], check_every_s=600.0)
+    try:
+        assert await keeper.ensure()
+        await keeper.start()
+        await js.delete_stream("POKE")
+        checks = keeper.checks
+        for _ in range(50):  # every failed publish of a burst pokes
+            keeper.poke()
+            await asyncio.sleep(0.01)
+        await until(lambda: keeper.recreated.get("POKE") == 1, "recreated on a poke, long before check_every_s")
+        await asyncio.sleep(0.3)
+        assert 1 <= keeper.checks - checks <= 4  # 50 pokes in 0.5 s: a few checks, not 50
+        await js.publish("poke.x", b"stored")
+    finally:
+        await keeper.stop()
+        await nc.close()
