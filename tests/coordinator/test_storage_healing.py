@@ -228,3 +228,39 @@ async def test_trace_publisher_loop_death_and_stall_are_seen(nc: nats.NATS) -> N
     with pytest.raises(LoopStalled, match="2 messages are pending"):
         await stuck.watch.check()
     await stuck.close(timeout=0.1)
+
+
+async def test_a_node_on_a_store_too_small_stays_up_and_answers(tmp_path, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """The whole node (coordinator + trace sink, the real factories): before, both crash-looped on a bare
+    ``ServerError()`` until the node gave up and exited."""
+    from config.settings import load_settings
+    from ops.node import Node
+
+    caplog.set_level(logging.INFO)
+    srv = NatsServerProcess.start(name="trinity-test-small-node", max_file_store="1MB")
+    settings = load_settings(overrides=[
+        f'nats.servers=["{srv.url}"]', 'node.actors=["trace_sink", "coordinator"]', 'node.node_id="small"',
+        'coordinator.role_inject_mode="local"', 'fleet.placement="subject"', "coordinator.storage_check_s=0.2",
+        "trace_sink.storage_check_s=0.2", f'trace_sink.jsonl.path="{tmp_path / "t.jsonl"}"',
+        'trace_sink.otel.exporter="none"'])
+    node = Node(settings)
+    nc = await nats.connect(srv.url)
+    fakes = BusFakes(nc, world())
+    await fakes.start()
+    await node.start()
+    try:
+        await asyncio.wait_for(node.wait_ready(), GUARD_S)
+        await asyncio.sleep(1.5)  # several keeper rounds, each failing with the same typed error
+        for i in range(3):
+            res = await rpc.request(nc, subjects.coord_request(), CoordinationRequest(request_id=rid(), query="q"),
+                                    CoordinationResult, timeout=GUARD_S)
+            assert res.status is RunStatus.OK and res.answer == "42", i
+        assert node.status().restarts == {"trace_sink": 0, "coordinator": 0} and node.ready
+    finally:
+        await node.stop()
+        await fakes.drain()
+        await nc.close()
+        srv.close()
+    typed = [r.getMessage() for r in caplog.records if "StoreTooSmall" in r.getMessage()]
+    assert {m.split(":")[0] for m in typed} == {"coordinator", "trace sink (trace-sink)"}, typed  # one line each
+    assert not [r for r in caplog.records if "crashed" in r.getMessage()]
