@@ -250,7 +250,7 @@ class StorageKeeper:
         """Start the periodic check (watched by :attr:`watch`)."""
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name=f"{self.owner}.storage-keeper")
-            self.watch.attach(self._task)  # type: ignore[arg-type]
+            self.watch.attach(self._task)
 
     async def _loop(self) -> None:
         while True:

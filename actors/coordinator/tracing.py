@@ -96,7 +96,7 @@ class TracePublisher:
         """Start the background publishing task."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="trace-publisher")
-            self.watch.attach(self._task)  # type: ignore[arg-type]
+            self.watch.attach(self._task)
 
     async def emit(self, event: TraceEvent) -> None:
         """Queue ``event`` for publishing; drop and count it when the buffer is full. Never blocks.

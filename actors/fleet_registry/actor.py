@@ -97,7 +97,7 @@ class FleetRegistryActor:
         self._subs.append(await self.nc.subscribe(subjects.FLEET_RELEASE, cb=self._on_release))
         await self.service.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="fleet-registry-sweep")
-        self.sweep_watch.attach(self._sweeper)  # type: ignore[arg-type]
+        self.sweep_watch.attach(self._sweeper)
         await self.nc.publish(subjects.RUNTIME_ANNOUNCE, b"")
         await self.nc.flush()
 

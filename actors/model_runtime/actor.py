@@ -166,7 +166,7 @@ class ModelRuntimeActor:
         self._announce_sub = await self.nc.subscribe(subjects.RUNTIME_ANNOUNCE, cb=self._on_announce)
         await self.publish_heartbeat()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat-{self.runtime_id}")
-        self.heartbeat_watch.attach(self._heartbeat_task)  # type: ignore[arg-type]
+        self.heartbeat_watch.attach(self._heartbeat_task)
 
     def _route_endpoint(self, adapter: str) -> Endpoint[RouteRequestBody]:
         s = self.settings

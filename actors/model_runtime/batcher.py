@@ -84,7 +84,7 @@ class DynamicBatcher(Generic[T, R]):
         """Start the collecting loop on the running event loop."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="model-runtime-batcher")
-            self.watch.attach(self._task)  # type: ignore[arg-type]
+            self.watch.attach(self._task)
 
     async def submit(self, item: T) -> R:
         """Queue ``item``; return its result once its batch ran. Raises ``Overloaded`` when the queue is full."""

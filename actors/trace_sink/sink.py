@@ -142,7 +142,7 @@ class TraceSink:
                 lane.task = asyncio.create_task(self._work(lane), name=f"trace-sink.{lane.exporter.name}")
                 lane.watch = LoopWatch(f"trace sink {lane.exporter.name} exporter loop",
                                        stall_after_s=self.settings.stall_after_s, pending=lane.waiting)
-                lane.watch.attach(lane.task)  # type: ignore[arg-type]
+                lane.watch.attach(lane.task)
 
     def watches(self) -> list[LoopWatch]:
         """One watch per exporter loop: it died, or exported nothing for ``stall_after_s`` while records wait
