@@ -22,6 +22,7 @@ from actors.coordinator.tracing import TracePublisher
 from actors.role_injector.actor import local_injector, registry_from_settings
 from bus import rpc, subjects
 from bus.embedded import NatsServerProcess
+from bus.jetstream import ensure_stream, trace_stream_spec
 from bus.storage import StoreTooSmall
 from config.coordinator import CoordinatorSettings, RoleInjectorSettings
 from ops.client import stored_result, submit_job
@@ -264,3 +265,32 @@ async def test_a_node_on_a_store_too_small_stays_up_and_answers(tmp_path, caplog
     typed = [r.getMessage() for r in caplog.records if "StoreTooSmall" in r.getMessage()]
     assert {m.split(":")[0] for m in typed} == {"coordinator", "trace sink (trace-sink)"}, typed  # one line each
     assert not [r for r in caplog.records if "crashed" in r.getMessage()]
+
+
+async def test_trace_publisher_never_leaks_publish_slots_nor_retries_what_is_refused() -> None:
+    """Issue 14: each bad request leaked ~104 of nats-py's async publish slots, and after 41 requests nothing
+    was traced. Here 200 events the server can never take (over its max_payload: nats-py refuses them after
+    taking a slot) go through a publisher with 50 slots; the good events after them are all stored."""
+    srv = NatsServerProcess.start(name="trinity-test-slots", config_text="max_payload: 4096\n")
+    nc = await nats.connect(srv.url)
+    try:
+        js = nc.jetstream(publish_async_max_pending=50)
+        await ensure_stream(js, trace_stream_spec())
+        pub = TracePublisher(js, capacity=1000, publish_timeout_s=1.0)
+        await pub.start()
+        for i in range(200):
+            await pub.emit(RunStarted(request_id="bad", event_id=f"b{i}", causation_id="bad", ts=0.0,
+                                      query_sha256="0" * 64, query_text="x" * 5000))
+        for i in range(10):
+            await pub.emit(RunStarted(request_id="good", event_id=f"g{i}", causation_id="good", ts=0.0,
+                                      query_sha256="0" * 64))
+        assert await pub.flush(GUARD_S)
+        assert pub.counters.as_dict() == {"emitted": 210, "published": 10, "dropped": 0, "failed": 0, "refused": 200}
+        await asyncio.sleep(0)
+        assert js.publish_async_pending() == 0
+        info = await js.stream_info(subjects.TRACE_STREAM)
+        assert info.state.messages == 10
+        await pub.close()
+    finally:
+        await nc.close()
+        srv.close()
