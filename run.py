@@ -203,17 +203,21 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 async def _cmd_node(args: argparse.Namespace) -> int:
     from ops.embedded_nats import ensure_nats
     from ops.node import Node
+    from ops.tracing import configure_tracing
+    from schemas.redaction import scrub_text
     from supervisors.signals import hard_exit, release_threads
 
     settings = _settings(args)
     nats_settings, embedded = await ensure_nats(settings.nats, Path("~/.cache/trinity-nats/nats").expanduser())
     settings = msgspec.structs.replace(settings, nats=nats_settings)
     logging.getLogger("run").info("node %s: actors %s on %s", settings.node.node_id,
-                                  ", ".join(settings.node.actors), ", ".join(settings.nats.servers))
+                                  ", ".join(settings.node.actors), scrub_text(", ".join(settings.nats.servers)))
+    tracing = configure_tracing(settings.tracing, node_id=settings.node.node_id, actors=settings.node.actors)
     try:
         # drains within node.drain_timeout_s of SIGINT/SIGTERM; past it, or on a second signal, exits hard
         await Node(settings).run_until_signal(hard_exit=hard_exit)
     finally:
+        tracing.shutdown()  # export the spans still buffered
         if embedded is not None:
             embedded.stop()
     return await release_threads(EXIT_OK, grace_s=0.5, hard_exit=hard_exit)
@@ -221,12 +225,17 @@ async def _cmd_node(args: argparse.Namespace) -> int:
 
 async def _cmd_demo(args: argparse.Namespace) -> int:
     from ops.demo import DEFAULT_QUESTIONS, run_demo
+    from ops.tracing import configure_tracing
     from supervisors.signals import hard_exit, release_threads
 
     settings = _settings(args)
-    failed = await run_demo(settings, args.question or list(DEFAULT_QUESTIONS),
-                            repo_root=Path(__file__).resolve().parent, max_turns=args.max_turns,
-                            deadline_s=args.deadline, hard_exit=hard_exit)
+    tracing = configure_tracing(settings.tracing, node_id=settings.node.node_id, actors=settings.node.actors)
+    try:
+        failed = await run_demo(settings, args.question or list(DEFAULT_QUESTIONS),
+                                repo_root=Path(__file__).resolve().parent, max_turns=args.max_turns,
+                                deadline_s=args.deadline, hard_exit=hard_exit)
+    finally:
+        tracing.shutdown()
     return await release_threads(EXIT_OK if failed == 0 else EXIT_FAILED, grace_s=0.5, hard_exit=hard_exit)
 
 
@@ -261,8 +270,10 @@ def _read_question(args: argparse.Namespace) -> str:
 def _connection_flags(args: argparse.Namespace) -> str:
     """The flags that say where to connect, for a command line shown to the user. ``--set`` values are not
     repeated (they may hold credentials): ``--set ...`` stands for them."""
-    flags = [f"{flag} {shlex.quote(value)}" for flag, value in (("--config", args.config), ("--nats", args.nats))
-             if value]
+    from schemas.redaction import scrub_text
+
+    flags = [f"{flag} {shlex.quote(scrub_text(value))}"
+             for flag, value in (("--config", args.config), ("--nats", args.nats)) if value]
     if args.overrides:
         flags.append("--set ...")
     return "".join(" " + f for f in flags)
@@ -373,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands[module.NAME] = _plugged(module)
     logging.basicConfig(level=getattr(logging, args.log_level or "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from ops.log_scrub import install_log_scrubber
+
+    install_log_scrubber()  # no credential in any log line (URL userinfo, keys, password=)
     from bus.errors import BusError
     from config.settings import SettingsError
     from ops.commands import CommandError

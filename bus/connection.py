@@ -11,6 +11,7 @@ from nats.aio.client import Client
 
 from bus.errors import ConnectFailed
 from config.nats import NatsSettings
+from schemas.redaction import scrub_text
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ def connect_options(settings: NatsSettings, name: str | None = None) -> dict[str
     if settings.user is not None:
         opts["user"] = settings.user
         opts["password"] = settings.password.reveal() if settings.password is not None else None
+    if settings.inbox_prefix is not None:
+        opts["inbox_prefix"] = settings.inbox_prefix
     if settings.token is not None:
         opts["token"] = settings.token.reveal()
     if settings.nkeys_seed is not None:
@@ -85,7 +88,7 @@ async def connect(settings: NatsSettings, name: str | None = None) -> Client:
                                                reconnected_cb=on_reconnected, closed_cb=on_closed))
     auth_wait = asyncio.ensure_future(auth_failed.wait())
     budget = settings.connect_timeout_s * (len(settings.servers) + 1) + settings.reconnect_wait_s + 1.0
-    where = ", ".join(settings.servers)
+    where = scrub_text(", ".join(settings.servers))  # a URL may carry user:password
     try:
         done, _ = await asyncio.wait({attempt, auth_wait}, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
         if attempt in done:

@@ -22,6 +22,8 @@ TURN = "Trinity-Turn"
 CAUSATION_ID = "Trinity-Causation-Id"
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
+#: On a trace event: the coordinator that emitted it records the run's spans itself (see the trace sink).
+SPANS = "Trinity-Spans"
 
 
 @dataclass(frozen=True)

@@ -57,8 +57,10 @@ async def request(nc: Client, subject: str, payload: msgspec.Struct, reply_type:
 
     Raises :class:`RemoteError` for a typed error reply, :class:`RequestTimeout` past ``timeout`` seconds,
     :class:`NoResponders` when nobody serves the subject, :class:`MalformedPayload` for a bad reply.
+    With ``provenance``, the active OpenTelemetry span (when there is one) is sent as its ``traceparent``, so
+    the handler's spans become its children.
     """
-    hdrs = dict(provenance.to_headers()) if provenance else {}
+    hdrs = dict(provenance.with_current_trace().to_headers()) if provenance else {}
     if headers:
         hdrs.update(headers)
     try:
@@ -75,8 +77,9 @@ async def request(nc: Client, subject: str, payload: msgspec.Struct, reply_type:
 
 async def publish(nc: Client, subject: str, payload: Any, *, provenance: Provenance | None = None,
                   headers: dict[str, str] | None = None) -> None:
-    """Publish ``payload`` (a Struct) on ``subject`` with provenance headers (core NATS, fire and forget)."""
-    hdrs = dict(provenance.to_headers()) if provenance else {}
+    """Publish ``payload`` (a Struct) on ``subject`` with provenance headers (core NATS, fire and forget); the
+    active OpenTelemetry span, when there is one, is the ``traceparent``."""
+    hdrs = dict(provenance.with_current_trace().to_headers()) if provenance else {}
     if headers:
         hdrs.update(headers)
     await nc.publish(subject, encode(payload), headers=hdrs or None)

@@ -41,7 +41,8 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
         upgrade their packs independently, one extra round trip per turn); ``"local"`` builds prompts
         in-process with a builder the node wiring passes in (no hop, no extra failure mode, but the packs
         ship with the coordinator).
-      ``role_pack``: the pack asked for (``None``: the injector's default).
+      ``role_pack``: the pack asked for (``None``: the routing profile's, ``sakana-fugu/1`` under ``sakana``,
+        else the injector's default).
       ``max_concurrency``: coordinations one node runs at once (over it: typed ``overloaded`` replies).
       ``max_request_bytes``: largest accepted CoordinationRequest.
     Work queue (durability): ``jobs_enabled`` also consumes queued jobs from JetStream (``trinity.coord.jobs``,

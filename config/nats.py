@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 from config.secrets import Secret
+
+_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 class NatsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -12,6 +16,8 @@ class NatsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     Credentials: ``user``/``password``, ``token``, an nkeys seed file (``nkeys_seed``) or a ``.creds`` file
     (``creds_file``). TLS: set ``tls_ca`` (and ``tls_cert``/``tls_key`` for mutual TLS).
+    ``inbox_prefix``: the prefix of this connection's reply inboxes (default nats-py's ``_INBOX``); users made by
+    ``run.py nats-auth`` get ``_INBOX_<user>`` and may subscribe only there.
     ``embedded``: ``auto`` starts a local nats-server when none is reachable, ``always`` / ``never``.
     ``password`` and ``token`` are :class:`~config.secrets.Secret` (plain strings given here are wrapped), so
     the settings print ``***``.
@@ -33,6 +39,7 @@ class NatsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ping_interval_s: float = 20.0
     max_outstanding_pings: int = 3
     embedded: str = "auto"
+    inbox_prefix: str | None = None
     nats_server_binary: str | None = None
 
     def __post_init__(self) -> None:
@@ -44,6 +51,8 @@ class NatsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("servers: list at least one nats:// URL")
         if self.embedded not in ("auto", "always", "never"):
             raise ValueError(f"embedded: must be auto, always or never, got {self.embedded!r}")
+        if self.inbox_prefix is not None and _PREFIX.fullmatch(self.inbox_prefix) is None:
+            raise ValueError(f"inbox_prefix: {self.inbox_prefix!r} must be 1-128 of A-Z a-z 0-9 _ - (no dots)")
         if (self.user is None) != (self.password is None):
             raise ValueError("user/password: set both or neither")
 

@@ -20,6 +20,8 @@ class NodeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     for the trace sink, which drains last (the others stop within the rest), so the events of runs that ended
     during the drain still reach its exporters. ``ready_file``: when set, the node writes its
     status (JSON, ``"ready": true``) there once every actor serves, and removes it when it stops.
+    ``metrics_port``: serve Prometheus metrics of this node's process on ``http://metrics_host:metrics_port/metrics``
+    (0: a free port, logged); ``None`` (the default) opens no port, as a default node opens none.
     """
 
     actors: list[str] = msgspec.field(default_factory=lambda: list(ALL_ACTORS))
@@ -30,6 +32,8 @@ class NodeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     restart_period_s: float = 60.0
     log_level: str = "INFO"
     ready_file: str | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.actors if a not in KNOWN_ACTORS]
@@ -39,5 +43,7 @@ class NodeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"drain_timeout_s: must be > 0 seconds, got {self.drain_timeout_s}")
         if not 0.0 <= self.trace_drain_share < 1.0:
             raise ValueError(f"trace_drain_share: must be in [0, 1), got {self.trace_drain_share}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port: must be 0-65535 (0: any free port) or unset, got {self.metrics_port}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")

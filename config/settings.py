@@ -15,7 +15,8 @@ final ``nats``, ``provider_agents`` and ``registry`` sections, plus any listed i
 Convenience variables: ``NATS_URL`` (comma-separated servers), ``TRINITY_NATS_USER`` /
 ``TRINITY_NATS_PASSWORD`` / ``TRINITY_NATS_TOKEN``, provider keys (``OPENAI_API_KEY``,
 ``ANTHROPIC_API_KEY``, ``GEMINI_API_KEY``...; see :mod:`config.provider_agents`) and the trace sink's
-``TRINITY_TRACE_*`` variables (see :mod:`config.trace_sink`).
+``TRINITY_TRACE_*`` variables (see :mod:`config.trace_sink`), and ``TRINITY_TRACING`` /
+``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_SERVICE_NAME`` for a process's own spans (see :mod:`config.tracing`).
 
 Example:
     >>> s = load_settings(environ={"NATS_URL": "nats://a:4222,nats://b:4222"}, overrides=["node.node_id=n7"])
@@ -44,6 +45,7 @@ from config.provider_agents import ProviderAgentsSettings, provider_agents_env_d
 from config.registry import RegistrySettings, registry_env_doc
 from config.secrets import Secret, secret_dec_hook, secret_enc_hook
 from config.trace_sink import TraceSinkSettings, trace_sink_env_doc
+from config.tracing import TracingSettings, tracing_env_doc
 
 ENV_PREFIX = "TRINITY__"
 SECTIONS: dict[str, type[msgspec.Struct]] = {
@@ -57,6 +59,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "registry": RegistrySettings,
     "fleet": FleetSettings,
     "gateway": GatewaySettings,
+    "tracing": TracingSettings,
 }
 
 
@@ -77,6 +80,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     registry: RegistrySettings = msgspec.field(default_factory=RegistrySettings)
     fleet: FleetSettings = msgspec.field(default_factory=FleetSettings)
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
+    tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
 
 
 def _parse_value(text: str) -> Any:
@@ -136,7 +140,8 @@ def _convenience_doc(env: Mapping[str, str]) -> dict[str, Any]:
             _set_path(doc, ["nats", field], value, var)
     try:
         for name, section in (("provider_agents", provider_agents_env_doc(env)),
-                              ("trace_sink", trace_sink_env_doc(env)), ("registry", registry_env_doc(env))):
+                              ("trace_sink", trace_sink_env_doc(env)), ("registry", registry_env_doc(env)),
+                              ("tracing", tracing_env_doc(env))):
             if section:
                 doc[name] = section
     except ValueError as e:

@@ -72,13 +72,28 @@ class OtelExporterKind(enum.StrEnum):
     OTLP = "otlp"
 
 
+class OtelRebuild(enum.StrEnum):
+    """Which runs the trace sink rebuilds as spans from their events."""
+
+    AUTO = "auto"
+    ALWAYS = "always"
+
+
 class OtelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """OpenTelemetry export: a span per run and per turn, parented by the propagated ``traceparent``."""
+    """OpenTelemetry export: a span per run and per turn, rebuilt from events, parented by the propagated
+    ``traceparent``.
+
+    ``rebuild``: ``auto`` (default) rebuilds only runs whose coordinator does not record its own spans (its
+    events come without ``Trinity-Spans: 1``; see ``[tracing]``): a traced run is not exported twice.
+    ``always`` rebuilds every run; a traced run's rebuilt spans are then children of the coordinator's
+    spans in the same trace.
+    """
 
     exporter: OtelExporterKind = OtelExporterKind.NONE
     otlp_endpoint: str | None = None
     service_name: str = "trinity-nats"
     max_open_runs: int = 4096
+    rebuild: OtelRebuild = OtelRebuild.AUTO
 
 
 class TraceSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -59,7 +59,8 @@ def build_request(query: str, *, request_id: str | None = None, max_turns: int =
 
 async def submit(nc: Client, req: CoordinationRequest, *, timeout: float) -> CoordinationResult:
     """Publish a coordination request and wait for its result (typed bus errors propagate)."""
-    return await rpc.request(nc, subjects.coord_request(), req, CoordinationResult, timeout=timeout)
+    return await rpc.request(nc, subjects.coord_request(), req, CoordinationResult, timeout=timeout,
+                             provenance=Provenance(request_id=req.request_id))  # carries the caller's span
 
 
 def decode_result(msg_data: bytes, headers: dict[str, str] | None, request_id: str) -> CoordinationResult:
@@ -103,7 +104,8 @@ async def submit_job(nc: Client, req: CoordinationRequest, *, timeout: float, po
         done = await watch.stored()
         if done is not None:
             return done
-        headers = Provenance(request_id=rid, causation_id=rid).to_headers()
+        # the caller's active span (the gateway's request span, a client's own) parents the run's spans
+        headers = Provenance(request_id=rid, causation_id=rid).with_current_trace().to_headers()
         headers[MSG_ID_HEADER] = rid
         js = nc.jetstream()
         while True:

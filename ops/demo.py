@@ -29,6 +29,7 @@ from config.settings import Settings
 from ops.client import build_request, render_result, submit, submit_job
 from ops.embedded_nats import ensure_nats
 from ops.node import Node
+from schemas.redaction import scrub_text
 from supervisors.signals import HardExit
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ async def run_demo(settings: Settings, questions: list[str], *, repo_root: Path,
     settings, label = demo_settings(settings, find_trinity_vector(repo_root))
     nats_settings, embedded = await ensure_nats(settings.nats, Path("~/.cache/trinity-nats/nats").expanduser())
     settings = msgspec.structs.replace(settings, nats=nats_settings)
-    print(f"NATS: {', '.join(settings.nats.servers)}{' (embedded)' if embedded else ''}", file=out)
+    print(f"NATS: {scrub_text(', '.join(settings.nats.servers))}{' (embedded)' if embedded else ''}", file=out)
     print(label, file=out)
     print("agents: " + "; ".join(_agent_names(settings).values()), file=out, flush=True)
 

@@ -6,9 +6,28 @@ results or trace events, a runtime cannot submit jobs, a client cannot answer ag
 requests are allowed through ``allow_responses`` (a responder may publish once to the reply subject of a
 request it received), so services need no publish rights of their own.
 
-JetStream goes through ``$JS.API.>``: the coordinator and the trace sink manage their streams and
-consumers; clients get only what ``submit``/``tail`` need (stream info, reading a stored result, an
-ephemeral consumer on the trace stream).
+What holds, each checked by an attack run as that user in ``tests/e2e/test_permissions.py``:
+
+- **Private inboxes.** Every user connects with its own inbox prefix ``_INBOX_<user>`` (setting
+  ``nats.inbox_prefix``, written into each user's settings file) and may subscribe only under it; ``_INBOX.>`` is
+  denied to all. No one sees another's replies or JetStream deliveries, so no one can answer them or ack/term a
+  job delivery (``allow_responses`` lets a user answer only what it received).
+- **Answer only your own subjects.** Runtimes, agents, the role injector and coordinators subscribe their request
+  subjects only inside their queue group, so a process holding those credentials takes its share of requests but
+  cannot watch or answer every one; they publish nothing but replies (and heartbeats, for runtimes).
+- **JetStream API by owner.** The coordinator manages the jobs and results streams and its ``coordinators``
+  consumer, the trace sink the trace stream's ``trace-sink`` consumer; no generated user may delete or purge a
+  stream or delete a consumer, and the client's ephemeral trace readers may never touch ``trace-sink``.
+- **Clients read only their own results**: a ``tenant-<name>`` user may only send requests on
+  ``trinity.coord.request``; its result comes back to its own inbox, and it can read no results stream, trace
+  or job. The ``client`` user is the operator's: it reads every stored result and trace (``result``, ``tail``).
+- **Node readiness** ``trinity.node.status.<id>`` is answerable only by the user that runs node ``<id>``
+  (``nats-auth --node <id>=<user>``); without it no actor user may answer any.
+
+Limits: trust is per user, not per process. Whoever holds ``provider_agents``' password is an agent replica (it
+gets its share of every agent id's calls); a ``model_runtime`` holder may serve ``trinity.runtime.route.<id>`` of
+any runtime id; every actor user may answer ``$SRV`` discovery. Give hosts separate users where they must not
+vouch for each other. Durable consumer names are fixed here (``coordinators``, ``trace-sink``).
 
 Example:
     >>> users = generate_users(["coordinator", "provider_agents"], password=lambda name: "pw-" + name)
@@ -31,55 +50,126 @@ from pathlib import Path
 from bus import subjects
 from config.secrets import Secret
 
-_INBOX = "_INBOX.>"
+_INBOX = "_INBOX.>"  # nats-py's default inbox: denied to every generated user (anyone could snoop replies)
 _SERVICE = "$SRV.>"  # nats micro discovery (PING/INFO/STATS) every actor answers
-_JS_ALL = "$JS.API.>"
-_T = subjects.TRACE_STREAM
-_TRACE_CONSUMERS = (f"$JS.API.CONSUMER.CREATE.{_T}", f"$JS.API.CONSUMER.CREATE.{_T}.>",
-                    f"$JS.API.CONSUMER.DELETE.{_T}.>", f"$JS.API.CONSUMER.INFO.{_T}.>")
+_API = "$JS.API"
+_T, _J, _R = subjects.TRACE_STREAM, subjects.JOBS_STREAM, subjects.RESULTS_STREAM
+#: durable consumer names the permissions are cut for (the defaults of the coordinator and trace sink settings)
+TRACE_SINK_DURABLE = "trace-sink"
+_JOBS_DURABLE = subjects.JOBS_CONSUMER
+#: no generated user (but ``node``) may delete or purge a stream or delete a consumer; stored messages may be
+#: deleted only by the coordinator, on its own jobs stream (an allow, below)
+_JS_DESTRUCTIVE = (f"{_API}.STREAM.DELETE.>", f"{_API}.STREAM.PURGE.>", f"{_API}.CONSUMER.DELETE.>",
+                   f"{_API}.ACCOUNT.PURGE.>", f"{_API}.META.>",
+                   f"{_API}.STREAM.SNAPSHOT.>", f"{_API}.STREAM.RESTORE.>", f"{_API}.SERVER.>")
+
+
+def inbox_prefix(user: str) -> str:
+    """The reply-inbox prefix of ``user`` (``_INBOX_<user>``): only that user may subscribe under it, so no one
+    else sees the replies it receives (nor the JetStream deliveries and their ack subjects)."""
+    return f"_INBOX_{subjects.token('user', user)}"
+
+
+def _own_consumer(stream: str, durable: str) -> tuple[str, ...]:
+    """Create/info/next on one durable consumer (no delete: that is in :data:`_JS_DESTRUCTIVE`)."""
+    return (f"{_API}.CONSUMER.CREATE.{stream}.{durable}", f"{_API}.CONSUMER.CREATE.{stream}.{durable}.>",
+            f"{_API}.CONSUMER.DURABLE.CREATE.{stream}.{durable}", f"{_API}.CONSUMER.INFO.{stream}.{durable}",
+            f"{_API}.CONSUMER.MSG.NEXT.{stream}.{durable}")
+
+
+def _own_stream(stream: str) -> tuple[str, ...]:
+    return (f"{_API}.STREAM.CREATE.{stream}", f"{_API}.STREAM.UPDATE.{stream}", f"{_API}.STREAM.INFO.{stream}")
+
+
+#: ephemeral trace readers (``run.py tail``): create an unnamed or named ordered consumer, never the sink's
+_TRACE_READER = (f"{_API}.CONSUMER.CREATE.{_T}", f"{_API}.CONSUMER.CREATE.{_T}.*.>",
+                 f"{_API}.CONSUMER.INFO.{_T}.*", "$JS.FC.>")
+_NOT_THE_SINK = (f"{_API}.CONSUMER.*.{_T}.{TRACE_SINK_DURABLE}", f"{_API}.CONSUMER.*.{_T}.{TRACE_SINK_DURABLE}.>",
+                 f"{_API}.CONSUMER.MSG.NEXT.{_T}.{TRACE_SINK_DURABLE}",
+                 f"{_API}.CONSUMER.DURABLE.CREATE.{_T}.{TRACE_SINK_DURABLE}")
 
 
 @dataclass(frozen=True)
 class Permissions:
-    """Subjects a user may publish to and subscribe on (everything else is denied)."""
+    """Subjects a user may publish to and subscribe on (everything else is denied; ``*_deny`` wins over allow).
+
+    A subscribe entry ``"<subject> <queue>"`` allows that subject only inside queue group ``<queue>``: a process
+    holding the credentials cannot watch every request on it, only take its share."""
 
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     allow_responses: bool = True
+    publish_deny: tuple[str, ...] = ()
+    subscribe_deny: tuple[str, ...] = ()
 
 
-#: Per-actor permissions. ``node`` is the all-in-one single-node process (every actor on one user).
+def actor_permissions(name: str, nodes: Iterable[str] = ()) -> Permissions:
+    """Permissions of user ``name`` (an actor, ``client``, ``node`` or ``tenant-<x>``), with its own inbox
+    prefix and, for each id in ``nodes``, the right to answer ``trinity.node.status.<id>``.
+
+    Raises ``KeyError`` naming the known users for an unknown name."""
+    if name.startswith("tenant-"):
+        base = _TENANT
+    elif name in ACTOR_PERMISSIONS:
+        base = ACTOR_PERMISSIONS[name]
+    else:
+        raise KeyError(f"no permissions defined for {name!r}; known: {', '.join(ACTOR_PERMISSIONS)}, tenant-<name>")
+    if name == "node":
+        return base
+    own = (f"{inbox_prefix(name)}.>", *(subjects.node_status(n) for n in nodes))
+    return Permissions(publish=base.publish, subscribe=base.subscribe + own, allow_responses=base.allow_responses,
+                       publish_deny=base.publish_deny + _JS_DESTRUCTIVE,
+                       subscribe_deny=(*base.subscribe_deny, _INBOX))
+
+
+#: Per-actor permissions before the user's own inbox and node-status subjects are added
+#: (:func:`actor_permissions`). ``node`` is the all-in-one single-node process (every actor on one user).
 ACTOR_PERMISSIONS: dict[str, Permissions] = {
     "coordinator": Permissions(
         publish=("trinity.route.>", "trinity.runtime.route.>", subjects.ROLE_INJECT, "trinity.agent.*.call",
-                 subjects.TRACE_ALL, subjects.COORD_RESULT_ALL, "trinity.fleet.>", _JS_ALL,
-                 f"$JS.ACK.{subjects.JOBS_STREAM}.>"),
-        subscribe=(subjects.COORD_REQUEST, subjects.max_deliveries_advisory(), subjects.HEARTBEAT_ALL,
-                   _INBOX, _SERVICE, subjects.NODE_STATUS_ALL)),
+                 subjects.TRACE_ALL, subjects.COORD_RESULT_ALL, "trinity.fleet.>", f"{_API}.INFO",
+                 *_own_stream(_J), *_own_stream(_R), *_own_stream(_T), f"{_API}.STREAM.MSG.GET.{_J}",
+                 f"{_API}.STREAM.MSG.GET.{_R}", f"{_API}.STREAM.MSG.DELETE.{_J}", *_own_consumer(_J, _JOBS_DURABLE),
+                 f"$JS.ACK.{_J}.{_JOBS_DURABLE}.>"),
+        subscribe=(f"{subjects.COORD_REQUEST} {subjects.QUEUE_COORDINATORS}",
+                   f"{subjects.max_deliveries_advisory()} {subjects.QUEUE_COORDINATORS}", subjects.HEARTBEAT_ALL,
+                   _SERVICE)),
     "model_runtime": Permissions(
         publish=("trinity.runtime.heartbeat.>",),
-        subscribe=("trinity.route.>", "trinity.runtime.>", _INBOX, _SERVICE, subjects.NODE_STATUS_ALL)),
+        subscribe=(f"trinity.route.*.* {subjects.QUEUE_RUNTIMES}", "trinity.runtime.route.*",
+                   "trinity.runtime.control.*", subjects.RUNTIME_ANNOUNCE, _SERVICE)),
     "provider_agents": Permissions(
         publish=(),
-        subscribe=("trinity.agent.*.call", _INBOX, _SERVICE, subjects.NODE_STATUS_ALL)),
+        subscribe=(f"trinity.agent.*.call {subjects.QUEUE_AGENTS}", _SERVICE)),
     "role_injector": Permissions(
         publish=(),
-        subscribe=(subjects.ROLE_INJECT, _INBOX, _SERVICE, subjects.NODE_STATUS_ALL)),
+        subscribe=(f"{subjects.ROLE_INJECT} {subjects.QUEUE_ROLE_INJECTORS}", _SERVICE)),
     "trace_sink": Permissions(
-        publish=(_JS_ALL, f"$JS.ACK.{subjects.TRACE_STREAM}.>"),
-        subscribe=(_INBOX, _SERVICE, subjects.NODE_STATUS_ALL)),
+        publish=(f"{_API}.INFO", *_own_stream(_T), *_own_consumer(_T, TRACE_SINK_DURABLE),
+                 f"$JS.ACK.{_T}.{TRACE_SINK_DURABLE}.>"),
+        subscribe=(_SERVICE,)),
     "fleet_registry": Permissions(
         publish=("trinity.runtime.announce", "trinity.runtime.control.>", "trinity.fleet.>"),
-        subscribe=("trinity.fleet.>", "trinity.runtime.heartbeat.>", _INBOX, _SERVICE, subjects.NODE_STATUS_ALL)),
+        subscribe=(f"{subjects.FLEET_PLACE} {subjects.QUEUE_REGISTRIES}",
+                   f"{subjects.FLEET_STATUS} {subjects.QUEUE_REGISTRIES}", subjects.FLEET_RELEASE,
+                   "trinity.runtime.heartbeat.>", _SERVICE)),
+    # the operator's client: submit, status, result, tail (reads every stored result and trace)
     "client": Permissions(
         publish=(subjects.COORD_REQUEST, subjects.COORD_JOBS, subjects.FLEET_STATUS, subjects.NODE_STATUS_ALL,
-                 "$JS.API.INFO",
-                 "$JS.API.STREAM.INFO.*",
-                 f"$JS.API.STREAM.MSG.GET.{subjects.RESULTS_STREAM}", *_TRACE_CONSUMERS, "$JS.FC.>"),
-        subscribe=(subjects.COORD_RESULT_ALL, _INBOX),
+                 f"{_API}.INFO", f"{_API}.STREAM.INFO.*", f"{_API}.STREAM.MSG.GET.{_R}", *_TRACE_READER),
+        subscribe=(subjects.COORD_RESULT_ALL,),
+        allow_responses=False, publish_deny=_NOT_THE_SINK),
+    # the OpenAI-compatible gateway: durable jobs, their results, and live trace events (for streaming)
+    "gateway": Permissions(
+        publish=(subjects.COORD_JOBS, f"{_API}.INFO", f"{_API}.STREAM.INFO.*", f"{_API}.STREAM.MSG.GET.{_R}"),
+        subscribe=(subjects.COORD_RESULT_ALL, "trinity.trace.*.*"),
         allow_responses=False),
     "node": Permissions(publish=(">",), subscribe=(">",)),
 }
+
+#: a tenant (``tenant-<name>``): asks through request/reply only; its results come back to its own inbox, which no
+#: other user may read, and it reads no stored result, trace or job of anyone
+_TENANT = Permissions(publish=(subjects.COORD_REQUEST,), subscribe=(), allow_responses=False)
 
 
 @dataclass(frozen=True)
@@ -91,16 +181,25 @@ class NatsUser:
     permissions: Permissions = field(repr=False)
 
 
-def generate_users(names: Iterable[str], password: Callable[[str], str] | None = None) -> list[NatsUser]:
-    """One user per actor name (keys of :data:`ACTOR_PERMISSIONS`), each with a fresh random password.
+def generate_users(names: Iterable[str], password: Callable[[str], str] | None = None,
+                   nodes: dict[str, str] | None = None) -> list[NatsUser]:
+    """One user per name (keys of :data:`ACTOR_PERMISSIONS` or ``tenant-<x>``), each with a fresh random password.
 
-    Raises ``KeyError`` naming the known actors for an unknown name."""
+    ``nodes`` maps a node id to the user that runs it: only that user may answer ``trinity.node.status.<id>``
+    (readiness); a user with no node answers none.
+
+    Raises ``KeyError`` naming the known users for an unknown name."""
     make = password or (lambda _name: secrets.token_urlsafe(24))
+    nodes = nodes or {}
+    names = list(names)
+    for node_id, owner in nodes.items():
+        subjects.token("node_id", node_id)
+        if owner not in names:
+            raise KeyError(f"node {node_id!r} runs as {owner!r}, which is not among the users {', '.join(names)}")
     out = []
     for name in names:
-        if name not in ACTOR_PERMISSIONS:
-            raise KeyError(f"no permissions defined for {name!r}; known: {', '.join(ACTOR_PERMISSIONS)}")
-        out.append(NatsUser(user=name, password=Secret(make(name)), permissions=ACTOR_PERMISSIONS[name]))
+        mine = [n for n, owner in nodes.items() if owner == name]
+        out.append(NatsUser(user=name, password=Secret(make(name)), permissions=actor_permissions(name, mine)))
     return out
 
 
@@ -113,8 +212,13 @@ def render_authorization(users: Iterable[NatsUser]) -> str:
     lines = ["authorization {", "  users = ["]
     for u in users:
         p = u.permissions
-        perms = [f"subscribe: {{allow: {_list(p.subscribe)}}}"]
-        perms.insert(0, f"publish: {{allow: {_list(p.publish)}}}" if p.publish else 'publish: {deny: [">"]}')
+        pub = f"allow: {_list(p.publish)}" if p.publish else 'deny: [">"]'
+        if p.publish and p.publish_deny:
+            pub += f", deny: {_list(p.publish_deny)}"
+        sub = f"allow: {_list(p.subscribe)}" if p.subscribe else 'deny: [">"]'
+        if p.subscribe and p.subscribe_deny:
+            sub += f", deny: {_list(p.subscribe_deny)}"
+        perms = [f"publish: {{{pub}}}", f"subscribe: {{{sub}}}"]
         if p.allow_responses:
             perms.append("allow_responses: true")
         lines.append(f"    {{user: {json.dumps(u.user)}, password: {json.dumps(u.password.reveal())}, "
@@ -125,8 +229,11 @@ def render_authorization(users: Iterable[NatsUser]) -> str:
 
 def settings_snippet(user: NatsUser, servers: list[str]) -> str:
     """A TOML ``[nats]`` section for the process that runs as ``user``."""
-    return (f"[nats]\nservers = {_list(servers)}\nuser = {json.dumps(user.user)}\n"
+    text = (f"[nats]\nservers = {_list(servers)}\nuser = {json.dumps(user.user)}\n"
             f"password = {json.dumps(user.password.reveal())}\n")
+    if user.user != "node":
+        text += f"inbox_prefix = {json.dumps(inbox_prefix(user.user))}\n"
+    return text
 
 
 def write_auth_files(out_dir: Path, users: list[NatsUser], servers: list[str]) -> list[Path]:

@@ -16,6 +16,9 @@ node logs one line (``node node-1 ready: trace_sink, ... serving (42.1 s)``), an
 ``trinity.node.status.<node_id>`` (:class:`NodeStatus`, JSON; ``run.py status --wait-ready`` waits on it)
 and, with ``node.ready_file``, writes the same status there (removed when the node stops).
 
+Metrics: with ``node.metrics_port`` set the node serves its process's Prometheus metrics (:mod:`bus.metrics`)
+on ``http://node.metrics_host:port/metrics``, plus ``trinity_node_ready`` and ``trinity_actor_serving{actor}``.
+
 Stopping: the drain is bounded by ``node.drain_timeout_s`` in all: each actor drains with what is left of
 it (the trace sink, drained last, keeps ``node.trace_drain_share`` of it to export the last runs' events),
 and :meth:`Node.run_until_signal` given ``hard_exit`` ends the process past the deadline, naming the
@@ -37,13 +40,14 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
+from wsgiref.simple_server import WSGIServer
 
 import msgspec
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bus import subjects
+from bus import metrics, subjects
 from bus.connection import connect
 from bus.errors import BusError
 from config.settings import Settings
@@ -201,6 +205,8 @@ class Node:
         self._drain_deadline: float | None = None
         self._status_nc: Client | None = None
         self._imports: asyncio.Future[None] | None = None
+        self._metrics_server: WSGIServer | None = None
+        self.metrics_port: int | None = None  # the port metrics are served on (after start), when enabled
 
     # -- readiness ---------------------------------------------------------------------------------------
 
@@ -376,6 +382,24 @@ class Node:
         self._imports = asyncio.ensure_future(asyncio.to_thread(_import_all, modules))
         await self.supervisor.start()
         await self._serve_status()
+        self._serve_metrics()
+
+    def _serve_metrics(self) -> None:
+        n = self.settings.node
+        if n.metrics_port is None or self._metrics_server is not None:
+            return
+        metrics.NODE_READY.set_function(metrics.scraped(lambda: self.status().ready))
+        for name in n.actors:
+            metrics.ACTOR_SERVING.labels(actor=name).set_function(
+                metrics.scraped(lambda name=name: self.status().actors.get(name) == "serving"))  # type: ignore[misc]
+        try:
+            self._metrics_server = metrics.serve(n.metrics_port, host=n.metrics_host)
+        except OSError as e:  # an extra, like the status endpoint: the actors run without it
+            log.warning("node %s: metrics not served on %s:%d (%s); set node.metrics_port to a free port",
+                        n.node_id, n.metrics_host, n.metrics_port, e)
+            return
+        self.metrics_port = self._metrics_server.server_port
+        log.info("node %s: metrics on http://%s:%d/metrics", n.node_id, n.metrics_host, self.metrics_port)
 
     async def stop(self, hard_exit: HardExit | None = None) -> bool:
         """Drain every actor (reverse start order) within ``node.drain_timeout_s``; False when actors were
@@ -388,6 +412,10 @@ class Node:
 
     async def _close_status(self) -> None:
         self._remove_ready_file()
+        if self._metrics_server is not None:
+            server, self._metrics_server = self._metrics_server, None
+            await asyncio.to_thread(server.shutdown)
+            server.server_close()
         if self._status_nc is not None and not self._status_nc.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._status_nc.close(), timeout=2.0)

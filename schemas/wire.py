@@ -10,6 +10,8 @@ import enum
 
 import msgspec
 
+from schemas.redaction import scrub_text
+
 
 class ErrorCode(enum.StrEnum):
     """Kinds of error reply. ``status`` is the HTTP-like code set in the micro error header."""
@@ -54,3 +56,9 @@ class ErrorReply(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     message: str
     retryable: bool = False
     details: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # an error reply is published, stored and logged: it never carries a credential (a URL's userinfo...)
+        msgspec.structs.force_setattr(self, "message", scrub_text(self.message))
+        if self.details:
+            msgspec.structs.force_setattr(self, "details", {k: scrub_text(v) for k, v in self.details.items()})

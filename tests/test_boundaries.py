@@ -21,7 +21,7 @@ import msgspec
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("actors", "bus", "config", "crucible", "ops", "schemas", "supervisors", "scripts")
+PACKAGES = ("actors", "bus", "config", "crucible", "ops", "schemas", "supervisors", "scripts", "trinity_nats")
 ML_MODULES = {"torch", "transformers", "safetensors"}
 # The model runtime and crucible own tensor work. Two explicit exceptions: benchmark scripts measure that work
 # (operator tooling, never imported by an actor), and the provider agents' local model

@@ -46,10 +46,11 @@ from actors.coordinator.errors import (
 )
 from actors.coordinator.jobs import JobIntake
 from actors.coordinator.placement import PlacementClient
-from actors.coordinator.profiles import DEFAULT_RULE, VERIFIER_BEFORE_WORKER
+from actors.coordinator.profiles import DEFAULT_ROLE_PACK, DEFAULT_RULE, VERIFIER_BEFORE_WORKER
+from actors.coordinator.spans import RunSpans
 from actors.coordinator.state_machine import CallContext, Policy, Ports, VerifierBeforeWorker, coordinate
 from actors.coordinator.tracing import TracePublisher
-from bus import rpc, subjects
+from bus import metrics, rpc, subjects
 from bus.errors import BusError, Rejected, error_contract
 from bus.jetstream import (
     ConsumerSpec,
@@ -60,10 +61,12 @@ from bus.jetstream import (
     trace_stream_spec,
 )
 from bus.provenance import Provenance
-from bus.service import ActorService, Endpoint, RequestContext
+from bus.service import ActorService, Endpoint, RequestContext, WorkEndpoint
+from bus.spans import provider_installed
 from bus.storage import StorageError, StorageKeeper
 from config.coordinator import CoordinatorSettings
 from schemas.coordination import AgentCallIntent, AgentCallReceipt, CoordinationRequest, CoordinationResult
+from schemas.redaction import scrub
 from schemas.roles import RoleInjectReply, RoleInjectRequest
 from schemas.routing import RouteLogits, RouteRequest
 from schemas.sakana import RuntimeProfile
@@ -98,7 +101,7 @@ def policy_from_settings(s: CoordinatorSettings) -> Policy:
         fleet_wait_s=s.fleet_wait_s,
         fleet_retry_s=s.fleet_retry_s,
         max_fallbacks=s.max_fallbacks,
-        role_pack=s.role_pack,
+        role_pack=s.role_pack or DEFAULT_ROLE_PACK[s.routing_profile],
         trace_content=s.trace_content,
     )
 
@@ -168,14 +171,17 @@ class CoordinatorActor:
         self.traces = TracePublisher(nc.jetstream(), capacity=s.trace_buffer,
                                      publish_timeout_s=s.trace_publish_timeout_s,
                                      enabled=s.trace_enabled, on_stream_missing=self.storage.poke)
+        self.traces.spans = provider_installed()  # this process records its runs' spans (see .spans)
         self.service = ActorService(
             nc, name=self.settings.service_name, version="0.1.0",
             description="TRINITY coordinator: route, inject role, call agent, verify, for up to K turns",
             endpoints=[Endpoint(name="coordinate", subject=subjects.coord_request(), request_type=CoordinationRequest,
                                 handler=self.handle, queue_group=subjects.QUEUE_COORDINATORS,
                                 max_payload_bytes=self.settings.max_request_bytes,
-                                max_concurrency=self.settings.max_concurrency)])
-        self.jobs = JobIntake(nc, self.settings, run=self.run_stored, emit=self.traces.emit, wall=wall)
+                                max_concurrency=self.settings.max_concurrency)],
+            work=[WorkEndpoint(name="jobs", subject=subjects.COORD_JOBS, queue_group=subjects.JOBS_CONSUMER)]
+            if self.settings.jobs_enabled else None)
+        self.jobs = JobIntake(nc, self.settings, run=self._run_job, emit=self._emit, wall=wall)
         self.deferred_runs = 0  # runs that waited for a runtime to join (route_deferred)
         self._jobs_starter: asyncio.Task[None] | None = None
         self.jobs_started = False
@@ -186,6 +192,7 @@ class CoordinatorActor:
         logged), request/reply serves anyway and jobs start once the storage keeper has the streams."""
         ok = await self.storage.ensure()
         await self.traces.start()
+        metrics.track_pending("coordinator", lambda: self.traces.pending)
         await self.service.start()
         await self.storage.start()
         if self.settings.jobs_enabled:
@@ -242,23 +249,40 @@ class CoordinatorActor:
         """Endpoint handler: one coordination run per request id."""
         return await self.run_once(req, ctx.provenance)
 
-    async def run_stored(self, req: CoordinationRequest, base: Provenance) -> CoordinationResult:
-        """:meth:`run_once` for the work queue: the result trimmed to ``result_max_bytes`` before it is stored."""
-        return bound_result(await self.run_once(req, base), self.settings.result_max_bytes)
-
     async def run_once(self, req: CoordinationRequest, base: Provenance) -> CoordinationResult:
         """One coordination run per request id (joined or cached for duplicates); a reused id with another
-        payload is rejected ``invalid``. Shared by the request/reply endpoint and the work queue."""
+        payload is rejected ``invalid``. Shared by the request/reply endpoint and the work queue. The result is
+        scrubbed of credentials (:func:`schemas.redaction.scrub`) before anyone sees or stores it."""
         try:
-            return await self.dedupe.run(req.request_id, fingerprint(req), lambda: self.run(req, base))
+            result = await self.dedupe.run(req.request_id, fingerprint(req), lambda: self.run(req, base))
+            return scrub(result)  # replied and stored: no credential typed in the question or echoed in an error
         except DuplicateRequestConflict as e:
             raise Rejected(ErrorCode.INVALID, str(e)) from None
 
-    def ports(self, base: Provenance) -> Ports:
-        """Bus-backed ports for one run (``base`` carries the caller's trace context)."""
+    async def _run_job(self, req: CoordinationRequest, base: Provenance) -> CoordinationResult:
+        """A work-queue job: one run, counted and timed as the service's ``jobs`` endpoint, its result trimmed
+        to ``result_max_bytes`` before it is stored."""
+        async with self.service.job("jobs"):
+            return bound_result(await self.run_once(req, base), self.settings.result_max_bytes)
+
+    async def _emit(self, event: TraceEvent, traceparent: str | None = None) -> None:
+        """Count ``event`` in the process's metrics, then queue it for the trace stream (``traceparent``: the
+        recorded span it belongs to)."""
+        metrics.observe_event(event)
+        await self.traces.emit(event, traceparent=traceparent)
+
+    def ports(self, base: Provenance, spans: RunSpans | None = None) -> Ports:
+        """Bus-backed ports for one run (``base`` carries the caller's trace context; each call runs in a
+        CLIENT span of ``spans``, the run's spans, whose context the call carries)."""
         nc = self.nc
+        run_spans = spans if spans is not None else RunSpans(base.request_id, base)
 
         async def route(req: RouteRequest, ctx: CallContext) -> RouteLogits:
+            with run_spans.call("trinity.coordinator.route", ctx.turn, {"trinity.backend": req.backend,
+                                                                         "trinity.adapter": req.adapter}):
+                return await _route(req, ctx)
+
+        async def _route(req: RouteRequest, ctx: CallContext) -> RouteLogits:
             if self.placement is not None:
                 prov = Provenance(request_id=ctx.request_id, turn=ctx.turn, causation_id=ctx.causation_id,
                                   traceparent=base.traceparent, tracestate=base.tracestate)
@@ -273,11 +297,13 @@ class CoordinatorActor:
         async def inject(req: RoleInjectRequest, ctx: CallContext) -> RoleInjectReply:
             if self.local_injector is not None:
                 return await self.local_injector(req)
-            return await _call(nc, subjects.ROLE_INJECT, req, RoleInjectReply, ctx, base, RoleInjectFailed)
+            with run_spans.call("trinity.coordinator.role_inject", ctx.turn, {}):
+                return await _call(nc, subjects.ROLE_INJECT, req, RoleInjectReply, ctx, base, RoleInjectFailed)
 
         async def call_agent(intent: AgentCallIntent, ctx: CallContext) -> AgentCallReceipt:
-            return await _call(nc, subjects.agent_call(intent.agent_id), intent, AgentCallReceipt, ctx, base,
-                               AgentCallFailed)
+            with run_spans.call("trinity.coordinator.agent_call", ctx.turn, {"trinity.agent_id": intent.agent_id}):
+                return await _call(nc, subjects.agent_call(intent.agent_id), intent, AgentCallReceipt, ctx, base,
+                                   AgentCallFailed)
 
         async def emit(event: TraceEvent) -> None:
             if isinstance(event, RouteDeferred) and event.attempt == 1:
@@ -285,11 +311,20 @@ class CoordinatorActor:
                 log.info("run %s turn %d waits for a runtime (%s); retrying every %.1fs for up to %.0fs",
                          event.request_id, event.turn, event.message, event.retry_in_s,
                          (event.wait_limit_s or 0.0) - event.waited_s)
-            await self.traces.emit(event)
+            await self._emit(event, traceparent=run_spans.on_event(event))
 
         return Ports(route=route, inject=inject, call_agent=call_agent, emit=emit, clock=self.clock,
                      wall=self.wall)
 
     async def run(self, req: CoordinationRequest, base: Provenance | None = None) -> CoordinationResult:
-        """Run one coordination (no dedupe): the state machine over bus-backed ports."""
-        return await coordinate(req, self.ports(base or Provenance(request_id=req.request_id)), self.policy)
+        """Run one coordination (no dedupe): the state machine over bus-backed ports, in a run span parented
+        by ``base``'s trace context (:mod:`.spans`)."""
+        base = base or Provenance(request_id=req.request_id)
+        spans = RunSpans(req.request_id, base, adapter=req.adapter)
+        try:
+            result = await coordinate(req, self.ports(base, spans), self.policy)
+        except BaseException as e:
+            spans.close(e)
+            raise
+        spans.finish(result)
+        return result

@@ -46,7 +46,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from bus import subjects
+from bus import metrics, subjects
 from bus.codec import decode, encode, peek_request_id
 from bus.errors import MalformedPayload, PayloadTooLarge, Rejected
 from bus.jetstream import (
@@ -139,6 +139,7 @@ class JobIntake:
         self._sub = await self._js.pull_subscribe_bind(durable=subjects.JOBS_CONSUMER, stream=subjects.JOBS_STREAM)
         self._advisories = await self.nc.subscribe(subjects.max_deliveries_advisory(),
                                                    queue=subjects.QUEUE_COORDINATORS, cb=self._on_exhausted)
+        metrics.JOBS_RUNNING.set_function(lambda: len(self._tasks))
         self._loop_task = asyncio.create_task(self._fetch_loop(), name="coordinator.jobs")
         self.watch.attach(self._loop_task)  # type: ignore[arg-type]
         first = asyncio.ensure_future(self._first_round.wait())
@@ -209,6 +210,7 @@ class JobIntake:
     async def _process(self, msg: Msg) -> None:
         self.counters.received += 1
         meta = msg.metadata
+        metrics.JOBS_PENDING.set(meta.num_pending)
         delivery, seq = meta.num_delivered, meta.sequence.stream
         headers = dict(msg.headers or {})
         try:

@@ -35,6 +35,7 @@ import msgspec
 
 from actors.coordinator.suggestions import Suggestion, parse_suggestion
 from actors.coordinator.verdict import EXCERPT_CHARS, ParsedVerdict, parse_verdict
+from schemas import fugu
 from schemas.common import Message, Role
 from schemas.coordination import Verdict
 from schemas.fingerprint import route_hash
@@ -48,6 +49,9 @@ from schemas.sakana import RuntimeProfile
 VERIFIER_BEFORE_WORKER: dict[str, str] = {ELIXIR_PORT: "worker", SAKANA: "end"}
 #: The decision rule a profile uses unless the deployment says otherwise.
 DEFAULT_RULE: dict[str, str] = {ELIXIR_PORT: "argmax", SAKANA: "sample"}
+#: The role pack a profile asks the injector for unless the deployment names one (``None``: the injector's
+#: default); ``sakana-fugu/1`` holds Sakana's own agent prompts (``actors/role_injector/fugu.py``).
+DEFAULT_ROLE_PACK: dict[str, str | None] = {ELIXIR_PORT: None, SAKANA: "sakana-fugu/1"}
 #: Sakana's role names of ``<suggested_role>`` (``Task._parse_thinker_response`` accepts these two only).
 SAKANA_SUGGESTED_ROLES: dict[str, Role] = {"solver": Role.WORKER, "verifier": Role.VERIFIER}
 _SAKANA_ROLE_TAG = re.compile(r"<suggested_role>(.*?)</suggested_role>", re.DOTALL)
@@ -87,17 +91,19 @@ def read_verdict(profile: str, text: str) -> ParsedVerdict:
 
 
 def sakana_suggestion(text: str) -> Suggestion | None:
-    """Sakana's Thinker rule: the first ``<suggested_role>`` tag, stripped, must be exactly ``solver`` or
-    ``verifier`` and the reply must also hold a ``<suggestion>...</suggestion>`` tag; otherwise no suggestion
-    applies. ``None`` when there is no role tag at all; a tag that does not apply comes back with role ``None``
-    (recorded as ignored)."""
-    m = _SAKANA_ROLE_TAG.search(text) if "<suggested_role>" in text else None
+    """Sakana's Thinker rule (:func:`schemas.fugu.parse_thinker`, the one the role injector's ``fugu`` pack uses
+    too): the first ``<suggested_role>`` tag, stripped, must be exactly ``solver`` or ``verifier`` and the reply
+    must also hold a ``<suggestion>...</suggestion>`` tag; otherwise no suggestion applies. ``None`` when there is
+    no role tag at all; a tag that does not apply comes back with role ``None`` (recorded as ignored)."""
+    m = _SAKANA_ROLE_TAG.search(text)
     if m is None:
         return None
     raw = m.group(1).strip()
-    has_suggestion = "<suggestion>" in text and _SAKANA_SUGGESTION_TAG.search(text) is not None
-    role = SAKANA_SUGGESTED_ROLES.get(raw) if has_suggestion else None
-    return Suggestion(raw[:64] if has_suggestion else f"{raw[:40]} (no <suggestion> tag)", role)
+    role, _ = fugu.parse_thinker(text)
+    if role is not None:
+        return Suggestion(raw[:64], SAKANA_SUGGESTED_ROLES[role])
+    has_suggestion = _SAKANA_SUGGESTION_TAG.search(text) is not None
+    return Suggestion(raw[:64] if has_suggestion else f"{raw[:40]} (no <suggestion> tag)", None)
 
 
 def read_suggestion(profile: str, text: str) -> Suggestion | None:
@@ -147,6 +153,7 @@ def choose(logits: RouteLogits, floors: RuntimeProfile, mask: Sequence[int] | No
 
 
 __all__ = [
+    "DEFAULT_ROLE_PACK",
     "DEFAULT_RULE",
     "SAKANA_SUGGESTED_ROLES",
     "VERIFIER_BEFORE_WORKER",

@@ -4,11 +4,14 @@
 dropped and counted (``dropped``), and coordination goes on. One background task drains the queue in
 batches, publishing each batch in order with pipelined acks (``publish_async``) on
 ``trinity.trace.<request_id>.<kind>``, the event id as ``Nats-Msg-Id`` (JetStream dedupes retries) and the
-event's provenance as headers. Events of one request reach the stream in the order they were emitted,
-except after a failure: publishes that fail or get no ack within ``publish_timeout_s`` (a NATS server
-dying, a stream electing a new leader) are retried with backoff for up to ``retry_window_s`` seconds (by
-default six publish timeouts: long enough for a reconnect and a leader election), and only then counted
-(``failed``). A retry of an event that was in fact stored is dropped by
+event's provenance as headers: request id, turn, causation id and, when the run's spans are recorded, the
+``traceparent`` of the span the event belongs to plus ``Trinity-Spans: 1`` (the trace sink then leaves the
+run's spans to the coordinator instead of rebuilding them from the events; with :attr:`spans` set, every
+event carries that header, those of the job intake too). Events of one request reach the stream in the
+order they were emitted, except after a failure: publishes that fail or get no ack within
+``publish_timeout_s`` (a NATS server dying, a stream electing a new leader) are retried with backoff for up
+to ``retry_window_s`` seconds (by default six publish timeouts: long enough for a reconnect and a leader
+election), and only then counted (``failed``). A retry of an event that was in fact stored is dropped by
 JetStream's dedupe. A permanent failure (a subject or payload the server can never take, a message over the
 stream's size limit) is not retried: it is counted ``refused`` at once, and it never holds one of nats-py's
 async publish slots (:func:`bus.storage.publish_async`). A publish that finds no stream pokes the storage
@@ -29,7 +32,9 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import msgspec
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
@@ -37,14 +42,21 @@ from nats.js.api import PubAck
 from bus import subjects
 from bus.codec import encode
 from bus.jetstream import MSG_ID_HEADER
-from bus.provenance import Provenance
+from bus.provenance import SPANS, Provenance
 from bus.storage import PublishRefused, StorageError, StreamMissing, publish_async, storage_error
+from schemas.redaction import scrub
 from schemas.trace import TraceEvent
 from supervisors.watch import LoopWatch
 
 log = logging.getLogger(__name__)
 
 BATCH = 512
+
+
+class _Queued(NamedTuple):
+    event: TraceEvent
+    traceparent: str | None  # the recorded span the event belongs to
+    spans: bool  # the run's spans are recorded by this process (``Trinity-Spans: 1``)
 
 
 @dataclass
@@ -75,7 +87,8 @@ class TracePublisher:
         self.publish_timeout_s = publish_timeout_s
         self.retry_window_s = 6 * publish_timeout_s if retry_window_s is None else retry_window_s
         self.counters = TraceCounters()
-        self._queue: asyncio.Queue[TraceEvent] = asyncio.Queue(maxsize=capacity)
+        self.spans = False  # this process records its runs' spans: every event says so (``Trinity-Spans: 1``)
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=capacity)
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -98,14 +111,22 @@ class TracePublisher:
             self._task = asyncio.create_task(self._run(), name="trace-publisher")
             self.watch.attach(self._task)
 
-    async def emit(self, event: TraceEvent) -> None:
+    async def emit(self, event: TraceEvent, *, traceparent: str | None = None) -> None:
         """Queue ``event`` for publishing; drop and count it when the buffer is full. Never blocks.
 
+        ``traceparent``: the recorded span the event belongs to (sent with ``Trinity-Spans: 1``).
         A disabled publisher ignores events (nothing is counted)."""
         if not self.enabled:
             return
         try:
-            self._queue.put_nowait(event)
+            event = scrub(event)  # the raw stream is read by `tail` and by every sink: no credential reaches it
+        except msgspec.ValidationError as e:
+            self.counters.dropped += 1
+            log.warning("trace event %s (%s) dropped: scrubbing a credential broke it (%s)", event.event_id,
+                        event.kind, e)
+            return
+        try:
+            self._queue.put_nowait(_Queued(event, traceparent, bool(traceparent) or self.spans))
         except asyncio.QueueFull:
             self.counters.dropped += 1
             return
@@ -124,7 +145,7 @@ class TracePublisher:
             if self._queue.empty():
                 self._idle.set()
 
-    async def _publish(self, batch: list[TraceEvent]) -> None:
+    async def _publish(self, batch: list[_Queued]) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_window_s
         pending, attempt = batch, 0
@@ -138,8 +159,8 @@ class TracePublisher:
             attempt += 1
         self.counters.failed += len(pending)
         log.warning("%d trace events not stored after %d tries in %.0fs (is stream %s there?); first: %s (%s)",
-                    len(pending), attempt + 1, self.retry_window_s, subjects.TRACE_STREAM, pending[0].event_id,
-                    pending[0].kind)
+                    len(pending), attempt + 1, self.retry_window_s, subjects.TRACE_STREAM, pending[0][0].event_id,
+                    pending[0][0].kind)
 
     def _permanent(self, ev: TraceEvent, err: StorageError) -> None:
         self.counters.refused += 1
@@ -152,13 +173,17 @@ class TracePublisher:
             self.on_stream_missing()
         return not isinstance(typed, PublishRefused)
 
-    async def _publish_once(self, batch: list[TraceEvent]) -> list[TraceEvent]:
+    async def _publish_once(self, batch: list[_Queued]) -> list[_Queued]:
         """Publish ``batch`` with pipelined acks; returns the events that failed and may succeed on a retry."""
-        failed: list[TraceEvent] = []
-        sent: list[tuple[TraceEvent, asyncio.Future[PubAck]]] = []
-        for ev in batch:
-            headers = Provenance(request_id=ev.request_id, turn=ev.turn, causation_id=ev.causation_id).to_headers()
+        failed: list[_Queued] = []
+        sent: list[tuple[_Queued, asyncio.Future[PubAck]]] = []
+        for item in batch:
+            ev, traceparent, spans = item
+            headers = Provenance(request_id=ev.request_id, turn=ev.turn, causation_id=ev.causation_id,
+                                 traceparent=traceparent).to_headers()
             headers[MSG_ID_HEADER] = ev.event_id
+            if spans:
+                headers[SPANS] = "1"
             try:
                 subject = subjects.trace(ev.request_id, ev.kind)
             except subjects.InvalidSubjectToken as e:
@@ -173,25 +198,25 @@ class TracePublisher:
             except (TimeoutError, nats.errors.Error, OSError) as e:
                 log.debug("trace event %s (%s) not published: %r", ev.event_id, ev.kind, e)
                 if self._retryable(e):
-                    failed.append(ev)
+                    failed.append(item)
                 else:
                     self._permanent(ev, storage_error(e) or PublishRefused(str(e)))
                 continue
-            sent.append((ev, fut))
+            sent.append((item, fut))
         if not sent:
             return failed
         done, pending = await asyncio.wait([f for _, f in sent], timeout=self.publish_timeout_s)
         for fut in pending:
             fut.cancel()  # gives its publish slot back
-        for ev, fut in sent:
+        for item, fut in sent:
             if fut in done and not fut.cancelled() and fut.exception() is None:
                 self.counters.published += 1
                 continue
             exc = fut.exception() if fut in done and not fut.cancelled() else None
             if exc is not None and not self._retryable(exc):
-                self._permanent(ev, storage_error(exc) or PublishRefused(str(exc)))
+                self._permanent(item.event, storage_error(exc) or PublishRefused(str(exc)))
             else:
-                failed.append(ev)
+                failed.append(item)
         return failed
 
     async def flush(self, timeout: float) -> bool:

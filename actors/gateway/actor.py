@@ -11,6 +11,10 @@ Backpressure: at most ``max_concurrency`` completions in flight; one more gets `
 (a coordinator answering ``overloaded`` maps to the same). Drain: the listening socket closes, requests in
 flight finish within the drain timeout, then the server stops.
 
+The gateway is also a nats ``micro`` service (``trinity-gateway``): ``$SRV.STATS`` counts and times its chat
+completions (the ``chat_completions`` work endpoint, arrival to last byte) and the process's Prometheus metrics
+count every HTTP request by route and status (:mod:`.http_metrics`).
+
 Example:
     >>> gw = GatewayActor(nc, GatewaySettings(port=0))   # doctest: +SKIP
     >>> await gw.start(); gw.port                          # doctest: +SKIP
@@ -35,6 +39,10 @@ import uvicorn
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -42,6 +50,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from actors.gateway.http_metrics import HttpMetrics
 from actors.gateway.openai_api import AuthenticationFailed as AuthFailed
 from actors.gateway.openai_api import (
     ChatRequest,
@@ -68,11 +77,16 @@ from actors.gateway.openai_api import (
 from bus import subjects
 from bus.codec import decode
 from bus.errors import BusError, MalformedPayload
+from bus.service import ActorService, WorkEndpoint
+from bus.spans import tracer
 from config.gateway import GatewaySettings
 from ops.client import JobQueueMissing, new_request_id, submit_job
 from schemas import Budget, CoordinationRequest, CoordinationResult, TraceEvent
 
 log = logging.getLogger(__name__)
+
+#: The gateway's nats micro service name.
+SERVICE_NAME = "trinity-gateway"
 
 REQUEST_ID_HEADER = "x-trinity-request-id"
 _DONE = object()
@@ -105,12 +119,16 @@ class _Stream(StreamingResponse):
                  headers: dict[str, str]) -> None:
         super().__init__(content, media_type="text/event-stream", headers=headers)
         self._cleanup = cleanup
+        self.ended: Callable[[], None] = lambda: None  # called last (the request's span ends there)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self._cleanup()
+            try:
+                await self._cleanup()
+            finally:
+                self.ended()
 
 
 class GatewayActor:
@@ -132,6 +150,9 @@ class GatewayActor:
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/health", self._health, methods=["GET"]),
         ], exception_handlers={HTTPException: self._http_error, Exception: self._unexpected})
+        self.service = ActorService(nc, name=SERVICE_NAME, endpoints=[],
+                                    description="TRINITY OpenAI-compatible HTTP gateway (chat completions)",
+                                    work=[WorkEndpoint(name="chat_completions", subject="/v1/chat/completions")])
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -152,7 +173,10 @@ class GatewayActor:
         sock.listen(s.backlog)
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, lifespan="off", log_config=None, access_log=False, ws="none",
+        self.service.work_endpoints[0].subject = f"http://{s.host}:{self.port}/v1/chat/completions"
+        await self.service.start()
+        app = HttpMetrics(self.app, self.service, work_routes={"/v1/chat/completions": "chat_completions"})
+        config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, ws="none",
                                 http="h11", backlog=s.backlog, timeout_keep_alive=5)
         self._server = _EmbeddedServer(config)
         self._serve_task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway-http")
@@ -181,6 +205,7 @@ class GatewayActor:
             self._serve_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._serve_task
+        await self.service.stop()
         log.info("gateway: drained (%d request(s) still in flight)", self._in_flight)
 
     @property
@@ -286,6 +311,30 @@ class GatewayActor:
         return _error_response(InternalError(f"internal error: {type(exc).__name__}", code="internal"))
 
     async def _chat(self, request: Request) -> Response:
+        """``POST /v1/chat/completions`` in a SERVER span, child of the caller's ``traceparent`` header when it
+        sends one; the job carries the span's context, so the whole run joins the caller's trace. A streaming
+        response's span ends with its stream."""
+        sp = tracer().start_span("POST /v1/chat/completions", context=extract(request.headers), kind=SpanKind.SERVER,
+                                 attributes={"http.request.method": "POST", "url.path": request.url.path})
+        token = otel_context.attach(trace.set_span_in_context(sp))
+        try:
+            response = await self._chat_in_span(request, sp)
+        except BaseException as e:
+            sp.record_exception(e)
+            sp.end()
+            raise
+        finally:
+            otel_context.detach(token)
+        sp.set_attribute("http.response.status_code", response.status_code)
+        if response.status_code >= 500:
+            sp.set_status(Status(StatusCode.ERROR))
+        if isinstance(response, _Stream):
+            response.ended = sp.end
+        else:
+            sp.end()
+        return response
+
+    async def _chat_in_span(self, request: Request, sp: Span) -> Response:
         try:
             self._check_key(request)
             body = await self._body(request)
@@ -296,6 +345,8 @@ class GatewayActor:
         except GatewayError as e:
             return _error_response(e)
         rid = new_request_id()
+        sp.set_attributes({"trinity.request_id": rid, "trinity.stream": chat.stream,
+                           "gen_ai.request.model": chat.model})
         if chat.stream:
             return await self._stream(chat, rid)  # releases the slot when the stream ends
         headers = {REQUEST_ID_HEADER: rid}

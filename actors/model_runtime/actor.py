@@ -48,9 +48,10 @@ from actors.model_runtime.engine import RouterEngine
 from actors.model_runtime.errors import ModelRuntimeError
 from actors.model_runtime.identity import base_model_identity
 from actors.model_runtime.runtime import RouterRuntime, RuntimeStats
-from bus import rpc, subjects
+from bus import metrics, rpc, subjects
 from bus.errors import Rejected
 from bus.service import ActorService, Endpoint, RequestContext
+from bus.spans import set_error, span
 from config.fleet import FleetSettings
 from config.model_runtime import ModelRuntimeSettings
 from schemas.common import Message
@@ -111,6 +112,7 @@ class ModelRuntimeActor:
         self.engine = engine
         self.runtime: RouterRuntime | None = None
         self.service: ActorService | None = None
+        self._loads_counted = 0  # engine adapter loads already counted in trinity_adapter_loads_total
         self.base_model = ""
         self.incarnation = time.time()
         self.draining = False
@@ -180,6 +182,21 @@ class ModelRuntimeActor:
     # -- routing -----------------------------------------------------------------------------------------
 
     async def _handle(self, body: RouteRequestBody, ctx: RequestContext) -> RouteLogits:
+        with span("trinity.runtime.route", ctx.provenance, attributes={"trinity.runtime_id": self.runtime_id,
+                                                                       "trinity.adapter": body.adapter}) as sp:
+            try:
+                result, batch_size, waited_s = await self._route(body)
+            except Rejected as e:
+                set_error(sp, e.reply.code.value, e.reply.message)
+                raise
+            if sp.is_recording():
+                sp.set_attributes({"trinity.batch_size": batch_size, "trinity.queued_ms": round(waited_s * 1e3, 3),
+                                   "trinity.token_count": result.token_count,
+                                   "trinity.cached_tokens": result.cached_tokens,
+                                   "trinity.latency_ms": result.latency_ms})
+            return result
+
+    async def _route(self, body: RouteRequestBody) -> tuple[RouteLogits, int, float]:
         if self.runtime is None:
             raise Rejected(ErrorCode.UNAVAILABLE, "model runtime is not started", retryable=True)
         try:
@@ -191,12 +208,12 @@ class ModelRuntimeActor:
                            f"not {request.base_model}; ask the fleet registry for a placement",
                            details={"base_model": self.base_model})
         try:
-            result = await self.runtime.route(request)
+            result, batch_size, waited_s = await self.runtime.route_sized(request)
         except ModelRuntimeError as e:
             raise Rejected(e.code, str(e), retryable=e.retryable) from None
         _, served = self._usage.get(result.adapter, (0.0, 0))
         self._usage[result.adapter] = (time.time(), served + 1)
-        return msgspec.structs.replace(result, runtime_id=self.runtime_id)
+        return msgspec.structs.replace(result, runtime_id=self.runtime_id), batch_size, waited_s
 
     def stats(self) -> RuntimeStats | None:
         """Batching and cache counters (``None`` before start)."""
@@ -240,6 +257,7 @@ class ModelRuntimeActor:
         try:
             info = await self.runtime.load_adapter(ctl.source)
         except ModelRuntimeError as e:
+            metrics.ADAPTER_LOADS.labels(outcome=e.code.value).inc()
             raise Rejected(e.code, f"loading {ctl.source}: {e}", retryable=e.retryable) from None
         if info.token != ctl.adapter:  # e.g. a vector of another base model: its token here is another one
             if info.token not in before:  # never unload an adapter that was already serving
@@ -269,6 +287,7 @@ class ModelRuntimeActor:
         """What this runtime announces: spec (base model identity), warm adapters, queue depth and memory."""
         s = self.settings
         st = self.runtime.stats() if self.runtime else None
+        metrics.RUNTIME_QUEUED.set(st.batcher.queued if st else 0)  # on the loop: the batcher is not thread-safe
         warm = self.warm_adapters()
         adapters = []
         for token in warm:
@@ -298,6 +317,9 @@ class ModelRuntimeActor:
         )
 
     async def _publish(self, hb: RuntimeHeartbeat) -> None:
+        if hb.adapter_loads > self._loads_counted:  # every load (at start or on ensure) precedes a heartbeat
+            metrics.ADAPTER_LOADS.labels(outcome="ok").inc(hb.adapter_loads - self._loads_counted)
+            self._loads_counted = hb.adapter_loads
         if self.nc.is_closed:
             return
         try:

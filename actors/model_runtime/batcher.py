@@ -51,6 +51,8 @@ class _Pending(Generic[T, R]):
     item: T
     future: asyncio.Future[R]
     arrived: float
+    batch_size: int = 0  # the size of the batch it ran in (set when its batch starts)
+    waited_s: float = 0.0  # queued before its batch started
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -88,14 +90,20 @@ class DynamicBatcher(Generic[T, R]):
 
     async def submit(self, item: T) -> R:
         """Queue ``item``; return its result once its batch ran. Raises ``Overloaded`` when the queue is full."""
+        return (await self.submit_sized(item))[0]
+
+    async def submit_sized(self, item: T) -> tuple[R, int, float]:
+        """Like :meth:`submit`, with the size of the batch ``item`` ran in and the seconds it queued."""
         if self._closed:
             raise RuntimeClosed()
         if self._queue.qsize() >= self.max_queue:
             self._stats.rejected += 1
             raise Overloaded(self._queue.qsize(), self.max_queue)
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(item, fut, time.monotonic()))
-        return await fut
+        pending = _Pending(item, fut, time.monotonic())
+        self._queue.put_nowait(pending)
+        result = await fut
+        return result, pending.batch_size, pending.waited_s
 
     async def close(self) -> None:
         """Stop taking items, finish what is queued, then stop the loop and the worker thread."""
@@ -143,6 +151,9 @@ class DynamicBatcher(Generic[T, R]):
             if not batch:
                 continue
             self._stats.in_flight = len(batch)
+            started = time.monotonic()
+            for p in batch:
+                p.batch_size, p.waited_s = len(batch), started - p.arrived
             try:
                 results = await loop.run_in_executor(self._executor, self._run, [p.item for p in batch])
                 if len(results) != len(batch):

@@ -6,10 +6,12 @@ messages: no chat template, no BOS/EOS, no special tokens.
 ``sakana`` (:func:`sakana_router_text`, after ``fugu``'s ``Task._get_obs`` / ``_format_router_messages`` and
 ``EvaluationManager.get_action``): the Qwen3 chat template (``add_generation_prompt=True``,
 ``enable_thinking=False``) over the router system prompt (:data:`SAKANA_ROUTER_SYSTEM_PROMPT` with the number
-of agents) and one user message: the query, then for each Worker reply (the coordinator sends only those)
+of agents) and one user message, ``fugu``'s shared context (:func:`schemas.fugu.context`): the query,
+``"\\n"`` and the collaboration sentence, then for each Worker reply (the coordinator sends only those)
 ``"\\n<reference_thought_N>thought</reference_thought_N>"``, N counting from 0 over the thoughts appended.
 The thought is the stripped text inside the first ``<idea>...</idea>`` when the reply has one, else the
-reply with ``<idea>``/``</idea>`` removed (not stripped); an empty thought is not appended.
+reply with ``<idea>``/``</idea>`` removed (not stripped); an empty thought is not appended. The agents see
+the same context (the role injector's ``fugu`` pack).
 
 ``transcript_hash`` (defined with the other cross-port fingerprints in :mod:`schemas.fingerprint`) matches
 the known Elixir port on all 37 anchor cases: the sha256 of Erlang's ``term_to_binary(messages,
@@ -25,9 +27,9 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
+from schemas import fugu
 from schemas.common import Message
 from schemas.fingerprint import sha256_text, transcript_hash, transcript_term_bytes
 from schemas.profiles import ELIXIR_PORT, check_routing_profile
@@ -51,8 +53,7 @@ SAKANA_ROUTER_SYSTEM_PROMPT = (
     "Your first generated token's hidden state will be used as signal for decision making."
 )
 #: Sakana's thinking tag (``Task.thinking_tag``).
-SAKANA_THINKING_TAG = "idea"
-_IDEA = re.compile(f"<{SAKANA_THINKING_TAG}>(.*?)</{SAKANA_THINKING_TAG}>", re.DOTALL)
+SAKANA_THINKING_TAG = fugu.THINKING_TAG
 
 
 def format_transcript(messages: Sequence[Message]) -> str:
@@ -66,11 +67,8 @@ def text_sha256(text: str) -> str:
 
 
 def sakana_thought(reply: str) -> str:
-    """The thought a Worker reply contributes to Sakana's router input (see the module docs)."""
-    open_tag, close_tag = f"<{SAKANA_THINKING_TAG}>", f"</{SAKANA_THINKING_TAG}>"
-    if open_tag in reply and (m := _IDEA.search(reply)) is not None:
-        return m.group(1).strip()
-    return reply.replace(open_tag, "").replace(close_tag, "")
+    """The thought a Worker reply contributes to Sakana's router input (:func:`schemas.fugu.thought`)."""
+    return fugu.thought(reply)
 
 
 def qwen3_chat_text(system: str, user: str) -> str:
@@ -85,13 +83,7 @@ def qwen3_chat_text(system: str, user: str) -> str:
 
 def sakana_router_text(messages: Sequence[Message], num_agents: int) -> str:
     """Sakana's router input: ``messages`` are the query (first, ``user``) and the Worker replies, in order."""
-    user = messages[0].content
-    n = 0
-    for m in messages[1:]:
-        thought = sakana_thought(m.content)
-        if thought:
-            user += f"\n<reference_thought_{n}>{thought}</reference_thought_{n}>"
-            n += 1
+    user = fugu.context(messages[0].content, (m.content for m in messages[1:]))
     return qwen3_chat_text(SAKANA_ROUTER_SYSTEM_PROMPT.format(num_agents=num_agents), user)
 
 

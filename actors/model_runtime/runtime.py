@@ -64,6 +64,10 @@ class RouterRuntime:
         """Route one request (batched with concurrent ones); raises :class:`ModelRuntimeError` on bad input."""
         return await self.batcher.submit(self.engine.prepare(request))
 
+    async def route_sized(self, request: RouteRequest) -> tuple[RouteLogits, int, float]:
+        """:meth:`route`, with the size of the batch it ran in and the seconds it queued before it."""
+        return await self.batcher.submit_sized(self.engine.prepare(request))
+
     async def load_adapter(self, source: VectorSource) -> AdapterInfo:
         """Load a router vector as an adapter on the worker thread (between batches); see
         :meth:`RouterEngine.load_adapter` for errors."""

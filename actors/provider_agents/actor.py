@@ -24,6 +24,7 @@ from actors.provider_agents.pool import AgentPool
 from bus import subjects
 from bus.errors import Rejected
 from bus.service import ActorService, Endpoint, RequestContext
+from bus.spans import set_error, span
 from config.provider_agents import ProviderAgentsSettings, ProviderKind
 from schemas.coordination import AgentCallIntent, AgentCallReceipt
 from schemas.wire import ErrorCode
@@ -79,7 +80,24 @@ class ProviderAgentsActor:
         log.info("provider agents serving agents %s", self.pool.agent_ids)
 
     async def handle(self, intent: AgentCallIntent, ctx: RequestContext) -> AgentCallReceipt:
-        """Serve one intent; provider failures become typed error replies."""
+        """Serve one intent in a ``trinity.agent.call`` span (child of the caller's ``traceparent``; the
+        provider's HTTP calls are its children); provider failures become typed error replies."""
+        with span("trinity.agent.call", ctx.provenance, attributes={"trinity.agent_id": intent.agent_id,
+                                                                    "trinity.role": intent.role.label}) as sp:
+            try:
+                receipt = await self._handle(intent, ctx)
+            except Rejected as e:
+                set_error(sp, e.reply.code.value, e.reply.message)
+                raise
+            if sp.is_recording():
+                sp.set_attributes({"trinity.provider": receipt.provider, "trinity.model": receipt.model,
+                                   "trinity.prompt_tokens": receipt.usage.prompt_tokens,
+                                   "trinity.completion_tokens": receipt.usage.completion_tokens,
+                                   "trinity.cost_usd": receipt.cost_usd, "trinity.attempts": receipt.attempts,
+                                   "trinity.latency_ms": receipt.latency_ms})
+            return receipt
+
+    async def _handle(self, intent: AgentCallIntent, ctx: RequestContext) -> AgentCallReceipt:
         subject_agent = _agent_of(ctx.subject)
         try:
             self.pool.spec(intent.agent_id)

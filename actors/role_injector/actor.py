@@ -20,6 +20,7 @@ from actors.role_injector.packs import BUILTIN_PACKS, PackRegistry, load_pack
 from bus import subjects
 from bus.errors import Rejected
 from bus.service import ActorService, Endpoint, RequestContext
+from bus.spans import set_error, span
 from config.coordinator import RoleInjectorSettings
 from schemas.roles import RoleInjectReply, RoleInjectRequest
 from schemas.wire import ErrorCode
@@ -60,12 +61,15 @@ class RoleInjectorActor:
                                 max_concurrency=self.settings.max_concurrency)])
 
     async def handle(self, req: RoleInjectRequest, ctx: RequestContext) -> RoleInjectReply:
-        """Endpoint handler."""
-        try:
-            pack = self.registry.resolve(req.role_pack)
-        except UnknownRolePack as e:
-            raise Rejected(ErrorCode.NOT_FOUND, str(e)) from None
-        return build(pack, req)
+        """Endpoint handler, in a ``trinity.role.inject`` span (child of the caller's ``traceparent``)."""
+        with span("trinity.role.inject", ctx.provenance, attributes={"trinity.role": req.role.label}) as sp:
+            try:
+                pack = self.registry.resolve(req.role_pack)
+            except UnknownRolePack as e:
+                set_error(sp, ErrorCode.NOT_FOUND.value, str(e))
+                raise Rejected(ErrorCode.NOT_FOUND, str(e)) from None
+            sp.set_attribute("trinity.role_pack", pack.pack_id)
+            return build(pack, req)
 
     async def start(self) -> None:
         """Start serving."""

@@ -15,7 +15,8 @@ Otherwise, with ``history_style="messages"`` (the default) the layout is::
     user:      <role's instruction>
 
 With ``"inline"`` the query, the replies and the instruction go into one ``user`` message after the system
-prompt, for chat templates that require strict user/assistant alternation.
+prompt, for chat templates that require strict user/assistant alternation. A ``"fugu"`` pack is laid out as
+Sakana's ``fugu`` does it (:mod:`.fugu`).
 
 Example:
     >>> from schemas import Role
@@ -36,6 +37,7 @@ import re
 
 import msgspec
 
+from actors.role_injector.fugu import fugu_messages
 from actors.role_injector.packs import RolePack, RolePrompt
 from schemas.common import Message, Role
 from schemas.roles import RoleInjectReply, RoleInjectRequest, TranscriptEntry
@@ -78,6 +80,8 @@ def _fill(pack: RolePack, prompt: RolePrompt, request: RoleInjectRequest) -> str
 
 def build_messages(pack: RolePack, request: RoleInjectRequest) -> list[Message]:
     """The messages ``request.agent_id`` sees when playing ``request.role`` (see the module docstring)."""
+    if pack.history_style == "fugu":
+        return fugu_messages(pack, request)
     prompt = pack.prompt(request.role)
     messages = [Message(role="system", content=prompt.system)]
     if prompt.template:

@@ -13,6 +13,9 @@ subscribed). The fetch loop survives every fetch error, including the plain ``Ti
 while still reporting ``serving``). :meth:`watches` hands the loop to the node: if it dies anyway, or
 consumes nothing for ``stall_after_s`` while the consumer has messages pending, the actor is restarted.
 
+The sink is a nats ``micro`` service (``trinity-trace-sink``): ``$SRV.INFO`` lists its ``events`` work
+endpoint (the filter subject, the durable consumer) and ``$SRV.STATS`` counts and times every event consumed.
+
 Example:
     >>> actor = TraceSinkActor(nc, TraceSinkSettings())   # doctest: +SKIP
     >>> await actor.start(); ...; await actor.drain()     # doctest: +SKIP
@@ -32,17 +35,22 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from actors.trace_sink.sink import TraceSink
-from bus import subjects
+from bus import metrics, subjects
 from bus.codec import decode
-from bus.errors import MalformedPayload, PayloadTooLarge
+from bus.errors import MalformedPayload, PayloadTooLarge, Rejected
 from bus.jetstream import ConsumerSpec, StreamSpec
-from bus.provenance import Provenance
+from bus.provenance import SPANS, Provenance
+from bus.service import ActorService, WorkEndpoint
 from bus.storage import StorageKeeper
 from config.trace_sink import TraceSinkSettings
 from schemas.trace import TraceEvent
+from schemas.wire import ErrorCode
 from supervisors.watch import LoopWatch
 
 log = logging.getLogger(__name__)
+
+#: The trace sink's nats micro service name.
+SERVICE_NAME = "trinity-trace-sink"
 
 
 class TraceSinkActor:
@@ -64,6 +72,10 @@ class TraceSinkActor:
         self.storage: StorageKeeper | None = None  # made by start()
         self.watch = LoopWatch(f"trace sink fetch loop ({settings.durable})", stall_after_s=settings.stall_after_s,
                                pending=self.pending)
+        self.service = ActorService(nc, name=SERVICE_NAME, endpoints=[],
+                                    description="TRINITY trace sink: trace stream to JSONL/OTLP, redacted",
+                                    work=[WorkEndpoint(name="events", subject=settings.filter_subject,
+                                                       queue_group=settings.durable)])
 
     async def start(self) -> None:
         """Ensure the stream (if missing) and the durable consumer, start the sink and the fetch loop.
@@ -82,6 +94,8 @@ class TraceSinkActor:
         ok = await self.storage.ensure()
         await self.storage.start()
         await self.sink.start()
+        await self.service.start()
+        metrics.track_pending("trace_sink", self.queued)
         if not ok:
             self._binder = asyncio.create_task(self._bind_when_storage_ready(), name="trace-sink.bind")
             return
@@ -100,7 +114,7 @@ class TraceSinkActor:
         s = self.settings
         self._sub = await self.nc.jetstream().pull_subscribe_bind(durable=s.durable, stream=s.stream)
         self._task = asyncio.create_task(self._loop(), name="trace-sink.consume")
-        self.watch.attach(self._task)  # type: ignore[arg-type]
+        self.watch.attach(self._task)
 
     async def _bind_when_storage_ready(self) -> None:
         while True:
@@ -152,8 +166,17 @@ class TraceSinkActor:
                 await self._consume(msg)
             self.watch.progress()
 
+    def queued(self) -> int:
+        """Events accepted and waiting in the exporters' queues (the deepest lane)."""
+        return max((lane["queued"] for lane in self.sink.stats()["exporters"].values()), default=0)
+
     async def _consume(self, msg: Msg) -> None:
         self.consumed += 1
+        with contextlib.suppress(Rejected):  # counted by the service as a malformed event
+            async with self.service.job("events"):
+                await self._consume_one(msg)
+
+    async def _consume_one(self, msg: Msg) -> None:
         try:
             event: TraceEvent = decode(msg.data, TraceEvent,  # type: ignore[arg-type]
                                        max_bytes=self.settings.max_payload_bytes, subject=msg.subject)
@@ -162,10 +185,13 @@ class TraceSinkActor:
             log.warning("trace sink: %s on %s (%s); terminated", type(exc).__name__, msg.subject,
                         self.sink.redactor.redact_text(str(exc))[:300])
             await msg.term()
-            return
+            raise Rejected(ErrorCode.MALFORMED, f"trace event on {msg.subject} is malformed") from None
         prov = Provenance.from_headers(msg.headers)
         seq = msg.metadata.sequence.stream if msg.reply else 0
-        self.sink.offer(event, subject=msg.subject, stream_seq=seq, traceparent=prov.traceparent)
+        if msg.reply:
+            metrics.TRACE_UNCONSUMED.set(msg.metadata.num_pending)
+        self.sink.offer(event, subject=msg.subject, stream_seq=seq, traceparent=prov.traceparent,
+                        actor_spans=(msg.headers or {}).get(SPANS) == "1")
         await msg.ack()
 
     def stats(self) -> dict[str, Any]:
@@ -213,6 +239,7 @@ class TraceSinkActor:
                 await self._sub.unsubscribe()
             self._sub = None
         await self.sink.stop(max(0.1, timeout - (time.monotonic() - t0)))
+        await self.service.stop()
 
     #: Share of the drain budget the catch-up fetch may use (the rest flushes and closes the exporters).
     catchup_share = 0.6

@@ -27,6 +27,7 @@ class TraceRecord(msgspec.Struct, frozen=True, kw_only=True):
     stream_seq: int = 0
     traceparent: str | None = None
     received_ts: float = 0.0
+    actor_spans: bool = False  # the emitting coordinator recorded the run's spans itself (``Trinity-Spans``)
 
 
 _encoder = msgspec.json.Encoder()

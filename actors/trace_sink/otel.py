@@ -5,7 +5,15 @@ join the coordinator's trace); turn spans are children of the run span. Each eve
 on its turn's span (or the run span) with its fields flattened into attributes; key fields (agent, role,
 margins, usage, verdict, stop reason) are also set on the spans. Span times come from the events' ``ts``.
 A run whose ``run_finished``/``run_failed`` never arrives is ended as ``trinity.incomplete`` when more
-than ``max_open_runs`` runs are open.
+than ``max_open_runs`` runs are open. A redelivered run (``run_redelivered``, or a second ``run_started``)
+ends the open run span at its last event (``trinity.superseded``) and opens a new one for the new delivery
+(``trinity.delivery``), so deliveries never merge into one long span.
+
+Coexistence with the actors' own spans (``[tracing]``): events whose coordinator records the run's spans
+itself arrive marked (``actor_spans``, header ``Trinity-Spans: 1``, with the ``traceparent`` of the
+coordinator's span). With ``rebuild = "auto"`` (default) they are not rebuilt: the coordinator's run and turn
+spans already carry each event as a span event and its key fields as attributes. ``rebuild = "always"``
+rebuilds them anyway, as children of the coordinator's spans in the same trace.
 
 Exporter (settings): ``none``, ``console``, ``in-memory`` (tests read :attr:`OtelSpans.memory`) or
 ``otlp`` (only when ``opentelemetry-exporter-otlp`` is installed; otherwise a clear error).
@@ -33,13 +41,15 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from config.trace_sink import OtelExporterKind, OtelSettings
+from config.trace_sink import OtelExporterKind, OtelRebuild, OtelSettings
 from schemas.trace import (
     AgentCallFinished,
     RoleAssigned,
     RouteDecided,
     RunFailed,
     RunFinished,
+    RunRedelivered,
+    RunStarted,
     TraceEvent,
     VerdictRecorded,
 )
@@ -76,6 +86,9 @@ def flatten(value: Any, prefix: str = "trinity") -> dict[str, Any]:
 class _Run:
     span: Span
     turns: dict[int, Span] = field(default_factory=dict)
+    last_ts: float = 0.0
+    events: int = 0
+    redelivery: bool = False  # opened by a run_redelivered event
 
 
 def _build_exporter(settings: OtelSettings) -> tuple[SpanExporter | None, InMemorySpanExporter | None]:
@@ -115,6 +128,8 @@ class OtelSpans:
         self.tracer = self.provider.get_tracer("trinity.trace_sink")
         self._runs: OrderedDict[str, _Run] = OrderedDict()
         self.evicted = 0
+        self.superseded = 0  # run spans ended by a redelivery of their job
+        self.skipped = 0  # events of runs whose coordinator records its own spans (rebuild = auto)
 
     @property
     def open_runs(self) -> int:
@@ -123,15 +138,25 @@ class OtelSpans:
 
     def _run(self, ev: TraceEvent, traceparent: str | None) -> _Run:
         run = self._runs.get(ev.request_id)
+        if run is not None and (isinstance(ev, RunRedelivered) or (
+                isinstance(ev, RunStarted) and not (run.redelivery and run.events == 1))):
+            # a new delivery of the job: the old one ends where its events stopped
+            run.span.set_attribute("trinity.superseded", True)
+            self._runs.pop(ev.request_id)
+            self._end(run, run.last_ts)
+            self.superseded += 1
+            run = None
         if run is not None:
             self._runs.move_to_end(ev.request_id)
             return run
         parent: Context = extract({"traceparent": traceparent}) if traceparent else Context()
         span = self.tracer.start_span("trinity.run", context=parent, kind=SpanKind.INTERNAL, start_time=_ns(ev.ts),
                                       attributes={"trinity.request_id": ev.request_id})
-        if ev.kind != "run_started":
+        if isinstance(ev, RunRedelivered):
+            span.set_attribute("trinity.delivery", ev.delivery)
+        elif ev.kind != "run_started":
             span.set_attribute("trinity.partial", True)
-        run = _Run(span)
+        run = _Run(span, last_ts=ev.ts, redelivery=isinstance(ev, RunRedelivered))
         self._runs[ev.request_id] = run
         while len(self._runs) > self.settings.max_open_runs:
             _, old = self._runs.popitem(last=False)
@@ -159,11 +184,16 @@ class OtelSpans:
         run.turns.clear()
         run.span.end(end_time=end)
 
-    def handle(self, ev: TraceEvent, traceparent: str | None = None) -> None:
-        """Record one (redacted) event."""
+    def handle(self, ev: TraceEvent, traceparent: str | None = None, *, actor_spans: bool = False) -> None:
+        """Record one (redacted) event; ``actor_spans``: its coordinator records the run's spans itself."""
         if not self.enabled:
             return
+        if actor_spans and self.settings.rebuild is OtelRebuild.AUTO:
+            self.skipped += 1
+            return
         run = self._run(ev, traceparent)
+        run.last_ts = max(run.last_ts, ev.ts)
+        run.events += 1
         target = self._turn(run, ev) if ev.turn >= 0 and not isinstance(ev, (RunFinished, RunFailed)) else run.span
         attrs = flatten({k: v for k, v in msgspec.to_builtins(ev).items() if k not in ("request_id", "kind")})
         target.add_event(ev.kind, attributes=attrs, timestamp=_ns(ev.ts))

@@ -7,7 +7,8 @@ Two steps on every :data:`~schemas.trace.TraceEvent`:
    ``store_full_text`` is set. The hash is taken over the *redacted* text, so a hash never confirms a
    guessed secret.
 2. Every remaining string (values and mapping keys, at any depth) has configured secret values, built-in
-   key patterns (``sk-...``, ``sk-ant-...``, ``AIza...``, bearer tokens, ``api_key=...``) and configured
+   key patterns (:data:`schemas.redaction.SECRET_PATTERNS`: URL userinfo, ``sk-...``, ``AIza...``, AWS/Azure keys,
+   bearer tokens, ``api_key=...``, ``password=...``) and configured
    patterns replaced by the marker. If a secret could still be found after that (a secret crafted to
    re-form across the marker), the whole string is replaced by the marker.
 
@@ -27,18 +28,12 @@ import msgspec
 
 from config.trace_sink import RedactionSettings
 from schemas.fingerprint import sha256_text
+from schemas.redaction import SECRET_PATTERNS
 from schemas.trace import TraceEvent
 
-#: Built-in secret shapes. A named group ``secret`` redacts only that part of the match.
-BUILTIN_PATTERNS: tuple[str, ...] = (
-    r"sk-ant-[A-Za-z0-9_\-]{8,}",
-    r"sk-[A-Za-z0-9_\-]{16,}",
-    r"AIza[0-9A-Za-z_\-]{30,}",
-    r"(?i)\bbearer\s+[A-Za-z0-9._~+/\-]+=*",
-    r"(?i)(?:api[_-]?key|x-api-key|x-goog-api-key|access[_-]?token|secret)[\"']?\s*[:=]\s*[\"']?"
-    r"(?P<secret>[^\s\"',;}&]{6,})",
-    r"(?i)[?&]key=(?P<secret>[^\s&\"']{6,})",
-)
+#: Built-in secret shapes, shared with every other process (:mod:`schemas.redaction`): URL userinfo, API and
+#: cloud keys, bearer tokens, ``password=``-style assignments. A named group ``secret`` redacts only that part.
+BUILTIN_PATTERNS: tuple[str, ...] = SECRET_PATTERNS
 
 _CONTENT_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
     "run_started": (("query_text",),),

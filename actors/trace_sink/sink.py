@@ -72,7 +72,7 @@ class OtelExporter:
     async def export(self, batch: list[TraceRecord]) -> None:
         """Record the batch's events as span events/spans."""
         for r in batch:
-            self.spans.handle(r.event, r.traceparent)
+            self.spans.handle(r.event, r.traceparent, actor_spans=r.actor_spans)
 
     async def close(self) -> None:
         """End open spans and flush the span processor."""
@@ -150,8 +150,9 @@ class TraceSink:
         return [lane.watch for lane in self._lanes if lane.watch is not None]
 
     def offer(self, event: TraceEvent, *, subject: str = "", stream_seq: int = 0,
-              traceparent: str | None = None) -> TraceRecord | None:
-        """Redact ``event`` and enqueue it for every exporter without waiting. Returns the stored record."""
+              traceparent: str | None = None, actor_spans: bool = False) -> TraceRecord | None:
+        """Redact ``event`` and enqueue it for every exporter without waiting. Returns the stored record.
+        ``actor_spans``: the coordinator that emitted it records the run's spans itself."""
         self.received += 1
         try:
             clean = self.redactor.redact_event(event)
@@ -160,7 +161,7 @@ class TraceSink:
             log.warning("trace sink: %s", exc)
             return None
         record = TraceRecord(event=clean, subject=self.redactor.redact_text(subject), stream_seq=stream_seq,
-                             traceparent=traceparent, received_ts=time.time())
+                             traceparent=traceparent, received_ts=time.time(), actor_spans=actor_spans)
         self.accepted += 1
         for lane in self._lanes:
             try:

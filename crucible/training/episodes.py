@@ -9,7 +9,8 @@ with in-process ports:
   computes it once per distinct router text (packed batches through :class:`RouterEngine`) and every
   candidate costs one small matmul. Layouts with SVF offsets load the candidate as an engine adapter
   (milliseconds) and route through it (:class:`AdapterRouter`); only agent replies are shared then.
-* **inject** — the role injector's builder with the default pack (pure function).
+* **inject** — the role injector's builder (pure function) with the pack the coordinator would ask for: the
+  routing profile's (``sakana-fugu/1`` under ``sakana``, ``DEFAULT_ROLE_PACK``) unless ``role_pack`` names one.
 * **call_agent** — the provider pool (tool agents, SmolLM2, HTTP providers); replies of deterministic agents are
   memoized by ``(agent, role, max_tokens, temperature, messages)`` (:class:`ReplyMemo`).
 
@@ -28,11 +29,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from actors.coordinator.errors import AgentCallFailed, RouteFailed
-from actors.coordinator.profiles import VERIFIER_BEFORE_WORKER, observation
+from actors.coordinator.profiles import DEFAULT_ROLE_PACK, VERIFIER_BEFORE_WORKER, observation
 from actors.coordinator.state_machine import CallContext, Policy, Ports, Run
 from actors.provider_agents.errors import ProviderError
 from actors.role_injector.builder import build
-from actors.role_injector.packs import DEFAULT_PACK
+from actors.role_injector.packs import BUILTIN_PACKS, PackRegistry
 from crucible.training.fitness import FitnessWeights, episode_fitness
 from crucible.training.layout import VectorLayout
 from crucible.world.tasks import Task, grade
@@ -216,7 +217,7 @@ class EpisodeRunner:
                  features: Features | None = None, adapter_router: Any = None,
                  routing_profile: str = "elixir-port", route_rule: str = "argmax", max_turns: int = 5,
                  agent_mask: Sequence[int] | None = None, agent_max_tokens: int = 64,
-                 weights: FitnessWeights | None = None) -> None:
+                 weights: FitnessWeights | None = None, role_pack: str | None = None) -> None:
         if layout.head_only and features is None:
             raise ValueError("a head-only layout needs features (a HiddenMemo)")
         if not layout.head_only and adapter_router is None:
@@ -229,7 +230,10 @@ class EpisodeRunner:
                              agent_mask=tuple(agent_mask) if agent_mask is not None else None,
                              agent_max_tokens=agent_max_tokens, temperature=0.0, route_attempts=1,
                              fleet_wait_s=0.0, routing_profile=routing_profile, route_rule=route_rule,
-                             route_seed=0 if route_rule == "sample" else None)
+                             route_seed=0 if route_rule == "sample" else None,
+                             role_pack=role_pack or DEFAULT_ROLE_PACK[routing_profile])
+        self.packs = PackRegistry(list(BUILTIN_PACKS))
+        self.packs.resolve(self.policy.role_pack)  # an unknown pack fails here, not in the first episode
         self.routing_profile = routing_profile
         self.max_turns = max_turns
         self.weights = weights or FitnessWeights(max_turns=max_turns)
@@ -275,7 +279,7 @@ class EpisodeRunner:
             return route(req)
 
         async def inject(req: RoleInjectRequest, ctx: CallContext) -> RoleInjectReply:
-            return build(DEFAULT_PACK, req)
+            return build(self.packs.resolve(req.role_pack), req)
 
         async def call_agent(intent: AgentCallIntent, ctx: CallContext) -> AgentCallReceipt:
             try:

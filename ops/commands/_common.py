@@ -113,6 +113,28 @@ def check_router_flags(args: argparse.Namespace) -> None:
     existing_file(args.head, "--head")
 
 
+#: The released TRINITY vector's file name: routed under ``sakana``, the profile it was trained under, unless
+#: a command says otherwise.
+REAL_VECTOR = "sakana_model_iter_60.npy"
+
+
+def vector_routing_profile(vector: str | None) -> str | None:
+    """``sakana`` for the released vector (by file name), else ``None`` (no opinion)."""
+    return "sakana" if vector and Path(vector).name == REAL_VECTOR else None
+
+
+def with_routing_profile(settings: Any, routing: str) -> Any:
+    """``settings`` whose model runtime runs ``routing`` (that profile's dtype and tied-embedding defaults
+    when it differs from the configured one)."""
+    mr = settings.model_runtime
+    if routing == mr.routing_profile:
+        return settings
+    from config.model_runtime import ModelRuntimeSettings
+
+    fields = {**msgspec.structs.asdict(mr), "routing_profile": routing, "dtype": None, "tied_embedding": None}
+    return msgspec.structs.replace(settings, model_runtime=ModelRuntimeSettings(**fields))
+
+
 def load_cli_router(args: argparse.Namespace, settings: Any, prefix: str) -> Any:
     """Load the router the flags describe (``CommandError`` on failure)."""
     from ops.commands import CommandError

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -17,6 +16,8 @@ from ops.commands._common import (
     existing_file,
     load_cli_router,
     progress,
+    vector_routing_profile,
+    with_routing_profile,
 )
 
 NAME = "gate"
@@ -61,18 +62,13 @@ def _check(args: argparse.Namespace) -> None:
                          "--floor-fraction")
 
 
-REAL_VECTOR = "sakana_model_iter_60.npy"
-
-
 def _routing_profile(args: argparse.Namespace, snapshot: Any, mr: Any) -> str:
     """The routing profile the gate runs under (see ``--routing-profile``)."""
     if args.routing_profile:
         return str(args.routing_profile)
     if snapshot is not None:
         return str(snapshot.routing_profile or "elixir-port")
-    if args.vector and Path(args.vector).name == REAL_VECTOR:
-        return "sakana"
-    return str(mr.routing_profile)
+    return vector_routing_profile(args.vector) or str(mr.routing_profile)
 
 
 async def run(args: argparse.Namespace, settings: Any) -> int:
@@ -95,13 +91,8 @@ async def run(args: argparse.Namespace, settings: Any) -> int:
     except FixtureError as e:
         raise CommandError(str(e)) from None
     mr = settings.model_runtime
-    routing = _routing_profile(args, snapshot, mr)
-    if routing != mr.routing_profile:
-        from config.model_runtime import ModelRuntimeSettings
-
-        fields = {**msgspec.structs.asdict(mr), "routing_profile": routing, "dtype": None, "tied_embedding": None}
-        mr = ModelRuntimeSettings(**fields)
-        settings = msgspec.structs.replace(settings, model_runtime=mr)
+    settings = with_routing_profile(settings, _routing_profile(args, snapshot, mr))
+    mr = settings.model_runtime
     router = await asyncio.to_thread(load_cli_router, args, settings, "gate")
     say = progress("gate")
     try:

@@ -6,6 +6,9 @@ Example::
     # then in nats-server.conf:   include "/etc/trinity/nats/auth.conf"
     # and on each host, e.g.:
     python run.py node --actors model_runtime --config /etc/trinity/nats/model_runtime.toml
+
+``--node ID=USER`` lets only ``USER`` answer node ``ID``'s readiness (``run.py status --node-id ID``);
+``--users ...,tenant-alice`` adds a tenant that may only ask through request/reply and reads only its own results.
 """
 
 from __future__ import annotations
@@ -25,16 +28,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``nats-auth``."""
     p.add_argument("--out", required=True, metavar="DIR", help="directory for auth.conf and <user>.toml (mode 600)")
     p.add_argument("--users", default=",".join(ACTOR_PERMISSIONS), metavar="A,B",
-                   help=f"users to create (default: all of {', '.join(ACTOR_PERMISSIONS)})")
+                   help=f"users to create (default: all of {', '.join(ACTOR_PERMISSIONS)}; also tenant-<name>)")
+    p.add_argument("--node", action="append", default=[], metavar="ID=USER",
+                   help="node ID runs as USER: only USER may answer its readiness (repeatable)")
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     """Generate fresh passwords and write the files (their paths are printed, never the passwords)."""
     names = [n.strip() for n in args.users.split(",") if n.strip()]
+    nodes: dict[str, str] = {}
+    for item in args.node:
+        node_id, sep, owner = item.partition("=")
+        if not sep or not node_id or not owner:
+            raise UsageError(f"--node {item!r}: write ID=USER, e.g. --node node-1=coordinator")
+        nodes[node_id.strip()] = owner.strip()
     try:
-        users = generate_users(names)
+        users = generate_users(names, nodes=nodes)
     except KeyError as e:
         raise UsageError(str(e.args[0])) from None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     for path in write_auth_files(Path(args.out), users, list(settings.nats.servers)):
         print(path)
     return 0

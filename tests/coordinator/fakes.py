@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from actors.coordinator.errors import AgentCallFailed, RouteFailed
 from actors.coordinator.state_machine import CallContext, Ports
 from actors.role_injector.builder import build
-from actors.role_injector.packs import DEFAULT_PACK
+from actors.role_injector.packs import BUILTIN_PACKS, PackRegistry
 from bus import subjects
 from bus.errors import Rejected
 from bus.provenance import Provenance
@@ -86,7 +86,7 @@ class FakeWorld:
 
     async def inject(self, req: RoleInjectRequest, ctx: CallContext) -> RoleInjectReply:
         self.injects.append(req)
-        return build(DEFAULT_PACK, req)
+        return build(PackRegistry(list(BUILTIN_PACKS)).resolve(req.role_pack), req)
 
     def receipt(self, intent: AgentCallIntent) -> AgentCallReceipt:
         """The scripted answer to ``intent`` (raises :class:`AgentCallFailed` for failing agents)."""
@@ -142,7 +142,8 @@ class BusFakes:
             self.route_provenance.append(ctx.provenance)
             world.routes.append(req)
             agent, role = world.route_plan(req.turn)
-            return make_logits(req.request_id, req.turn, agent, role, world.n_agents)
+            logits = make_logits(req.request_id, req.turn, agent, role, world.n_agents)
+            return labelled(logits, world.profile) if isinstance(world, ProfiledWorld) else logits
 
         async def call(intent: AgentCallIntent, ctx: RequestContext) -> AgentCallReceipt:
             self.agent_provenance.append(ctx.provenance)
@@ -167,3 +168,19 @@ class BusFakes:
     async def drain(self) -> None:
         await self.runtime.drain(timeout=1.0)
         await self.agents.drain(timeout=1.0)
+
+
+class ProfiledWorld(FakeWorld):
+    """FakeWorld whose runtime (in-process or :class:`BusFakes`) labels its logits with a routing profile."""
+
+    profile: str = "sakana"
+
+    async def route(self, req: RouteRequest, ctx: CallContext) -> RouteLogits:
+        self.routes.append(req)
+        agent, role = self.route_plan(req.turn)
+        return labelled(make_logits(req.request_id, req.turn, agent, role, self.n_agents), self.profile)
+
+
+def labelled(logits: RouteLogits, profile: str) -> RouteLogits:
+    """``logits`` as a runtime serving ``profile`` labels them."""
+    return RouteLogits(**{**{f: getattr(logits, f) for f in logits.__struct_fields__}, "routing_profile": profile})

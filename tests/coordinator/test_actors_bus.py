@@ -31,7 +31,7 @@ from schemas import (
 )
 from schemas.roles import RoleInjectReply, RoleInjectRequest
 from schemas.trace import AgentCallFinished, TraceEvent
-from tests.coordinator.fakes import BusFakes, FakeWorld, plan_of, reply_by_role
+from tests.coordinator.fakes import BusFakes, FakeWorld, ProfiledWorld, plan_of, reply_by_role
 
 W, T, V = Role.WORKER, Role.THINKER, Role.VERIFIER
 FAST = CoordinatorSettings(route_timeout_s=2.0, agent_timeout_s=2.0, role_inject_timeout_s=2.0)
@@ -206,7 +206,8 @@ async def test_bad_requests_get_typed_errors(nc: Client, make_node) -> None:  # 
         await rpc.request(nc, subjects.ROLE_INJECT,
                           RoleInjectRequest(request_id="x", turn=0, agent_id=0, role=W, query="q", role_pack="nope/9"),
                           RoleInjectReply, timeout=2.0)
-    assert e.value.code is ErrorCode.NOT_FOUND and "holds trinity-default/1, trinity-default/2" in e.value.message
+    assert e.value.code is ErrorCode.NOT_FOUND
+    assert "holds sakana-fugu/1, trinity-default/1, trinity-default/2" in e.value.message
 
 
 async def test_tracing_never_blocks_coordination(nc: Client, make_node) -> None:  # type: ignore[no-untyped-def]
@@ -220,3 +221,28 @@ async def test_tracing_never_blocks_coordination(nc: Client, make_node) -> None:
     counters = node.coordinator.stats()["trace"]
     # 13 events: run_started, 2 x (route, role, call started/finished, budget), verdict, run_finished
     assert (counters["emitted"], counters["dropped"]) == (2, 11)
+
+
+async def test_sakana_run_gets_fugu_prompts_from_the_injector(nc: Client, make_node) -> None:  # type: ignore[no-untyped-def]
+    """Under the sakana profile the coordinator asks the injector (over NATS) for Sakana's own agent prompts:
+    the Thinker's suggestion reaches the next agent, and every agent sees the router's context."""
+    world = ProfiledWorld(plan_of([(1, T), (5, T), (2, V)]),
+                          reply_by_role(thinker="<suggestion>add the tens first</suggestion>"
+                                                "<suggested_role>solver</suggested_role>",
+                                        worker="<idea>20 + 10 + 12</idea> 42", verifier="Verdict: ACCEPT"))
+    settings = msgspec.structs.replace(FAST, routing_profile="sakana", route_rule="argmax")
+    await make_node(world, settings)
+    res = await submit(nc, CoordinationRequest(request_id=rid(), query="What is 17 + 25?"))
+    assert res.stop_reason is StopReason.ACCEPTED and res.answer == "<idea>20 + 10 + 12</idea> 42"
+    assert [t.assignment.role for t in res.turns] == [T, W, V] and res.routing_profile == "sakana"
+    assert all(t.assignment.role_pack == "sakana-fugu/1" for t in res.turns)
+    thinker, worker, verifier = (c.messages for c in world.calls)
+    assert [m.role for m in worker] == ["system", "user"] and worker[0].content.startswith("You are a helpful")
+    assert worker[1].content.startswith("What is 17 + 25?\nYou may see other agents' reference thought")
+    assert worker[1].content.endswith("when drafting your response, thinking of following:\n"
+                                      "<suggestion>add the tens first</suggestion>")
+    assert "<suggested_role>next_agent_role</suggested_role>" in thinker[1].content
+    assert "Current response" not in thinker[1].content  # no Worker reply yet
+    assert "<reference_thought_0>20 + 10 + 12</reference_thought_0>\n</query>" in verifier[1].content
+    assert "<response>\n<idea>20 + 10 + 12</idea> 42\n</response>" in verifier[1].content
+    assert "<suggestion>" not in verifier[1].content.split("Be critical")[-1]  # the Worker used the suggestion

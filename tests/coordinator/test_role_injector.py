@@ -206,10 +206,11 @@ def test_registry(tmp_path: Path) -> None:
     p = tmp_path / "custom.toml"
     p.write_text(TOML_PACK)
     reg = PackRegistry.from_files([str(p)])
-    assert reg.known() == ["custom/2", "trinity-default/1", "trinity-default/2"]
+    assert reg.known() == ["custom/2", "sakana-fugu/1", "trinity-default/1", "trinity-default/2"]
     assert reg.resolve(None).pack_id == "trinity-default/2"
     assert reg.resolve("custom/2").pack_id == "custom/2"
-    with pytest.raises(UnknownRolePack, match="unknown role pack 'nope/1'; this injector holds custom/2, trinity"):
+    with pytest.raises(UnknownRolePack,
+                       match="unknown role pack 'nope/1'; this injector holds custom/2, sakana-fugu/1, trinity"):
         reg.resolve("nope/1")
     assert PackRegistry.from_files([str(p)], default="custom/2").resolve("").pack_id == "custom/2"
     with pytest.raises(RolePackInvalid, match="loaded twice"):
@@ -234,10 +235,52 @@ def test_registry_from_settings(tmp_path: Path) -> None:
     p.write_text(TOML_PACK)
     assert registry_from_settings(RoleInjectorSettings()).default_id == "trinity-default/2"
     reg = registry_from_settings(RoleInjectorSettings(pack_files=[str(p)]))
-    assert (reg.default_id, reg.known()) == ("custom/2", ["custom/2", "trinity-default/1", "trinity-default/2"])
+    assert (reg.default_id, reg.known()) == ("custom/2", ["custom/2", "sakana-fugu/1", "trinity-default/1",
+                                                          "trinity-default/2"])
     reg = registry_from_settings(RoleInjectorSettings(pack_files=[str(p)], default_pack="trinity-default/1"))
     assert reg.default_id == "trinity-default/1"
     reg = registry_from_settings(RoleInjectorSettings(pack_files=[str(p)], include_builtin=False))
     assert reg.known() == ["custom/2"]
     with pytest.raises(ValueError, match="pack_files"):
         RoleInjectorSettings(include_builtin=False)
+
+
+def test_fugu_pack_rules() -> None:
+    """The ``sakana-fugu/1`` pack: Sakana's verdict words, the suggestion's lifetime, its own validation."""
+    from actors.role_injector.fugu import suggestion_in_effect
+    from actors.role_injector.packs import FUGU_PACK
+
+    assert "REJECT" in FUGU_PACK.prompt(Role.VERIFIER).template and FUGU_PACK.pack_id == "sakana-fugu/1"
+    good = "<suggestion>check</suggestion><suggested_role>verifier</suggested_role>"
+
+    def entry(turn: int, role: Role, content: str) -> TranscriptEntry:
+        return TranscriptEntry(turn=turn, agent_id=0, role=role, content=content)
+
+    assert suggestion_in_effect([entry(0, Role.THINKER, good)]) == "check"
+    assert suggestion_in_effect([entry(0, Role.THINKER, good), entry(1, Role.WORKER, "42")]) is None
+    assert suggestion_in_effect([entry(0, Role.THINKER, good), entry(1, Role.THINKER, "no tags")]) is None
+    assert suggestion_in_effect([entry(0, Role.THINKER, "<suggestion>x</suggestion>")]) is None  # needs a role
+    # braces in the query or replies are text, not template fields
+    braces = RoleInjectRequest(request_id="q1", turn=1, agent_id=0, role=Role.THINKER, query="Is {x} = {0}?",
+                               history=[entry(0, Role.WORKER, "{y}")])
+    assert "Is {x} = {0}?" in build_messages(FUGU_PACK, braces)[1].content
+    # the verifier before any Worker reply sees Python's None, as fugu formats it
+    msgs = build_messages(FUGU_PACK, request(Role.VERIFIER, [], pack="sakana-fugu/1"))
+    assert "<response>\nNone\n</response>" in msgs[1].content
+    verifier = FUGU_PACK.prompt(Role.VERIFIER)
+    for bad, problem in [
+        (msgspec.structs.replace(verifier, template=verifier.template.replace("REJECT", "REVISE")), "ACCEPT or REJECT"),
+        (msgspec.structs.replace(verifier, template="{query} {answer} ACCEPT REJECT"), "may only use"),
+        (msgspec.structs.replace(verifier, suggestion="{notes}"), "may only use"),
+        (msgspec.structs.replace(verifier, template=""), "non-empty system prompt and template"),
+    ]:
+        with pytest.raises(RolePackInvalid, match=problem):
+            msgspec.structs.replace(FUGU_PACK, roles={**FUGU_PACK.roles, "verifier": bad}).validate()
+    thinker = FUGU_PACK.prompt(Role.THINKER)
+    no_tag = msgspec.structs.replace(thinker, template=thinker.template.replace("<suggestion>", "<advice>"))
+    with pytest.raises(RolePackInvalid, match="<suggestion> and <suggested_role>"):
+        msgspec.structs.replace(FUGU_PACK, roles={**FUGU_PACK.roles, "thinker": no_tag}).validate()
+    # a fugu pack round-trips through JSON like any other
+    again = parse_pack(msgspec.json.encode(msgspec.structs.replace(FUGU_PACK, name="mine")), fmt="json")
+    assert build_messages(again, request(Role.WORKER, HISTORY)) == build_messages(FUGU_PACK, request(Role.WORKER,
+                                                                                                        HISTORY))

@@ -16,13 +16,13 @@ from actors.coordinator.profiles import (
     sakana_accepts,
     softmax_draw,
 )
-from actors.coordinator.state_machine import CallContext, Policy, coordinate
+from actors.coordinator.state_machine import Policy, coordinate
 from config.coordinator import CoordinatorSettings
 from schemas import Budget, CoordinationRequest, Role, RoleSource, RunStatus, StopReason, Verdict
 from schemas.roles import TranscriptEntry
-from schemas.routing import RouteLogits, RouteRequest
+from schemas.routing import RouteLogits
 from schemas.sakana import RuntimeProfile
-from tests.coordinator.fakes import FakeWorld, make_logits, plan_of, reply_by_role
+from tests.coordinator.fakes import FakeWorld, ProfiledWorld, plan_of, reply_by_role
 
 W, T, V = Role.WORKER, Role.THINKER, Role.VERIFIER
 
@@ -103,19 +103,6 @@ def test_choose_sample_is_seeded_and_recorded() -> None:
     assert d.agent_ranking[0] == d.agent_id and sorted(d.agent_ranking) == list(range(7))
     a = choose(logits, RuntimeProfile(), None, profile="sakana")
     assert (a.agent_id, a.role, a.rule) == (1, W, "argmax")
-
-
-class ProfiledWorld(FakeWorld):
-    """FakeWorld whose runtime labels its logits with a routing profile."""
-
-    profile: str = "sakana"
-
-    async def route(self, req: RouteRequest, ctx: CallContext) -> RouteLogits:
-        self.routes.append(req)
-        agent, role = self.route_plan(req.turn)
-        base = make_logits(req.request_id, req.turn, agent, role, self.n_agents)
-        return RouteLogits(**{**{f: getattr(base, f) for f in base.__struct_fields__},
-                              "routing_profile": self.profile})
 
 
 SAKANA = Policy(verifier_before_worker="end", routing_profile="sakana")

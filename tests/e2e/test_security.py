@@ -29,7 +29,7 @@ from config.nats import NatsSettings
 from config.settings import load_settings, redacted
 from config.trace_sink import JsonlSettings, TraceSinkSettings
 from ops.client import build_request, stored_result, submit, submit_job, tail
-from ops.nats_auth import NatsUser, generate_users, render_authorization, write_auth_files
+from ops.nats_auth import NatsUser, generate_users, inbox_prefix, render_authorization, write_auth_files
 from schemas import RunStatus
 from tests.e2e import procs
 from tests.e2e.fake_services import fake_services
@@ -39,7 +39,7 @@ ACTORS = ["coordinator", "model_runtime", "provider_agents", "role_injector", "t
 
 @pytest.fixture(scope="module")
 def users() -> list[NatsUser]:
-    return generate_users(ACTORS)
+    return generate_users(ACTORS, nodes={"coord-secure": "coordinator"})
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,8 @@ def secure_server(users: list[NatsUser]) -> Iterator[NatsServerProcess]:
 
 def settings_for(srv: NatsServerProcess, users: list[NatsUser], name: str) -> NatsSettings:
     u = next(u for u in users if u.user == name)
-    return NatsSettings(servers=[srv.url], user=u.user, password=u.password, embedded="never")
+    return NatsSettings(servers=[srv.url], user=u.user, password=u.password, embedded="never",
+                        inbox_prefix=inbox_prefix(u.user))
 
 
 async def test_per_actor_users_allow_a_run_and_deny_an_agent_publishing_results(

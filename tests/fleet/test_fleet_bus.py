@@ -16,6 +16,7 @@ import nats
 import pytest
 import torch
 from nats.aio.client import Client
+from prometheus_client import REGISTRY
 
 from actors.coordinator.actor import CoordinatorActor
 from actors.coordinator.errors import RouteFailed
@@ -127,6 +128,7 @@ async def test_identity_is_the_weights_and_an_adapter_is_loaded_once_then_reused
     ref = make_engine("a")
     token = next(iter(fleet_models.a.adapters))
     ref.load_adapter(str(fleet_models.a.adapters[token]))
+    loads_before = REGISTRY.get_sample_value("trinity_adapter_loads_total", {"outcome": "ok"}) or 0.0
     await harness.start_registry(settings)
     rt1 = await harness.start_runtime("rt-1", make_engine("a"), settings)
     rt2 = await harness.start_runtime("rt-2", make_engine("a"), settings)
@@ -159,6 +161,7 @@ async def test_identity_is_the_weights_and_an_adapter_is_loaded_once_then_reused
     st = await harness.status()
     hb = st.runtime(holders[0].runtime_id)
     assert hb is not None and hb.adapter_loads == 1 and token in hb.warm_adapters
+    assert REGISTRY.get_sample_value("trinity_adapter_loads_total", {"outcome": "ok"}) == loads_before + 1
     assert [lease.owner for lease in st.leases] == ["coord-test"]
 
 

@@ -41,8 +41,10 @@ def test_sakana_text_and_tokens(hf_tokenizer, tokenizer: RouterTokenizer) -> Non
     msgs = [Message("user", QUERY), Message("assistant", "Sure. <idea> 17+25=42 </idea> 42"),
             Message("assistant", "<idea></idea>"), Message("assistant", " plain 42 ")]
     text = router_text(msgs, "sakana", 7)
-    user = f"{QUERY}\n<reference_thought_0>17+25=42</reference_thought_0>\n<reference_thought_1> plain 42 " \
-           "</reference_thought_1>"
+    collaboration = ("You may see other agents' reference thought in <reference_thought> tag. In that case, you "
+                     "should analyse those infomation, and then give response to the query. ")  # fugu's, verbatim
+    user = f"{QUERY}\n{collaboration}\n<reference_thought_0>17+25=42</reference_thought_0>\n<reference_thought_1> " \
+           "plain 42 </reference_thought_1>"
     assert text == qwen3_chat_text(SAKANA_ROUTER_SYSTEM_PROMPT.format(num_agents=7), user)
     ids = tokenizer.encode(text)
     assert ids == hf_tokenizer(text)["input_ids"]  # special tokens encode as themselves

@@ -12,7 +12,15 @@ import pytest
 import run
 from ops.gate.core import floors_from_margins, record_snapshot, relabel, run_gate
 from ops.gate.errors import FixtureError
-from ops.gate.fixtures import EvalCases, Snapshot, SnapshotCase, load_cases, load_snapshot, write_snapshot
+from ops.gate.fixtures import (
+    EvalCases,
+    Snapshot,
+    SnapshotCase,
+    load_cases,
+    load_snapshot,
+    write_cases,
+    write_snapshot,
+)
 from schemas.common import Message
 from schemas.routing import RouteLogits
 from schemas.sakana import RuntimeProfile
@@ -231,3 +239,49 @@ def test_the_real_vector_records_under_sakana_by_default() -> None:
     assert _routing_profile(argparse.Namespace(routing_profile=None, vector="/x/other.npy"), None,
                             ModelRuntimeSettings()) == "elixir-port"
     assert _routing_profile(ns, load_snapshot(LOGITS), ModelRuntimeSettings()) == "elixir-port"  # anchors
+
+
+SAKANA_FULL_CASES = FIXTURES / "sakana" / "full_size_synthetic_cases.json"
+SAKANA_FULL_LOGITS = FIXTURES / "sakana" / "full_size_synthetic_logits.json"
+#: The full-size sakana cases the slow test re-routes: every decision other than (agent 1, Worker), the two
+#: smallest margins, and two plain ones (re-routing all 37 in bfloat16 on CPU costs ~2 more minutes).
+SAKANA_FULL_SUBSET = ("planning", "latex_math", "sql_query", "strategic_tradeoff", "performance_question",
+                      "empty_response", "math_direct", "design_critique")
+
+
+def test_committed_full_size_sakana_fixture() -> None:
+    """The sakana full-size fixture: the real vector under lm_head-wins, bfloat16, its own (recorded) floors."""
+    snap, cases = load_snapshot(SAKANA_FULL_LOGITS), load_cases(SAKANA_FULL_CASES)
+    assert snap.routing_profile == "sakana" and snap.profile is not None and snap.profile.dtype == "bfloat16"
+    assert snap.source is not None and snap.source["tied_embedding"] == "lm_head-wins"
+    assert snap.source["adapter_skipped"] == "model.embed_tokens.weight"  # its offsets have no effect there
+    assert snap.source["head"].endswith("sakana_model_iter_60.npy") and snap.source["synthetic"] == "true"
+    assert floors_from_margins(snap.cases) == (snap.profile.agent_margin_floor, snap.profile.role_margin_floor)
+    assert [c.id for c in cases.cases] == [c.id for c in snap.cases] and len(cases.cases) == 37
+    assert set(SAKANA_FULL_SUBSET) <= {c.id for c in snap.cases}
+    # the sakana router reads the chat template: more tokens than the elixir-port anchors' role lines
+    anchor = load_snapshot(LOGITS).by_id()
+    assert all(c.token_count > anchor[c.id].token_count for c in snap.cases)
+
+
+@pytest.mark.slow
+def test_full_size_sakana_fixture_rechecks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real vector on the full-size Qwen3-0.6B-shaped checkpoint under the sakana profile (bfloat16, chat
+    template, lm_head-wins) reproduces the committed fixture's decisions above its floors, on a subset of cases."""
+    snap, cases = load_snapshot(SAKANA_FULL_LOGITS), load_cases(SAKANA_FULL_CASES)
+    keep = set(SAKANA_FULL_SUBSET)
+    sub_snap = write_snapshot(msgspec.structs.replace(snap, cases=[c for c in snap.cases if c.id in keep]),
+                              tmp_path / "snap.json")
+    sub_cases = write_cases(msgspec.structs.replace(cases, cases=[c for c in cases.cases if c.id in keep]),
+                            tmp_path / "cases.json")
+    args = ["gate", "--vector", str(ANCHORS / "sakana_model_iter_60.npy"), "--cases", str(sub_cases),
+            "--snapshot", str(sub_snap)]
+    assert run.main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["routing_profile"] == "sakana" and report["source"]["tied_embedding"] == "lm_head-wins"
+    assert (report["passed"], report["stable"], report["total"], report["breaches"]) == (True, 8, 8, 0)
+    assert report["profile"]["agent_margin_floor"] == snap.profile.agent_margin_floor  # type: ignore[union-attr]
+    got = {c["id"]: tuple(c["got"]) for c in report["cases"]}
+    assert got["performance_question"] == (5, 0) and got["planning"] == (1, 2)
+    print(f"full-size sakana gate: {report['stable']}/{report['total']} stable, hash drift {report['hash_drift']}, "
+          f"in {report['elapsed_s']:.1f}s (router load {report['load_s']:.1f}s)")

@@ -199,3 +199,19 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as e:
         run.main([command, "--help"])
     assert e.value.code == 0 and "usage: run.py " + command in capsys.readouterr().out
+
+
+def test_route_reads_the_real_vector_under_sakana(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A vector named like the released one routes under ``sakana`` (chat template) unless told otherwise."""
+    rng = np.random.default_rng(3)
+    vector = tmp_path / "sakana_model_iter_60.npy"  # tiny-shaped, named as the released vector
+    np.save(vector, np.concatenate([rng.normal(0, 0.2, 512), rng.normal(0, 1, 640)]))
+    common = ["route", "--tiny", "--prompt", "What is 17 + 25?", "--vector", str(vector), "--factor-cache",
+              str(tmp_path / "factors"), "--json"]
+    assert run.main(common) == 0
+    sakana = json.loads(capsys.readouterr().out)
+    assert sakana["routing_profile"] == "sakana" and sakana["source"]["tied_embedding"] == "lm_head-wins"
+    assert run.main([*common, "--routing-profile", "elixir-port"]) == 0
+    port = json.loads(capsys.readouterr().out)
+    assert port["routing_profile"] == "elixir-port" and port["source"]["tied_embedding"] == "embed-wins"
+    assert sakana["token_count"] > port["token_count"] + 30  # the template, system prompt and collaboration line

@@ -70,3 +70,26 @@ def test_hidden_memo_gives_the_engines_own_logits() -> None:
     assert (memo.misses, memo.hits) == (4, 0)
     memo.states(texts[:2])
     assert (memo.misses, memo.hits) == (4, 2)
+
+
+async def test_a_sakana_runner_prompts_agents_as_the_served_coordinator_does() -> None:
+    """What is trained is what is served: under ``sakana`` the episodes ask for the profile's role pack."""
+    runner, pool = await tool_runner(routing_profile="sakana", route_rule="argmax")
+    task = next(t for t in build_suite(0).split("test") if t.family == "arithmetic")
+    sent: list[object] = []
+    call = runner.replies.call
+
+    async def spy(intent):  # type: ignore[no-untyped-def]
+        sent.append(intent)
+        return await call(intent)
+
+    runner.replies.call = spy  # type: ignore[method-assign]
+    try:
+        ev = await runner.evaluate(_head(1, 0), [task])
+    finally:
+        await pool.aclose()  # type: ignore[attr-defined]
+    assert runner.policy.role_pack == "sakana-fugu/1" and ev.episodes[0].agents[0] == 1
+    first = sent[0].messages  # type: ignore[attr-defined]
+    assert first[0].content.startswith("You are a helpful assistant.")
+    assert first[1].content.startswith(f"{task.question}\nYou may see other agents' reference thought")
+    assert ev.episodes[0].correct  # the arithmetic tool still reads the question from fugu's prompt
