@@ -64,7 +64,7 @@ class DynamicBatcher(Generic[T, R]):
 
     def __init__(self, run: Callable[[list[T]], Sequence[R | BaseException]], *, window_ms: float, max_batch: int,
                  max_queue: int, executor: ThreadPoolExecutor | None = None, keep_sizes: int = 1024,
-                 stall_after_s: float = 300.0) -> None:
+                 stall_after_s: float = 900.0) -> None:
         self._run = run
         self.window_s = window_ms / 1000.0
         self.max_batch = max_batch
