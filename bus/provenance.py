@@ -24,6 +24,8 @@ TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 #: On a trace event: the coordinator that emitted it records the run's spans itself (see the trace sink).
 SPANS = "Trinity-Spans"
+#: A queued job's absolute deadline, epoch seconds (set by the client that queues it; a redelivery keeps it).
+DEADLINE_AT = "Trinity-Deadline-At"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,9 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
         still starting, or every runtime left) waits, retrying every ``fleet_retry_s``, until one joins, for at
         most ``fleet_wait_s`` and never past the request's deadline (a ``route_deferred`` trace event says
         so); only then it fails. A queued job is held meanwhile (in-progress acks), not failed.
+      ``overload_wait_s`` / ``overload_backoff_s`` / ``overload_backoff_max_s``: a route answered ``overloaded``
+        is retried after a full-jitter exponential backoff (base, cap) for up to ``overload_wait_s`` (never past
+        the deadline) before the run stops ``route_failed``.
       ``role_inject_mode``: ``"bus"`` asks the role injector on ``trinity.role.inject`` (injectors scale and
         upgrade their packs independently, one extra round trip per turn); ``"local"`` builds prompts
         in-process with a builder the node wiring passes in (no hop, no extra failure mode, but the packs
@@ -54,6 +57,12 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
       the jobs, results and trace streams this node creates (3 on a 3-node cluster);
       ``results_max_age_s``: how long results are kept for late clients; ``jobs_stall_after_s``: a job
       fetch loop that takes nothing this long while jobs are pending is declared stalled (actor restarted).
+      ``jobs_durable``: journal each completed turn in the KV bucket ``TRINITY_RUNS`` so a redelivered job resumes
+      after its last completed turn, with one owner per running id (``false``: every delivery starts at turn 0,
+      the baseline of ``scripts/probe_durability.py``). ``jobs_requeue_after_s``: a job whose routes stay
+      ``overloaded`` this long goes back to the queue (nak, after ``jobs_requeue_delay_s`` with jitter) while
+      deliveries are left; ``jobs_adaptive_intake``: the jobs taken at once follow the runtimes' capacity
+      (halved when a route is ``overloaded``, +1 per finished job, at most ``jobs_concurrency``).
     Idempotency: ``dedupe_capacity`` finished results kept for ``dedupe_ttl_s`` seconds (0 disables caching),
       at most ``dedupe_max_bytes`` of them in all (least recently used evicted first).
     Storage bounds and healing: ``result_max_bytes``: a stored result is trimmed to this size (intents' message
@@ -84,6 +93,9 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     route_attempts: int = 2
     fleet_wait_s: float = 600.0
     fleet_retry_s: float = 1.0
+    overload_wait_s: float = 600.0
+    overload_backoff_s: float = 0.05
+    overload_backoff_max_s: float = 2.0
     role_inject_timeout_s: float = 5.0
     agent_timeout_s: float = 120.0
     role_inject_mode: str = "bus"
@@ -104,6 +116,10 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     stream_replicas: int = 1
     results_max_age_s: float = 24 * 3600.0
     jobs_stall_after_s: float = 60.0
+    jobs_durable: bool = True
+    jobs_requeue_after_s: float = 30.0
+    jobs_requeue_delay_s: float = 2.0
+    jobs_adaptive_intake: bool = True
     dedupe_max_bytes: int = 64 * 1_048_576
     result_max_bytes: int = 262_144
     results_max_bytes: int = 1024 * 1_048_576
@@ -127,6 +143,10 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
                      "fleet_retry_s", "jobs_stall_after_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be > 0 seconds, got {getattr(self, name)}")
+        if self.overload_wait_s < 0 or self.overload_backoff_s <= 0 or self.overload_backoff_max_s <= 0:
+            raise ValueError("overload_wait_s: must be >= 0; overload_backoff_s and overload_backoff_max_s: > 0")
+        if self.jobs_requeue_after_s <= 0 or self.jobs_requeue_delay_s < 0:
+            raise ValueError("jobs_requeue_after_s: must be > 0 and jobs_requeue_delay_s >= 0 seconds")
         if self.fleet_wait_s < 0:
             raise ValueError(f"fleet_wait_s: must be >= 0 seconds (0: fail at once), got {self.fleet_wait_s}")
         if self.route_attempts < 1:

@@ -182,7 +182,12 @@ class LocalModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 
 
 class ProviderAgentsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Everything the provider agents actor needs: providers, the agent roster, the local model."""
+    """Everything the provider agents actor needs: providers, the agent roster, the local model.
+
+    ``call_cache_ttl_s`` / ``call_cache_max_bytes``: a repeated intent (a resumed job asking again for a call
+    whose receipt its killed coordinator never got) joins the running call or gets its kept receipt for this
+    long, within this many bytes of receipts (``0`` s: every intent calls the provider).
+    """
 
     providers: list[ProviderSettings] = msgspec.field(
         default_factory=lambda: [ProviderSettings(name="local", kind=ProviderKind.LOCAL)])
@@ -190,6 +195,8 @@ class ProviderAgentsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=
     local: LocalModelSettings = msgspec.field(default_factory=LocalModelSettings)
     queue_group: str = "agents"  # bus.subjects.QUEUE_AGENTS
     max_payload_bytes: int = 4 * 1024 * 1024
+    call_cache_ttl_s: float = 600.0
+    call_cache_max_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.providers]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from typing import TextIO
@@ -27,7 +28,7 @@ from bus import rpc, subjects
 from bus.codec import decode, encode
 from bus.errors import BusError, MalformedPayload, RemoteError, RequestTimeout
 from bus.jetstream import MSG_ID_HEADER
-from bus.provenance import Provenance
+from bus.provenance import DEADLINE_AT, Provenance
 from schemas import Budget, CoordinationRequest, CoordinationResult, Role, TraceEvent
 
 
@@ -92,6 +93,8 @@ async def submit_job(nc: Client, req: CoordinationRequest, *, timeout: float, po
     ``submit`` with the same id) stores the job once; a job that already finished returns its stored result
     at once. The result is awaited on a subscription, with a look at the results stream every ``poll_s``
     seconds as a backstop (a result published while this client was reconnecting is not missed).
+    The job carries its absolute deadline (``Trinity-Deadline-At``: now plus the budget's ``deadline_ms``),
+    which holds across redeliveries, so a ``timeout`` of the deadline plus a few seconds sees its result.
     ``on_queued`` is called once JetStream has stored the job (not when a stored result was found at once).
     Raises :class:`RemoteError` for an error result, :class:`RequestTimeout` past ``timeout`` (the job
     stays queued: :func:`wait_job`, or submit the same id again, to keep waiting), :class:`JobQueueMissing`
@@ -107,6 +110,8 @@ async def submit_job(nc: Client, req: CoordinationRequest, *, timeout: float, po
         # the caller's active span (the gateway's request span, a client's own) parents the run's spans
         headers = Provenance(request_id=rid, causation_id=rid).with_current_trace().to_headers()
         headers[MSG_ID_HEADER] = rid
+        if req.budget.deadline_ms is not None:  # absolute: a redelivered job keeps it, and so does this wait
+            headers[DEADLINE_AT] = f"{time.time() + req.budget.deadline_ms / 1000.0:.3f}"
         js = nc.jetstream()
         while True:
             try:

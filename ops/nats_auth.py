@@ -77,6 +77,10 @@ def _own_consumer(stream: str, durable: str) -> tuple[str, ...]:
             f"{_API}.CONSUMER.MSG.NEXT.{stream}.{durable}")
 
 
+#: the coordinators' run journal (a JetStream KV bucket is the stream ``KV_<bucket>``)
+_RUNS_KV = "KV_TRINITY_RUNS"
+
+
 def _own_stream(stream: str) -> tuple[str, ...]:
     return (f"{_API}.STREAM.CREATE.{stream}", f"{_API}.STREAM.UPDATE.{stream}", f"{_API}.STREAM.INFO.{stream}")
 
@@ -130,7 +134,10 @@ ACTOR_PERMISSIONS: dict[str, Permissions] = {
                  subjects.TRACE_ALL, subjects.COORD_RESULT_ALL, "trinity.fleet.>", f"{_API}.INFO",
                  *_own_stream(_J), *_own_stream(_R), *_own_stream(_T), f"{_API}.STREAM.MSG.GET.{_J}",
                  f"{_API}.STREAM.MSG.GET.{_R}", f"{_API}.STREAM.MSG.DELETE.{_J}", *_own_consumer(_J, _JOBS_DURABLE),
-                 f"$JS.ACK.{_J}.{_JOBS_DURABLE}.>"),
+                 f"$JS.ACK.{_J}.{_JOBS_DURABLE}.>",
+                 # the run journal (KV bucket TRINITY_RUNS): resume points of running jobs
+                 *_own_stream(_RUNS_KV), f"{_API}.STREAM.MSG.GET.{_RUNS_KV}", f"{_API}.DIRECT.GET.{_RUNS_KV}.>",
+                 "$KV.TRINITY_RUNS.>"),
         subscribe=(f"{subjects.COORD_REQUEST} {subjects.QUEUE_COORDINATORS}",
                    f"{subjects.max_deliveries_advisory()} {subjects.QUEUE_COORDINATORS}", subjects.HEARTBEAT_ALL,
                    _SERVICE)),

@@ -16,7 +16,10 @@
 - Traces go through :class:`~.tracing.TracePublisher` (bounded buffer, never blocks coordination).
 - Durable intake (:mod:`.jobs`, ``jobs_enabled``): jobs from the JetStream work queue ``trinity.coord.jobs``
   run through the same dedupe and state machine; each stores exactly one result on
-  ``trinity.coord.result.<request_id>`` and survives the coordinator being killed mid-run.
+  ``trinity.coord.result.<request_id>`` and survives the coordinator being killed mid-run: its completed turns
+  are journaled (:mod:`.journal`) and a redelivery resumes after the last one.
+- Backpressure: an ``overloaded`` route backs off with jitter (the state machine) and halves the job intake
+  (:mod:`.intake`).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from actors.coordinator.jobs import JobIntake
 from actors.coordinator.placement import PlacementClient
 from actors.coordinator.profiles import DEFAULT_ROLE_PACK, DEFAULT_RULE, VERIFIER_BEFORE_WORKER
 from actors.coordinator.spans import RunSpans
-from actors.coordinator.state_machine import CallContext, Policy, Ports, VerifierBeforeWorker, coordinate
+from actors.coordinator.state_machine import CallContext, Policy, Ports, Resume, VerifierBeforeWorker, coordinate
 from actors.coordinator.tracing import TracePublisher
 from bus import metrics, rpc, subjects
 from bus.errors import BusError, Rejected, error_contract
@@ -100,6 +103,9 @@ def policy_from_settings(s: CoordinatorSettings) -> Policy:
         route_attempts=s.route_attempts,
         fleet_wait_s=s.fleet_wait_s,
         fleet_retry_s=s.fleet_retry_s,
+        overload_wait_s=s.overload_wait_s,
+        overload_backoff_s=s.overload_backoff_s,
+        overload_backoff_max_s=s.overload_backoff_max_s,
         max_fallbacks=s.max_fallbacks,
         role_pack=s.role_pack or DEFAULT_ROLE_PACK[s.routing_profile],
         trace_content=s.trace_content,
@@ -246,24 +252,32 @@ class CoordinatorActor:
         return [self.storage.watch, self.traces.watch, *([self.jobs.watch] if self.settings.jobs_enabled else [])]
 
     async def handle(self, req: CoordinationRequest, ctx: RequestContext) -> CoordinationResult:
-        """Endpoint handler: one coordination run per request id."""
+        """Endpoint handler: one coordination run per request id (a queued job of that id running on another
+        coordinator is joined: its stored result answers)."""
+        if self.settings.jobs_enabled:
+            joined = await self.jobs.join_elsewhere(req, fingerprint(req))
+            if joined is not None:
+                return joined
         return await self.run_once(req, ctx.provenance)
 
-    async def run_once(self, req: CoordinationRequest, base: Provenance) -> CoordinationResult:
+    async def run_once(self, req: CoordinationRequest, base: Provenance,
+                       resume: Resume | None = None) -> CoordinationResult:
         """One coordination run per request id (joined or cached for duplicates); a reused id with another
-        payload is rejected ``invalid``. Shared by the request/reply endpoint and the work queue. The result is
-        scrubbed of credentials (:func:`schemas.redaction.scrub`) before anyone sees or stores it."""
+        payload is rejected ``invalid``. Shared by the request/reply endpoint and the work queue (which passes
+        ``resume``: the job's journal and absolute deadline). The result is scrubbed of credentials
+        (:func:`schemas.redaction.scrub`) before anyone sees or stores it."""
         try:
-            result = await self.dedupe.run(req.request_id, fingerprint(req), lambda: self.run(req, base))
+            result = await self.dedupe.run(req.request_id, fingerprint(req), lambda: self.run(req, base, resume))
             return scrub(result)  # replied and stored: no credential typed in the question or echoed in an error
         except DuplicateRequestConflict as e:
             raise Rejected(ErrorCode.INVALID, str(e)) from None
 
-    async def _run_job(self, req: CoordinationRequest, base: Provenance) -> CoordinationResult:
-        """A work-queue job: one run, counted and timed as the service's ``jobs`` endpoint, its result trimmed
-        to ``result_max_bytes`` before it is stored."""
+    async def _run_job(self, req: CoordinationRequest, base: Provenance,
+                       resume: Resume | None = None) -> CoordinationResult:
+        """A work-queue job: one run (resumed from its journal), counted and timed as the service's ``jobs``
+        endpoint, its result trimmed to ``result_max_bytes`` before it is stored."""
         async with self.service.job("jobs"):
-            return bound_result(await self.run_once(req, base), self.settings.result_max_bytes)
+            return bound_result(await self.run_once(req, base, resume), self.settings.result_max_bytes)
 
     async def _emit(self, event: TraceEvent, traceparent: str | None = None) -> None:
         """Count ``event`` in the process's metrics, then queue it for the trace stream (``traceparent``: the
@@ -277,7 +291,7 @@ class CoordinatorActor:
         nc = self.nc
         run_spans = spans if spans is not None else RunSpans(base.request_id, base)
 
-        async def route(req: RouteRequest, ctx: CallContext) -> RouteLogits:
+        async def route_once(req: RouteRequest, ctx: CallContext) -> RouteLogits:
             with run_spans.call("trinity.coordinator.route", ctx.turn, {"trinity.backend": req.backend,
                                                                          "trinity.adapter": req.adapter}):
                 return await _route(req, ctx)
@@ -293,6 +307,14 @@ class CoordinatorActor:
                 raise RouteFailed(ErrorCode.UPSTREAM.value, f"runtime answered request {logits.request_id!r} turn "
                                   f"{logits.turn}, asked {req.request_id!r} turn {req.turn}")
             return logits
+
+        async def route(req: RouteRequest, ctx: CallContext) -> RouteLogits:
+            try:
+                return await route_once(req, ctx)
+            except RouteFailed as e:
+                if e.code == ErrorCode.OVERLOADED.value:
+                    self.jobs.intake.overloaded()  # the runtimes are at capacity: take fewer queued jobs at once
+                raise
 
         async def inject(req: RoleInjectRequest, ctx: CallContext) -> RoleInjectReply:
             if self.local_injector is not None:
@@ -316,13 +338,14 @@ class CoordinatorActor:
         return Ports(route=route, inject=inject, call_agent=call_agent, emit=emit, clock=self.clock,
                      wall=self.wall)
 
-    async def run(self, req: CoordinationRequest, base: Provenance | None = None) -> CoordinationResult:
+    async def run(self, req: CoordinationRequest, base: Provenance | None = None,
+                  resume: Resume | None = None) -> CoordinationResult:
         """Run one coordination (no dedupe): the state machine over bus-backed ports, in a run span parented
-        by ``base``'s trace context (:mod:`.spans`)."""
+        by ``base``'s trace context (:mod:`.spans`); ``resume`` continues a journaled job."""
         base = base or Provenance(request_id=req.request_id)
         spans = RunSpans(req.request_id, base, adapter=req.adapter)
         try:
-            result = await coordinate(req, self.ports(base, spans), self.policy)
+            result = await coordinate(req, self.ports(base, spans), self.policy, resume)
         except BaseException as e:
             spans.close(e)
             raise

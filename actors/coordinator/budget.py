@@ -9,7 +9,8 @@ Counting rules:
 - ``tokens`` and ``cost_usd``: summed from receipts. A call may overshoot them (its size is not known in
   advance, but completions are capped at the tokens left); the next check stops with ``MAX_TOKENS`` /
   ``MAX_COST`` once the total reaches the limit.
-- ``deadline_ms``: measured from the run's start on the injected monotonic clock; checked before every
+- ``deadline_ms``: measured from the run's start on the injected monotonic clock (a queued job's run starts
+  ``elapsed_s`` in: the time since the job was queued, so its deadline is absolute); checked before every
   route and every agent attempt (``DEADLINE``), and every bus call's timeout is capped at the time left.
 
 Checks run in the order deadline, turns, agent calls, tokens, cost; the first that trips is the stop
@@ -38,10 +39,12 @@ Clock = Callable[[], float]
 class BudgetTracker:
     """Consumption of one run against its :class:`~schemas.Budget` (see the module docstring)."""
 
-    def __init__(self, limits: Budget, clock: Clock) -> None:
+    def __init__(self, limits: Budget, clock: Clock, *, elapsed_s: float = 0.0) -> None:
+        """``elapsed_s``: time the run already spent before this tracker (a resumed or queued run whose
+        deadline is absolute)."""
         self.limits = limits
         self._clock = clock
-        self._started = clock()
+        self._started = clock() - max(0.0, elapsed_s)
         self.turns = 0
         self.agent_calls = 0
         self.tokens = 0

@@ -7,17 +7,27 @@ waits on ``trinity.coord.result.<request_id>``. Every coordinator binds the shar
 
 1. A job whose result is already stored (a redelivery after the result was written but before the ack)
    is acknowledged without running again.
-2. A redelivered job (``num_delivered > 1``: its previous coordinator died or stalled) emits a
-   ``run_redelivered`` trace event, then runs again from the start.
+2. The run is claimed in the run journal (:mod:`.journal`, ``jobs_durable``): one owner and term per running
+   id across the cluster, a lease renewed with every in-progress ack, each completed turn recorded before
+   the run goes on. A redelivered job (``num_delivered > 1``: its previous coordinator died or stalled)
+   emits a ``run_redelivered`` trace event, then resumes after its last completed turn (no agent whose
+   receipt was recorded is called again). The coordinator it was taken from stops at its next journal
+   write or call (:class:`~.journal.Superseded`) and leaves the job alone (no ack, no nak).
 3. While the run is alive the job is kept with in-progress acks every third of ``jobs_ack_wait_s``; a
    coordinator killed mid-run stops sending them and JetStream redelivers the job to another one after
-   ``jobs_ack_wait_s``.
+   ``jobs_ack_wait_s``. The job's deadline is absolute: the ``Trinity-Deadline-At`` header its client set
+   (else the time it was queued plus its ``deadline_ms``), kept in the journal, so it does not restart on a
+   redelivery.
 4. The outcome is stored on the results stream (one message per subject, a second one refused; the
    request id as ``Nats-Msg-Id``), then the job is acknowledged. A result is either a
    :class:`~schemas.CoordinationResult` or, for a job that cannot run (malformed, too large, crashed
    handler on its last delivery), an :class:`~schemas.wire.ErrorReply` carrying the bus's error headers.
    A job reusing the id of a run still going here with another payload is dropped (the running one's
    result answers that id).
+4b. Backpressure: a run whose routes stay ``overloaded`` for ``jobs_requeue_after_s`` goes back to the queue
+   with a jittered delay (nak) while deliveries are left (its completed turns stay journaled); otherwise it
+   keeps backing off within its deadline. The jobs taken at once follow the runtimes' capacity
+   (:class:`~.intake.IntakeLimit`).
 5. A job that ran out of deliveries (``jobs_max_deliver``; JetStream's max-deliveries advisory, taken by
    one coordinator of the queue group) gets an explicit ``unavailable`` error result and a ``run_failed``
    trace event (``deliveries_exhausted``), and is removed from the queue: no request is lost silently.
@@ -32,20 +42,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
+from actors.coordinator.intake import IntakeLimit
+from actors.coordinator.journal import (
+    JournalHandle,
+    LeaseHeld,
+    RunJournal,
+    Superseded,
+    claim,
+    node_owner,
+    open_bucket,
+)
+from actors.coordinator.state_machine import Resume, RunDeferred
 from bus import metrics, subjects
 from bus.codec import decode, encode, peek_request_id
 from bus.errors import MalformedPayload, PayloadTooLarge, Rejected
@@ -57,19 +82,19 @@ from bus.jetstream import (
     jobs_stream_spec,
     results_stream_spec,
 )
-from bus.provenance import Provenance
-from bus.rpc import error_headers
+from bus.provenance import DEADLINE_AT, Provenance
+from bus.rpc import error_from_headers, error_headers
 from bus.service import finish_or_cancel
 from bus.storage import AlreadyStored, StreamMissing, storage_error
 from config.coordinator import CoordinatorSettings
-from schemas.coordination import CoordinationRequest, CoordinationResult
+from schemas.coordination import CoordinationRequest, CoordinationResult, TurnRecord
 from schemas.trace import RunFailed, RunRedelivered, TraceEvent
 from schemas.wire import ErrorCode, ErrorReply
 from supervisors.watch import LoopWatch
 
 log = logging.getLogger(__name__)
 
-RunOnce = Callable[[CoordinationRequest, Provenance], Awaitable[CoordinationResult]]
+RunOnce = Callable[[CoordinationRequest, Provenance, Resume | None], Awaitable[CoordinationResult]]
 Emit = Callable[[TraceEvent], Awaitable[None]]
 
 _FETCH_BATCH = 64
@@ -81,7 +106,9 @@ class JobCounters:
     """Jobs fetched, results stored (ok results and error results), jobs found already done, redeliveries
     seen, malformed jobs, jobs refused for reusing a running id with another payload, jobs handed back
     (nak), jobs that ran out of deliveries, failed result stores, jobs terminated because their
-    ``Nats-Msg-Id`` was not their request id."""
+    ``Nats-Msg-Id`` was not their request id, runs resumed from the journal and the turns they skipped, runs
+    stopped here because another coordinator took them over, deliveries that waited for another owner's
+    lease, jobs handed back because the runtimes were overloaded."""
 
     received: int = 0
     results: int = 0
@@ -94,6 +121,25 @@ class JobCounters:
     exhausted: int = 0
     store_failed: int = 0
     id_mismatch: int = 0
+    resumed: int = 0
+    resumed_turns: int = 0
+    superseded: int = 0
+    lease_waits: int = 0
+    deferred: int = 0
+
+
+def job_deadline(headers: dict[str, str], queued_at: float, req: CoordinationRequest) -> float | None:
+    """The job's absolute deadline (epoch seconds): the client's ``Trinity-Deadline-At`` header, else the time
+    it was queued plus its budget's ``deadline_ms``; ``None`` when the budget has no deadline."""
+    if req.budget.deadline_ms is None:
+        return None
+    own = queued_at + req.budget.deadline_ms / 1000.0
+    try:
+        stated = float(headers.get(DEADLINE_AT, ""))
+    except ValueError:
+        return own
+    # a client's clock may be off, but never grants more than the budget from when the job was queued
+    return min(stated, own) if stated == stated else own
 
 
 def _valid_request_id(text: str | None) -> str | None:
@@ -124,6 +170,11 @@ class JobIntake:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._first_round = asyncio.Event()
+        self.owner = node_owner()
+        self._kv: KeyValue | None = None
+        # runs owned here: their claim (a handle once claimed) and how many deliveries use it
+        self._held: dict[str, tuple[asyncio.Future[JournalHandle | None], int]] = {}
+        self.intake = IntakeLimit(settings.jobs_concurrency, adaptive=settings.jobs_adaptive_intake)
         self.watch = LoopWatch("coordinator job fetch loop", stall_after_s=settings.jobs_stall_after_s,
                                pending=self.pending)
 
@@ -136,6 +187,8 @@ class JobIntake:
         await ensure_consumer(self._js, subjects.JOBS_STREAM,
                               jobs_consumer_spec(ack_wait_s=s.jobs_ack_wait_s, max_deliver=s.jobs_max_deliver,
                                                  max_ack_pending=max(1000, 4 * s.jobs_concurrency)))
+        if s.jobs_durable:
+            self._kv = await open_bucket(self._js, replicas=s.stream_replicas, ttl_s=s.results_max_age_s)
         self._sub = await self._js.pull_subscribe_bind(durable=subjects.JOBS_CONSUMER, stream=subjects.JOBS_STREAM)
         self._advisories = await self.nc.subscribe(subjects.max_deliveries_advisory(),
                                                    queue=subjects.QUEUE_COORDINATORS, cb=self._on_exhausted)
@@ -183,7 +236,7 @@ class JobIntake:
     async def _fetch_loop(self) -> None:
         assert self._sub is not None
         while not self._stopping:
-            free = self.settings.jobs_concurrency - len(self._tasks)
+            free = min(self.settings.jobs_concurrency, self.intake.value) - len(self._tasks)
             if free <= 0:  # at capacity: take more work only when a job finishes
                 self.watch.progress()  # busy, not stuck
                 await asyncio.wait(set(self._tasks), timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
@@ -241,16 +294,61 @@ class JobIntake:
             self.counters.already_done += 1
             await self._settle(msg)
             return
+        queued_at = meta.timestamp.timestamp() if meta.timestamp is not None else self.wall()
+        deadline_at = job_deadline(headers, queued_at, req)
         keepalive = asyncio.create_task(self._keep_in_progress(msg))
+        handle: JournalHandle | None = None
         try:
+            held = self._held.get(rid)
+            if held is None:
+                claimed: asyncio.Future[JournalHandle | None] = asyncio.get_running_loop().create_future()
+                self._held[rid] = (claimed, 1)
+                try:
+                    claimed.set_result(await self._claim(req, deadline_at))
+                except asyncio.CancelledError:
+                    claimed.cancel()
+                    raise
+                except Exception as e:
+                    claimed.set_exception(e)
+                    claimed.exception()  # retrieved: joined copies re-raise it
+                    raise
+            else:  # a second copy of a job running here: it joins that run (same owner and term)
+                claimed = held[0]
+                self._held[rid] = (claimed, held[1] + 1)
+            handle = await asyncio.shield(claimed)
+            if handle is None:  # its owner elsewhere stored the result while this copy waited
+                self.counters.already_done += 1
+                await self._settle(msg)
+                return
+            guard_task = keepalive
+            keepalive = asyncio.create_task(self._keep_in_progress(msg, handle))
+            guard_task.cancel()
+            resume = self._resume(handle, delivery)
             if delivery > 1:
                 self.counters.redelivered += 1
                 await self.emit(RunRedelivered(request_id=rid, event_id=uuid.uuid4().hex, causation_id=rid,
                                                ts=self.wall(), delivery=delivery,
                                                max_deliver=self.settings.jobs_max_deliver, stream_seq=seq))
+            if resume.turns:
+                self.counters.resumed += 1
+                self.counters.resumed_turns += len(resume.turns)
+                log.info("job %s (delivery %d) resumes after %d completed turns", rid, delivery, len(resume.turns))
             outcome: CoordinationResult | ErrorReply
             try:
-                outcome = await self.run_once(req, prov)
+                outcome = await self.run_once(req, prov, resume)
+                self.intake.finished()
+            except Superseded as e:
+                # a newer delivery owns the run now: its coordinator stores the result and settles the job
+                self.counters.superseded += 1
+                log.warning("job #%d: %s", seq, e)
+                return
+            except RunDeferred as e:
+                self.counters.deferred += 1
+                log.info("job #%d: %s", seq, e)
+                delay = self.settings.jobs_requeue_delay_s * (0.5 + random.random())
+                await handle.hand_back()
+                await self._requeue(msg, delay)
+                return
             except Rejected as e:
                 # the id is running here with another payload: its own result will answer this id; an error
                 # stored now would take the place of that result
@@ -259,28 +357,132 @@ class JobIntake:
                 await self._settle(msg, term=True)
                 return
             except asyncio.CancelledError:
+                await handle.hand_back()
                 await self._requeue(msg, 0)  # draining past its timeout: hand the job to another coordinator
                 raise
             except Exception as e:  # a coordinator bug must not lose the job
                 log.exception("job %s (delivery %d) crashed", rid, delivery)
                 if delivery < self.settings.jobs_max_deliver:
+                    await handle.hand_back()
                     await self._requeue(msg, 1.0)
                     return
                 outcome = ErrorReply(code=ErrorCode.INTERNAL, message=f"coordination of {rid} failed on its last "
                                      f"delivery ({delivery}): {type(e).__name__}")
+            try:
+                await handle.confirm()  # still the owner: only then store (a taken-over run stores nothing)
+            except Superseded as e:
+                self.counters.superseded += 1
+                log.warning("job #%d: %s", seq, e)
+                return
             if await self._store(rid, outcome, prov):
                 await self._settle(msg)
+                await handle.release()
             else:
+                await handle.hand_back()
                 await self._requeue(msg, 1.0)
         finally:
             keepalive.cancel()
+            if rid in self._held:
+                claimed, users = self._held[rid]
+                if users <= 1:
+                    del self._held[rid]
+                else:
+                    self._held[rid] = (claimed, users - 1)
 
-    async def _keep_in_progress(self, msg: Msg) -> None:
+    async def join_elsewhere(self, req: CoordinationRequest, fingerprint: str) -> CoordinationResult | None:
+        """For a request/reply run: when a queued job with this id is running on another coordinator (a live
+        journal entry), wait for that job's stored result instead of running it again (cluster-wide dedupe of
+        running ids); ``None`` when there is none. Raises :class:`~bus.errors.Rejected` ``invalid`` for another
+        payload under the id, the stored error for an error result, ``deadline`` when none came in time."""
+        if self._kv is None:
+            return None
+        rid = req.request_id
+        try:
+            entry = await self._kv.get(rid)
+            state = msgspec.json.decode(entry.value or b"", type=RunJournal)
+        except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError, msgspec.DecodeError,
+                msgspec.ValidationError):
+            return None  # none (or unreadable): run it here
+        if state.owner == self.owner or state.lease_until <= self.wall():
+            return None
+        if state.fingerprint != fingerprint:
+            raise Rejected(ErrorCode.INVALID, f"request id {rid} is running as a queued job with another payload; "
+                           "use a new request id")
+        wait_s = (state.deadline_at - self.wall() + 5.0) if state.deadline_at is not None else \
+            (req.budget.deadline_ms or 120_000) / 1000.0
+        loop = asyncio.get_running_loop()
+        end = loop.time() + max(0.5, wait_s)
+        while loop.time() < end:
+            try:
+                raw = await self._js.get_last_msg(subjects.RESULTS_STREAM, subjects.coord_result(rid))
+            except nats.js.errors.NotFoundError:
+                await asyncio.sleep(0.2)
+                continue
+            except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
+                log.warning("could not read the stored result of %s (%r); retrying", rid, e)
+                await asyncio.sleep(0.5)
+                continue
+            err = error_from_headers(raw.data or b"", raw.headers)
+            if err is not None:
+                raise Rejected(err.code, err.message, retryable=err.retryable)
+            return decode(raw.data or b"", CoordinationResult, max_bytes=16 * 1_048_576,
+                          subject=subjects.coord_result(rid))
+        raise Rejected(ErrorCode.DEADLINE, f"request id {rid} runs as a queued job on another coordinator and its "
+                       f"result was not stored within {wait_s:.0f}s", retryable=True)
+
+    async def _claim(self, req: CoordinationRequest, deadline_at: float | None) -> JournalHandle | None:
+        """Own the run of ``req`` in the journal (resume point, lease); ``None`` when its result got stored
+        while waiting. Another owner's live lease is waited out (the job kept with in-progress acks): while
+        that owner renews it, until its result is stored; once the entry stops changing for two ack waits
+        (its owner stopped, whatever the clocks say) the run is taken over."""
+        s = self.settings
+        kv = self._kv if s.jobs_durable else None
+        fp = hashlib.sha256(msgspec.json.encode(req)).hexdigest()
+        loop = asyncio.get_running_loop()
+        seen_rev, seen_at, force = -1, loop.time(), False
+        while True:
+            try:
+                return await claim(kv, request_id=req.request_id, fingerprint=fp, owner=self.owner,
+                                   now=self.wall(), lease_s=s.jobs_ack_wait_s, deadline_at=deadline_at, force=force)
+            except LeaseHeld as e:
+                self.counters.lease_waits += 1
+                if e.revision != seen_rev:
+                    seen_rev, seen_at = e.revision, loop.time()
+                force = loop.time() - seen_at > 2 * s.jobs_ack_wait_s
+                if not force:
+                    await asyncio.sleep(min(max(e.left_s, 0.0) + 0.05, s.jobs_ack_wait_s / 3.0))
+                if await self._stored(req.request_id):
+                    return None
+
+    def _resume(self, handle: JournalHandle, delivery: int) -> Resume:
+        s = self.settings
+        lease_s = s.jobs_ack_wait_s
+
+        async def guard() -> None:
+            # lease ran out here (this process was paused, or renewals failed): re-check ownership with a write
+            # before calling anything, so a run taken over elsewhere calls no agent here
+            if self.wall() >= handle.state.lease_until - lease_s / 3.0:
+                await handle.renew(self.wall() + lease_s)
+
+        async def record(turn: TurnRecord, rng_state: list[int] | None, cause: str) -> None:
+            await handle.record_turn(turn, rng_state=rng_state, cause=cause)
+
+        state = handle.state
+        return Resume(turns=list(state.turns), rng_state=state.rng_state, cause=state.cause,
+                      deadline_at=state.deadline_at, record=record, guard=guard,
+                      requeue_after_s=s.jobs_requeue_after_s if delivery + 1 < s.jobs_max_deliver else None)
+
+    async def _keep_in_progress(self, msg: Msg, handle: JournalHandle | None = None) -> None:
         period = self.settings.jobs_ack_wait_s / 3.0
         while True:
             await asyncio.sleep(period)
             with contextlib.suppress(nats.errors.Error, OSError):
                 await msg.in_progress()
+            if handle is not None:
+                try:
+                    await handle.renew(self.wall() + self.settings.jobs_ack_wait_s)
+                except Superseded:
+                    return  # the run's next call or write stops it
 
     async def _settle(self, msg: Msg, *, term: bool = False) -> None:
         """Acknowledge (or terminate) a job. A lost ack is harmless: the redelivered job finds its stored
@@ -363,6 +565,9 @@ class JobIntake:
                 return  # leave the job; the next advisory or an operator can retry
             await self.emit(RunFailed(request_id=rid, event_id=uuid.uuid4().hex, causation_id=rid, ts=self.wall(),
                                       error_code="deliveries_exhausted", message=message))
+            if self._kv is not None:  # its journal will not be resumed
+                with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError):
+                    await self._kv.delete(rid)
         else:
             log.warning("job #%d ran out of deliveries and carries no request id; removing it", seq)
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, OSError):

@@ -103,6 +103,11 @@ class Policy:
     ``fleet_wait_s`` / ``fleet_retry_s``: a route that finds no runtime (``unavailable``: the fleet is still
     starting, or every runtime left) is retried every ``fleet_retry_s`` for up to ``fleet_wait_s`` (never
     past the request's deadline), with a ``route_deferred`` trace event, instead of failing the run.
+    ``overload_wait_s`` / ``overload_backoff_s`` / ``overload_backoff_max_s``: a route answered ``overloaded``
+    (every runtime is at capacity) is retried after a full-jitter exponential backoff (uniform in
+    ``[0, min(max, base * 2**n)]``) for up to ``overload_wait_s``, never past the deadline; only then the run
+    stops with ``route_failed`` (a queued job is handed back to the queue first, see :class:`Resume`).
+    ``overload_wait_s = 0`` treats ``overloaded`` as any retryable error (``route_attempts`` tries, no backoff).
     ``role_pack``: the pack asked of the injector (``None``: its default).
     ``routing_profile``: ``elixir-port`` or ``sakana`` (:mod:`.profiles`); ``route_rule``: ``argmax`` or
     ``sample`` (softmax at ``route_temperature``, seeded with ``route_seed``, or, when ``None``, a seed derived
@@ -120,6 +125,9 @@ class Policy:
     route_attempts: int = 2
     fleet_wait_s: float = 600.0
     fleet_retry_s: float = 1.0
+    overload_wait_s: float = 600.0
+    overload_backoff_s: float = 0.05
+    overload_backoff_max_s: float = 2.0
     max_fallbacks: int | None = None
     role_pack: str | None = None
     trace_content: bool = False
@@ -163,6 +171,41 @@ class Ports:
     wall: Callable[[], float]
     new_id: Callable[[], str] = _uuid
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    jitter: Callable[[], float] = random.random
+
+
+RecordTurn = Callable[[TurnRecord, "list[int] | None", str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Durable execution of one queued job (see :mod:`.journal`).
+
+    ``turns``: turns completed by earlier deliveries (replayed, never called again); ``rng_state`` and
+    ``cause``: the sampler's state and the last trace event id after them; ``deadline_at``: the job's
+    absolute deadline (epoch seconds, on ``Ports.wall``), so the budget's deadline does not restart on a
+    redelivery; ``record``: called with each newly completed turn before the run goes on (it raises to stop
+    the run when another coordinator took it over); ``guard``: awaited before every route and agent call
+    (raises likewise); ``requeue_after_s``: a route still ``overloaded`` after this long raises
+    :class:`RunDeferred` (the job goes back to the queue with a delay) instead of waiting on (``None``: wait).
+    """
+
+    turns: list[TurnRecord] = field(default_factory=list)
+    rng_state: list[int] | None = None
+    cause: str = ""
+    deadline_at: float | None = None
+    record: RecordTurn | None = None
+    guard: Callable[[], Awaitable[None]] | None = None
+    requeue_after_s: float | None = None
+
+
+class RunDeferred(Exception):
+    """The run cannot proceed now (every runtime overloaded): hand the job back to the queue with a delay."""
+
+    def __init__(self, request_id: str, turn: int, waited_s: float) -> None:
+        super().__init__(f"run {request_id} turn {turn}: every runtime overloaded for {waited_s:.1f}s; "
+                         "handing the job back to the queue")
+        self.request_id, self.turn, self.waited_s = request_id, turn, waited_s
 
 
 
@@ -209,11 +252,16 @@ class _Stop(Exception):
 class Run:
     """One coordination run. Use :func:`coordinate`."""
 
-    def __init__(self, request: CoordinationRequest, ports: Ports, policy: Policy) -> None:
+    def __init__(self, request: CoordinationRequest, ports: Ports, policy: Policy,
+                 resume: Resume | None = None) -> None:
         self.request = request
         self.ports = ports
         self.policy = policy
-        self.budget = BudgetTracker(request.budget, ports.clock)
+        self.resume = resume or Resume()
+        elapsed = 0.0
+        if self.resume.deadline_at is not None and request.budget.deadline_ms is not None:
+            elapsed = request.budget.deadline_ms / 1000.0 - (self.resume.deadline_at - ports.wall())
+        self.budget = BudgetTracker(request.budget, ports.clock, elapsed_s=elapsed)
         self.transcript: list[Message] = [Message(role="user", content=request.query)]
         self.history: list[TranscriptEntry] = []
         self.turns: list[TurnRecord] = []
@@ -258,6 +306,7 @@ class Run:
                            run_id=self.request.request_id, deadline_ms=self._deadline_ms())
         attempts = max(1, self.policy.route_attempts)
         attempt, failed, wait_from, last = 0, 0, None, None
+        overloaded, overload_from = 0, None
         while True:
             if (reason := self.budget.check_deadline()) is not None:
                 if wait_from is not None and last is not None:  # the deadline passed while waiting for a runtime
@@ -266,9 +315,37 @@ class Run:
                 raise _Stop(reason, None)
             attempt += 1
             try:
+                if self.resume.guard is not None:
+                    await self.resume.guard()
                 logits = await self.ports.route(req, self._ctx(turn, self.policy.route_timeout_s))
                 break
             except RouteFailed as e:
+                if e.code == ErrorCode.OVERLOADED.value and self.policy.overload_wait_s > 0:
+                    # every runtime at capacity: back off with jitter (overload_wait_s = 0: a plain retryable error)
+                    overloaded += 1
+                    now = self.ports.clock()
+                    overload_from = now if overload_from is None else overload_from
+                    waited = now - overload_from
+                    requeue = self.resume.requeue_after_s
+                    if requeue is not None and waited >= requeue:
+                        raise RunDeferred(self.request.request_id, turn, waited) from None
+                    left = self.policy.overload_wait_s - waited
+                    remaining = self.budget.remaining_s()
+                    if remaining is not None:
+                        left = min(left, remaining)
+                    if left > 0:
+                        cap = min(self.policy.overload_backoff_max_s,
+                                  self.policy.overload_backoff_s * 2 ** min(overloaded - 1, 20))
+                        delay = min(left, max(0.001, cap * self.ports.jitter()))
+                        if overloaded == 1 or overloaded % 10 == 0:
+                            await self._emit(RouteDeferred(
+                                **self._base(turn), error_code=e.code, message=e.message, attempt=overloaded,
+                                retry_in_s=round(delay, 3), waited_s=round(waited, 3),
+                                wait_limit_s=round(waited + left, 3), attrs={"waiting_for": "runtime_capacity"}))
+                        await self.ports.sleep(delay)
+                        continue
+                    raise _Stop(StopReason.ROUTE_FAILED, f"routing turn {turn} failed: every runtime stayed "
+                                f"overloaded for {waited:.1f}s: {e}", e.code) from None
                 if e.code == ErrorCode.UNAVAILABLE.value:  # no runtime (yet): wait for one to join
                     last = e
                     now = self.ports.clock()
@@ -351,6 +428,8 @@ class Run:
             await self._emit(AgentCallStarted(**self._base(turn), agent_id=agent_id, role=role.label,
                                               prompt_sha256=inject.prompt_sha256 or hashlib.sha256(encoded).hexdigest(),
                                               prompt_text=prompt_text))
+            if self.resume.guard is not None:
+                await self.resume.guard()
             self.budget.start_call()
             try:
                 receipt = await self.ports.call_agent(intent, self._ctx(turn, self.policy.agent_timeout_s))
@@ -436,14 +515,54 @@ class Run:
             await self._emit(VerdictRecorded(**self._base(turn), verdict=verdict))
         snapshot = self.budget.snapshot()
         await self._emit(BudgetRecorded(**self._base(turn), budget=snapshot))
-        self.turns.append(TurnRecord(turn=turn, decision=decision, assignment=assignment, intent=intent,
-                                     receipt=receipt, verdict=verdict, failures=failures, budget=snapshot))
+        record = TurnRecord(turn=turn, decision=decision, assignment=assignment, intent=intent, receipt=receipt,
+                            verdict=verdict, failures=failures, budget=snapshot)
+        self.turns.append(record)
+        if self.resume.record is not None:  # durable before going on: a redelivery resumes after this turn
+            await self.resume.record(record, self._rng_state(), self._cause)
         if verdict is not None and verdict.verdict is Verdict.ACCEPT:
             raise _Stop(StopReason.ACCEPTED)
 
+    def _rng_state(self) -> list[int] | None:
+        if self._rng is None:
+            return None
+        version, internal, _gauss = self._rng.getstate()
+        return [version, *internal]
+
+    def _replay(self) -> _Stop | None:
+        """Rebuild the run's state from the turns earlier deliveries completed (no port is called)."""
+        resume = self.resume
+        if self._rng is not None and resume.rng_state:
+            self._rng.setstate((resume.rng_state[0], tuple(resume.rng_state[1:]), None))
+        if resume.cause:
+            self._cause = resume.cause
+        for record in resume.turns:
+            receipt = record.receipt
+            if receipt is None:  # not a completed turn (never recorded as one)
+                break
+            self.budget.start_turn()
+            for _ in range(len(record.failures) + 1):
+                self.budget.start_call()
+            self.budget.record_receipt(receipt)
+            role = record.assignment.role
+            self.pending = None
+            self.transcript.append(Message(role="assistant", content=receipt.content))
+            self.history.append(TranscriptEntry(turn=record.turn, agent_id=receipt.agent_id, role=role,
+                                                content=receipt.content))
+            if role is Role.WORKER:
+                self.answer, self.answer_turn = receipt.content, record.turn
+            elif role is Role.THINKER:
+                self.pending = read_suggestion(self.policy.routing_profile, receipt.content)
+            self.turns.append(record)
+            if record.verdict is not None and record.verdict.verdict is Verdict.ACCEPT:
+                return _Stop(StopReason.ACCEPTED)
+        return None
+
     async def execute(self) -> CoordinationResult:
-        """Run to completion and return the full record."""
+        """Run to completion and return the full record (after the resumed turns, if any)."""
         q = self.request.query
+        replayed = self._replay()
+        resumed = {"resumed_at_turn": str(len(self.turns))} if self.resume.turns else {}
         await self._emit(RunStarted(**self._base(), query_sha256=sha256_text(q),
                                     query_text=q if self.policy.trace_content else None,
                                     attrs={"verifier_before_worker": self.policy.verifier_before_worker,
@@ -452,13 +571,15 @@ class Run:
                                            **({"route_seed": str(self.route_seed)}
                                               if self.route_seed is not None else {}),
                                            "agent_mask": ",".join(map(str, self.mask))
-                                           if self.mask is not None else "all"}))
+                                           if self.mask is not None else "all", **resumed}))
         stop: _Stop
-        if self.mask is not None and not self.mask:
+        if replayed is not None:
+            stop = replayed
+        elif self.mask is not None and not self.mask:
             stop = _Stop(StopReason.NO_AGENT_AVAILABLE,
                          "the request's agent_mask and this deployment's agents do not overlap", "invalid")
         else:
-            turn = 0
+            turn = len(self.turns)
             while True:
                 if (reason := self.budget.check_turn()) is not None:
                     stop = _Stop(reason)
@@ -469,6 +590,8 @@ class Run:
                     stop = s
                     break
                 turn += 1
+        if self.resume.guard is not None:  # a run taken over elsewhere does not record an end here
+            await self.resume.guard()
         return await self._finish(stop)
 
     async def _finish(self, stop: _Stop) -> CoordinationResult:
@@ -493,9 +616,11 @@ class Run:
                                   routing_profile=self.policy.routing_profile, route_seed=self.route_seed)
 
 
-async def coordinate(request: CoordinationRequest, ports: Ports, policy: Policy | None = None) -> CoordinationResult:
-    """Run TRINITY's loop for ``request`` through ``ports`` (see the module docstring)."""
-    return await Run(request, ports, policy or Policy()).execute()
+async def coordinate(request: CoordinationRequest, ports: Ports, policy: Policy | None = None,
+                     resume: Resume | None = None) -> CoordinationResult:
+    """Run TRINITY's loop for ``request`` through ``ports`` (see the module docstring); ``resume`` continues a
+    queued job after the turns its earlier deliveries completed."""
+    return await Run(request, ports, policy or Policy(), resume).execute()
 
 
 __all__ = [
@@ -503,7 +628,9 @@ __all__ = [
     "Policy",
     "PortError",
     "Ports",
+    "Resume",
     "Run",
+    "RunDeferred",
     "coordinate",
     "effective_mask",
     "resolve_role",

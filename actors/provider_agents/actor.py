@@ -20,6 +20,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from actors.provider_agents.errors import ProviderError, UnknownAgent
+from actors.provider_agents.idempotency import CallCache
 from actors.provider_agents.pool import AgentPool
 from bus import subjects
 from bus.errors import Rejected
@@ -44,6 +45,7 @@ class ProviderAgentsActor:
         self.pool = pool if pool is not None else AgentPool.from_settings(settings)
         self.name = name
         self._service: ActorService | None = None
+        self.calls = CallCache(ttl_s=settings.call_cache_ttl_s, max_bytes=settings.call_cache_max_bytes)
 
     @property
     def service(self) -> ActorService:
@@ -106,8 +108,8 @@ class ProviderAgentsActor:
         if subject_agent is not None and subject_agent != intent.agent_id:
             raise Rejected(ErrorCode.INVALID, f"intent for agent {intent.agent_id} was sent to {ctx.subject}; send it "
                                               f"to {subjects.agent_call(intent.agent_id)}")
-        try:
-            return await self.pool.call(intent)
+        try:  # a repeated intent (a resumed job) joins the running call or gets its receipt: one provider call
+            return await self.calls.call(intent, lambda: self.pool.call(intent))
         except ProviderError as err:
             log.info("agent %d call for %s turn %d failed: %s", intent.agent_id, intent.request_id, intent.turn,
                      type(err).__name__)
@@ -115,7 +117,8 @@ class ProviderAgentsActor:
 
     def stats(self) -> dict[str, Any]:
         """Endpoint counters and per-agent usage/cost/failure counters."""
-        return {"endpoints": self._service.stats() if self._service else {}, "agents": self.pool.stats()}
+        return {"endpoints": self._service.stats() if self._service else {}, "agents": self.pool.stats(),
+                "calls": dict(self.calls.stats.__dict__), "kept_receipt_bytes": self.calls.kept_bytes}
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Stop taking calls, let in-flight calls finish, close providers, all within ``timeout`` seconds.

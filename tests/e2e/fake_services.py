@@ -2,7 +2,11 @@
 
 Scripted like :mod:`tests.coordinator.fakes`: turn 0 routes to agent 1 as Worker (answers ``42``), turn 1 to
 agent 2 as Verifier (answers ``ACCEPT``), so every run ends accepted after two turns. ``--route-delay`` and
-``--agent-delay`` keep runs alive long enough to kill something mid-run. Prints ``ready`` once it serves.
+``--agent-delay`` keep runs alive long enough to kill something mid-run. ``--calls-log FILE`` appends one line per
+agent request (``request <call id>``) and per provider call made (``call <call id>``), where the call id is
+``request_id:turn:agent``; ``--idempotent`` answers repeated intents as the provider agents actor does
+(:class:`~actors.provider_agents.idempotency.CallCache`); ``--runtime-capacity N`` answers ``overloaded`` beyond
+N routes at once. Prints ``ready`` once it serves.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import msgspec
 from nats.aio.client import Client
 
 from actors.coordinator.errors import AgentCallFailed
+from actors.provider_agents.idempotency import CallCache
 from bus import subjects
 from bus.connection import connect
 from bus.errors import Rejected
@@ -31,22 +36,43 @@ def world() -> FakeWorld:
 
 
 def fake_services(runtime_nc: Client | None, agents_nc: Client | None, *, route_delay: float = 0.0,
-                  agent_delay: float = 0.0, runtime_id: str = "fake-runtime") -> list[ActorService]:
+                  agent_delay: float = 0.0, runtime_id: str = "fake-runtime", calls_log: str | None = None,
+                  idempotent: bool = False, runtime_capacity: int = 0) -> list[ActorService]:
     """The scripted fake runtime (on ``runtime_nc``) and the 7 fake agents (on ``agents_nc``), not started;
     ``None`` leaves one out."""
     w = world()
+    cache = CallCache(ttl_s=600.0 if idempotent else 0.0)
+    log = open(calls_log, "a", buffering=1) if calls_log else None  # kept open for the process
+    busy = [0]
 
     async def route(req: RouteRequest, ctx: RequestContext) -> RouteLogits:
-        await asyncio.sleep(route_delay)
+        if runtime_capacity and busy[0] >= runtime_capacity:
+            raise Rejected(ErrorCode.OVERLOADED, f"{runtime_id} is at capacity ({runtime_capacity})", retryable=True)
+        busy[0] += 1
+        try:
+            await asyncio.sleep(route_delay)
+        finally:
+            busy[0] -= 1
         agent, role = w.route_plan(req.turn)
         return msgspec.structs.replace(make_logits(req.request_id, req.turn, agent, role), runtime_id=runtime_id)
 
     async def call(intent: AgentCallIntent, ctx: RequestContext) -> AgentCallReceipt:
-        await asyncio.sleep(agent_delay)
-        try:
-            return w.receipt(intent)
-        except AgentCallFailed as e:
-            raise Rejected(ErrorCode.UPSTREAM, e.message, retryable=True) from None
+        call_id = f"{intent.request_id}:{intent.turn}:{intent.agent_id}"
+        if log is not None:
+            log.write(f"request {call_id}\n")
+
+        async def work() -> AgentCallReceipt:
+            if log is not None:
+                log.write(f"call {call_id}\n")
+            await asyncio.sleep(agent_delay)
+            try:
+                return w.receipt(intent)
+            except AgentCallFailed as e:
+                raise Rejected(ErrorCode.UPSTREAM, e.message, retryable=True) from None
+
+        if not idempotent:
+            return await work()
+        return await cache.call(intent, work)
 
     services = []
     if runtime_nc is not None:
@@ -61,10 +87,12 @@ def fake_services(runtime_nc: Client | None, agents_nc: Client | None, *, route_
 
 
 async def serve(urls: list[str], serve_what: set[str], route_delay: float, agent_delay: float, name: str,
-                user: str | None = None, password: str | None = None) -> None:
+                user: str | None = None, password: str | None = None, calls_log: str | None = None,
+                idempotent: bool = False, runtime_capacity: int = 0) -> None:
     nc = await connect(NatsSettings(servers=urls, reconnect_wait_s=0.2, user=user, password=password), name=name)
     services = fake_services(nc if "runtime" in serve_what else None, nc if "agents" in serve_what else None,
-                             route_delay=route_delay, agent_delay=agent_delay, runtime_id=name)
+                             route_delay=route_delay, agent_delay=agent_delay, runtime_id=name, calls_log=calls_log,
+                             idempotent=idempotent, runtime_capacity=runtime_capacity)
     for s in services:
         await s.start()
     print("ready", flush=True)
@@ -87,9 +115,12 @@ def main() -> None:
     p.add_argument("--name", default="fake-services")
     p.add_argument("--user")
     p.add_argument("--password")
+    p.add_argument("--calls-log")
+    p.add_argument("--idempotent", action="store_true")
+    p.add_argument("--runtime-capacity", type=int, default=0)
     a = p.parse_args()
     asyncio.run(serve(a.nats.split(","), set(a.serve.split(",")), a.route_delay, a.agent_delay, a.name,
-                      a.user, a.password))
+                      a.user, a.password, a.calls_log, a.idempotent, a.runtime_capacity))
 
 
 if __name__ == "__main__":
