@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import nats.errors
@@ -163,17 +163,20 @@ def storage_error(exc: BaseException, *, subject: str = "", stream: str = "",
 class StorageKeeper:
     """Keeps a set of streams and durable consumers in existence (see the module docstring).
 
-    ``update=False`` only creates what is missing (an existing stream is never reconfigured).
+    ``update=False`` only creates what is missing (an existing stream is never reconfigured). ``buckets``:
+    key-value buckets, each a name and a coroutine function that creates it (called when ``KV_<name>`` is
+    missing).
     ``ready`` is set while every stream and consumer exists; ``error`` holds the last typed failure.
     """
 
     def __init__(self, js: JetStreamContext, owner: str, streams: Sequence[StreamSpec],
                  consumers: Sequence[tuple[str, ConsumerSpec]] = (), *, check_every_s: float = 2.0,
-                 update: bool = True) -> None:
+                 update: bool = True, buckets: Sequence[tuple[str, Callable[[], Awaitable[object]]]] = ()) -> None:
         if not check_every_s > 0:
             raise ValueError(f"check_every_s must be > 0 seconds, got {check_every_s}")
         self.js, self.owner = js, owner
         self.streams, self.consumers = list(streams), list(consumers)
+        self.buckets = list(buckets)  # key-value buckets: (name, coroutine function creating it)
         self.check_every_s, self.update = check_every_s, update
         self.ready = asyncio.Event()
         self.error: StorageError | None = None
@@ -228,6 +231,13 @@ class StorageKeeper:
                         key = f"{stream}/{cspec.durable}"
                         self.recreated[key] = self.recreated.get(key, 0) + 1
                         log.warning("%s: consumer %s was missing; recreated it", self.owner, key)
+            for bucket, create in self.buckets:
+                current = f"KV_{bucket}"  # a bucket is the stream KV_<name>
+                if not await self._exists_stream(current):
+                    await create()
+                    if again:
+                        self.recreated[current] = self.recreated.get(current, 0) + 1
+                        log.warning("%s: key-value bucket %s was missing; recreated it", self.owner, bucket)
         except (nats.errors.Error, OSError, TimeoutError) as e:
             typed = storage_error(e, stream=current, creating=True)
             self.ready.clear()

@@ -4,7 +4,8 @@ Starts its own nats-server (JetStream on, free port), a coordinator (durable job
 JSONL, and instant fake runtime and agent actors (5 Worker turns per run), then:
 
 1. runs ``--jobs`` jobs, deletes every stream and the trace sink's consumer under the running actors (the
-   results, trace and jobs streams; the jobs consumer goes with its stream), waits for the storage keepers to
+   results, trace and jobs streams; the jobs consumer goes with its stream; the run journal's key-value
+   bucket), waits for the storage keepers to
    recreate them, and runs ``--jobs`` more: results stored after deletion N/N, runs untraced (no
    ``run_started``..``run_finished`` in the JSONL file) 0;
 2. memory per stored run: a ``--query-kb`` query's result as returned over request/reply and as stored
@@ -124,12 +125,13 @@ async def probe_healing(url: str, jobs: int, query_kb: int, tmp: Path) -> None:
         await js.delete_consumer(subjects.TRACE_STREAM, sink.settings.durable)
         for stream in (subjects.RESULTS_STREAM, subjects.TRACE_STREAM, subjects.JOBS_STREAM):
             await js.delete_stream(stream)
+        await js.delete_key_value("TRINITY_RUNS")
         print("deleted: consumer trace-sink, streams TRINITY_RESULTS, TRINITY_TRACE, TRINITY_JOBS "
-              "(and the coordinators consumer with it)")
+              "(and the coordinators consumer with it), key-value bucket TRINITY_RUNS (the run journal)")
         assert sink.storage is not None
         keeper = sink.storage
         await until(lambda: all(coord.storage.recreated.get(k) for k in (
-            subjects.RESULTS_STREAM, subjects.TRACE_STREAM, subjects.JOBS_STREAM,
+            subjects.RESULTS_STREAM, subjects.TRACE_STREAM, subjects.JOBS_STREAM, "KV_TRINITY_RUNS",
             f"{subjects.JOBS_STREAM}/{subjects.JOBS_CONSUMER}")) and keeper.recreated.get(
             f"{subjects.TRACE_STREAM}/{sink.settings.durable}"), "everything recreated")
         print(f"recreated by the storage keepers in {time.monotonic() - t0:.2f} s "

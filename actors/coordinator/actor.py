@@ -48,6 +48,7 @@ from actors.coordinator.errors import (
     RouteFailed,
 )
 from actors.coordinator.jobs import JobIntake
+from actors.coordinator.journal import BUCKET, open_bucket
 from actors.coordinator.placement import PlacementClient
 from actors.coordinator.profiles import DEFAULT_ROLE_PACK, DEFAULT_RULE, VERIFIER_BEFORE_WORKER
 from actors.coordinator.spans import RunSpans
@@ -173,7 +174,11 @@ class CoordinatorActor:
         self.dedupe: Deduper[CoordinationResult] = Deduper(
             s.dedupe_capacity, s.dedupe_ttl_s, clock, max_bytes=s.dedupe_max_bytes, size=encoded_size,
             max_entry_bytes=max(s.result_max_bytes, s.dedupe_max_bytes // 16))
-        self.storage = StorageKeeper(nc.jetstream(), "coordinator", *storage_specs(s), check_every_s=s.storage_check_s)
+        js = nc.jetstream()
+        buckets = [(BUCKET, lambda: open_bucket(js, replicas=s.stream_replicas, ttl_s=s.results_max_age_s))] \
+            if s.jobs_enabled and s.jobs_durable else []
+        self.storage = StorageKeeper(js, "coordinator", *storage_specs(s), check_every_s=s.storage_check_s,
+                                     buckets=buckets)
         self.traces = TracePublisher(nc.jetstream(), capacity=s.trace_buffer,
                                      publish_timeout_s=s.trace_publish_timeout_s,
                                      enabled=s.trace_enabled, on_stream_missing=self.storage.poke)

@@ -81,12 +81,14 @@ async def test_deleted_streams_and_consumer_are_recreated_and_the_next_runs_stor
         with caplog.at_level(logging.WARNING, logger="bus.storage"):
             for stream in (subjects.RESULTS_STREAM, subjects.TRACE_STREAM, subjects.JOBS_STREAM):
                 await js.delete_stream(stream)  # the jobs stream takes the coordinators' consumer with it
+            await js.delete_key_value("TRINITY_RUNS")  # the run journal (a key-value bucket)
             await until(lambda: all(coord.storage.recreated.get(k) == 1 for k in (
-                subjects.RESULTS_STREAM, subjects.TRACE_STREAM, subjects.JOBS_STREAM,
+                subjects.RESULTS_STREAM, subjects.TRACE_STREAM, subjects.JOBS_STREAM, "KV_TRINITY_RUNS",
                 f"{subjects.JOBS_STREAM}/{subjects.JOBS_CONSUMER}")), "every stream and the consumer recreated")
         lines = [r.getMessage() for r in caplog.records]
         for stream in (subjects.RESULTS_STREAM, subjects.TRACE_STREAM, subjects.JOBS_STREAM):
             assert f"coordinator: stream {stream} was missing; recreated it" in lines
+        assert "coordinator: key-value bucket TRINITY_RUNS was missing; recreated it" in lines
         reqs = [CoordinationRequest(request_id=rid(), query=f"q{i}") for i in range(8)]
         results = await asyncio.gather(*(submit_job(nc, r, timeout=GUARD_S) for r in reqs))
         assert [r.answer for r in results] == ["42"] * 8
