@@ -176,10 +176,12 @@ class NatsServerProcess:
 
     @classmethod
     def start(cls, *, binary: str | None = None, config_text: str = "", base_dir: Path | None = None,
-              port: int | None = None, name: str = "trinity-test", ready_timeout: float = 10.0) -> NatsServerProcess:
+              port: int | None = None, name: str = "trinity-test", ready_timeout: float = 10.0,
+              max_file_store: str = "16GB") -> NatsServerProcess:
         """Start a server on a free port with JetStream in a temporary store directory.
 
-        ``config_text`` is appended to the generated config (authorization, cluster blocks...).
+        ``config_text`` is appended to the generated config (authorization, cluster blocks...);
+        ``max_file_store`` sizes the JetStream file store (a small one shows a store too small or full).
         """
         found = locate_nats_server(binary)
         _log_binary_once(found)
@@ -194,7 +196,7 @@ class NatsServerProcess:
         conf = base_dir / "nats.conf"
         conf.write_text(
             f'server_name: "{name}"\nlisten: "127.0.0.1:{port}"\nmax_payload: 8MB\n'
-            f'jetstream {{\n  store_dir: "{store}"\n  max_memory_store: 256MB\n  max_file_store: 16GB\n}}\n'
+            f'jetstream {{\n  store_dir: "{store}"\n  max_memory_store: 256MB\n  max_file_store: {max_file_store}\n}}\n'
             + config_text
         )
         srv = cls(port=port, store_dir=store, config_path=conf, binary=bin_path, log_path=base_dir / "nats.log",

@@ -91,3 +91,33 @@ class Rejected(BusError):
                  details: dict[str, str] | None = None) -> None:
         self.reply = ErrorReply(code=code, message=message, retryable=retryable, details=details or {})
         super().__init__(f"{code.value}: {message}")
+
+
+def error_contract(exc: BaseException, subject: str = "") -> ErrorReply | None:
+    """The one mapping from a failed bus call or JetStream write to the error contract (``code``,
+    ``retryable``, an actionable ``message``) every actor uses; ``None`` for an exception that is not a bus
+    failure (a bug: let it propagate).
+
+    - a typed error reply from the responder keeps its code and ``retryable`` flag;
+    - no reply before the deadline is ``deadline`` (retryable);
+    - nobody serving the subject is ``unavailable`` (not retryable at once: start a responder);
+    - an undecodable or oversized reply is ``malformed``;
+    - a JetStream storage failure (:class:`bus.storage.StorageError`) carries its own code and flag.
+
+    Example:
+        >>> error_contract(RequestTimeout("trinity.role.inject", 2.0)).code.value
+        'deadline'
+    """
+    if isinstance(exc, RemoteError):
+        return exc.reply
+    if isinstance(exc, RequestTimeout):
+        return ErrorReply(code=ErrorCode.DEADLINE, message=str(exc), retryable=True)
+    if isinstance(exc, NoResponders):
+        return ErrorReply(code=ErrorCode.UNAVAILABLE, message=str(exc), retryable=False)
+    if isinstance(exc, MalformedPayload | PayloadTooLarge):
+        where = f" on {subject}" if subject else ""
+        return ErrorReply(code=ErrorCode.MALFORMED, message=f"bad reply{where}: {exc}", retryable=False)
+    code, retryable = getattr(exc, "code", None), getattr(exc, "retryable", None)
+    if isinstance(exc, BusError) and isinstance(code, ErrorCode) and isinstance(retryable, bool):
+        return ErrorReply(code=code, message=str(exc), retryable=retryable)
+    return None

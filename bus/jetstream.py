@@ -124,17 +124,19 @@ def jobs_stream_spec(replicas: int = 1, duplicate_window_s: float = 600.0) -> St
                       replicas=replicas, max_age_s=24 * 3600.0, duplicate_window_s=duplicate_window_s)
 
 
-def results_stream_spec(replicas: int = 1, max_age_s: float = 24 * 3600.0) -> StreamSpec:
+def results_stream_spec(replicas: int = 1, max_age_s: float = 24 * 3600.0, max_bytes: int = 1024 * 1_048_576,
+                        max_msg_size: int = 8 * 1024 * 1024) -> StreamSpec:
     """Results of queued jobs, one subject per request id (``trinity.coord.result.<rid>``).
 
     At most one message per subject, and a second one is refused (discard new per subject): a job that is
     redelivered after its result was stored cannot produce a second result. A client that connects late
-    reads the stored result (kept ``max_age_s``). No size cap (``max_bytes=-1``): with discard-new a full
-    stream would refuse new results, so age alone bounds it (size the server's JetStream store for
-    ``max_age_s`` of results)."""
+    reads the stored result (kept ``max_age_s``). Bounded by ``max_bytes`` (-1: no cap): discard-new means a
+    full stream refuses new results (a typed ``StoreFull``; the coordinator hands their jobs back) until old
+    ones expire, rather than dropping stored ones; coordinators trim each result to their
+    ``result_max_bytes`` first, so the stream holds at least ``max_bytes / result_max_bytes`` results."""
     return StreamSpec(name=subjects.RESULTS_STREAM, subjects=[subjects.COORD_RESULT_ALL], replicas=replicas,
-                      max_age_s=max_age_s, max_bytes=-1, duplicate_window_s=600.0, max_msgs_per_subject=1,
-                      discard_new_per_subject=True)
+                      max_age_s=max_age_s, max_bytes=max_bytes, duplicate_window_s=600.0, max_msgs_per_subject=1,
+                      discard_new_per_subject=True, max_msg_size=max_msg_size)
 
 
 def jobs_consumer_spec(ack_wait_s: float = 30.0, max_deliver: int = 3, max_ack_pending: int = 1000) -> ConsumerSpec:

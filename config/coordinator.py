@@ -63,7 +63,13 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
       ``overloaded`` this long goes back to the queue (nak, after ``jobs_requeue_delay_s`` with jitter) while
       deliveries are left; ``jobs_adaptive_intake``: the jobs taken at once follow the runtimes' capacity
       (halved when a route is ``overloaded``, +1 per finished job, at most ``jobs_concurrency``).
-    Idempotency: ``dedupe_capacity`` finished results kept for ``dedupe_ttl_s`` seconds (0 disables caching).
+    Idempotency: ``dedupe_capacity`` finished results kept for ``dedupe_ttl_s`` seconds (0 disables caching),
+      at most ``dedupe_max_bytes`` of them in all (least recently used evicted first).
+    Storage bounds and healing: ``result_max_bytes``: a stored result is trimmed to this size (intents' message
+      texts first, then replies, then the answer; see ``actors/coordinator/bounds.py``);
+      ``results_max_bytes``: byte cap of the results stream (when full, new results are refused with a typed
+      ``StoreFull`` and their jobs handed back until old results expire); ``storage_check_s``: how often the
+      node checks that its streams and consumers exist and recreates missing ones.
     Tracing: ``trace_enabled`` publishes trace events (turn it off only to measure or where no trace stream
       exists; results still carry every TurnRecord); ``trace_buffer`` events queued for JetStream before
       new ones are dropped and counted;
@@ -114,6 +120,10 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     jobs_requeue_after_s: float = 30.0
     jobs_requeue_delay_s: float = 2.0
     jobs_adaptive_intake: bool = True
+    dedupe_max_bytes: int = 64 * 1_048_576
+    result_max_bytes: int = 262_144
+    results_max_bytes: int = 1024 * 1_048_576
+    storage_check_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.routing_profile not in ("elixir-port", "sakana"):
@@ -157,6 +167,16 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
             raise ValueError(f"stream_replicas: must be 1, 3 or 5, got {self.stream_replicas}")
         if self.dedupe_capacity < 0 or self.dedupe_ttl_s < 0:
             raise ValueError("dedupe_capacity and dedupe_ttl_s: must be >= 0")
+        if self.dedupe_max_bytes < 0:
+            raise ValueError(f"dedupe_max_bytes: must be >= 0, got {self.dedupe_max_bytes}")
+        if self.result_max_bytes < 4096:
+            raise ValueError(f"result_max_bytes: must be >= 4096 (ids and budgets are never trimmed), got "
+                             f"{self.result_max_bytes}")
+        if self.results_max_bytes != -1 and self.results_max_bytes < 4 * self.result_max_bytes:
+            raise ValueError(f"results_max_bytes: must be -1 (no cap) or >= 4 x result_max_bytes, got "
+                             f"{self.results_max_bytes}")
+        if not self.storage_check_s > 0:
+            raise ValueError(f"storage_check_s: must be > 0 seconds, got {self.storage_check_s}")
 
 
 class RoleInjectorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

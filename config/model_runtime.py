@@ -60,6 +60,9 @@ class ModelRuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
         max_batch: most requests run as one forward pass.
         max_batch_tokens: most tokens packed into one forward pass (a longer transcript runs alone).
         max_queue: most requests waiting; beyond it requests are rejected as overloaded.
+        batcher_stall_after_s: the batcher ran no batch this long while requests wait (a hung forward pass or
+            adapter load on the worker thread): the runtime actor is restarted. Keep it above the longest
+            adapter load (a first factorization of a full-size base on CPU takes minutes).
         max_context_tokens: longest transcript accepted (tokens, the last one included).
         cache_max_tokens: prefix cache budget in cached tokens over all runs.
         cache_max_bytes: prefix cache budget in bytes of K/V tensors over all runs.
@@ -89,6 +92,7 @@ class ModelRuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     max_batch: int = 16
     max_batch_tokens: int = 2048
     max_queue: int = 64
+    batcher_stall_after_s: float = 900.0
     max_context_tokens: int = 32768
     cache_max_tokens: int = 65536
     cache_max_bytes: int = 2 * 1024**3
@@ -111,6 +115,8 @@ class ModelRuntimeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
                              f"got {self.checkpoint_preset!r}")
         if self.dtype not in ("float32", "float16", "bfloat16", "float64"):
             raise ValueError(f"dtype: must be float32, float16, bfloat16 or float64, got {self.dtype!r}")
+        if not self.batcher_stall_after_s > 0:
+            raise ValueError(f"batcher_stall_after_s: must be > 0 seconds, got {self.batcher_stall_after_s}")
         if self.batch_window_ms < 0:
             raise ValueError(f"batch_window_ms: must be >= 0, got {self.batch_window_ms}")
         for name in ("max_batch", "max_queue", "max_batch_tokens"):

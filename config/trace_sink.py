@@ -102,6 +102,9 @@ class TraceSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     ``start_timeout_s``: how long ``start()`` waits for the first fetch round trip (after ``fetch_timeout_s``);
     ``stall_after_s``: a fetch loop that consumes nothing this long while the consumer has messages pending
     is declared stalled, and the actor restarted.
+    ``storage_check_s``: how often the sink checks that its stream and durable consumer exist (recreating
+    them, with a log line, when deleted); a JetStream store too small for the stream is logged as a typed
+    error and retried while the node keeps running.
     ``buffer_size`` bounds each exporter's queue; when it is full the event is dropped for that exporter,
     counted, and reported in the stats and a log line (at most every ``overflow_log_interval_s``).
     """
@@ -114,6 +117,7 @@ class TraceSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     start_timeout_s: float = 30.0
     stall_after_s: float = 30.0
     ack_wait_s: float = 30.0
+    storage_check_s: float = 2.0
     buffer_size: int = 4096
     max_payload_bytes: int = 4 * 1024 * 1024
     overflow_log_interval_s: float = 10.0
@@ -124,7 +128,7 @@ class TraceSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     def __post_init__(self) -> None:
         if self.buffer_size < 1 or self.fetch_batch < 1:
             raise ValueError("buffer_size and fetch_batch must be >= 1")
-        for name in ("fetch_timeout_s", "start_timeout_s", "stall_after_s"):
+        for name in ("fetch_timeout_s", "start_timeout_s", "stall_after_s", "storage_check_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be > 0 seconds, got {getattr(self, name)}")
 

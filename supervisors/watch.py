@@ -79,8 +79,11 @@ class LoopWatch:
         self.task = None
 
     async def check(self) -> None:
-        """Raise :class:`LoopDied` or :class:`LoopStalled` when the loop failed; return otherwise."""
+        """Raise :class:`LoopDied` or :class:`LoopStalled` when the loop failed; return otherwise. A watch with
+        no task attached (its loop not started yet, or stopped on purpose) has nothing to check."""
         task = self.task
+        if task is None:
+            return
         if task is not None and task.done():
             if task.cancelled():
                 cause: BaseException | None = None

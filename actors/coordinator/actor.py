@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -33,8 +34,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client
 
+from actors.coordinator.bounds import bound_result, encoded_size
 from actors.coordinator.dedupe import Deduper
 from actors.coordinator.errors import (
     AgentCallFailed,
@@ -45,17 +48,26 @@ from actors.coordinator.errors import (
     RouteFailed,
 )
 from actors.coordinator.jobs import JobIntake
+from actors.coordinator.journal import BUCKET, open_bucket
 from actors.coordinator.placement import PlacementClient
 from actors.coordinator.profiles import DEFAULT_ROLE_PACK, DEFAULT_RULE, VERIFIER_BEFORE_WORKER
 from actors.coordinator.spans import RunSpans
 from actors.coordinator.state_machine import CallContext, Policy, Ports, Resume, VerifierBeforeWorker, coordinate
 from actors.coordinator.tracing import TracePublisher
 from bus import metrics, rpc, subjects
-from bus.errors import MalformedPayload, NoResponders, PayloadTooLarge, Rejected, RemoteError, RequestTimeout
-from bus.jetstream import ensure_stream, trace_stream_spec
+from bus.errors import BusError, Rejected, error_contract
+from bus.jetstream import (
+    ConsumerSpec,
+    StreamSpec,
+    jobs_consumer_spec,
+    jobs_stream_spec,
+    results_stream_spec,
+    trace_stream_spec,
+)
 from bus.provenance import Provenance
 from bus.service import ActorService, Endpoint, RequestContext, WorkEndpoint
 from bus.spans import provider_installed
+from bus.storage import StorageError, StorageKeeper
 from config.coordinator import CoordinatorSettings
 from schemas.coordination import AgentCallIntent, AgentCallReceipt, CoordinationRequest, CoordinationResult
 from schemas.redaction import scrub
@@ -101,6 +113,23 @@ def policy_from_settings(s: CoordinatorSettings) -> Policy:
     )
 
 
+def storage_specs(s: CoordinatorSettings) -> tuple[list[StreamSpec], list[tuple[str, ConsumerSpec]]]:
+    """The streams and consumers a coordinator keeps in existence: the trace stream (when it traces and
+    ``ensure_trace_stream``), and with jobs the work queue, the results stream and the shared job consumer."""
+    streams: list[StreamSpec] = []
+    consumers: list[tuple[str, ConsumerSpec]] = []
+    if s.trace_enabled and s.ensure_trace_stream:
+        streams.append(trace_stream_spec(replicas=s.stream_replicas))
+    if s.jobs_enabled:
+        streams += [jobs_stream_spec(replicas=s.stream_replicas),
+                    results_stream_spec(replicas=s.stream_replicas, max_age_s=s.results_max_age_s,
+                                        max_bytes=s.results_max_bytes)]
+        consumers.append((subjects.JOBS_STREAM, jobs_consumer_spec(
+            ack_wait_s=s.jobs_ack_wait_s, max_deliver=s.jobs_max_deliver,
+            max_ack_pending=max(1000, 4 * s.jobs_concurrency))))
+    return streams, consumers
+
+
 def fingerprint(req: CoordinationRequest) -> str:
     """sha256 of the request's canonical encoding (what makes two requests with one id identical)."""
     return hashlib.sha256(msgspec.json.encode(req)).hexdigest()
@@ -112,14 +141,11 @@ async def _call(nc: Client, subject: str, payload: msgspec.Struct, reply_type: t
                       traceparent=base.traceparent, tracestate=base.tracestate)
     try:
         return await rpc.request(nc, subject, payload, reply_type, timeout=ctx.timeout_s, provenance=prov)
-    except RemoteError as e:
-        raise error(e.code.value, e.message, retryable=e.retryable) from None
-    except RequestTimeout as e:
-        raise error(ErrorCode.DEADLINE.value, str(e), retryable=True) from None
-    except NoResponders as e:
-        raise error(ErrorCode.UNAVAILABLE.value, str(e), retryable=False) from None
-    except (MalformedPayload, PayloadTooLarge) as e:
-        raise error(ErrorCode.MALFORMED.value, f"bad reply on {subject}: {e}", retryable=False) from None
+    except BusError as e:
+        reply = error_contract(e, subject)
+        if reply is None:
+            raise
+        raise error(reply.code.value, reply.message, retryable=reply.retryable) from None
 
 
 class CoordinatorActor:
@@ -144,11 +170,18 @@ class CoordinatorActor:
         self.placement = placement  # fleet placement (leases, failover); None: queue-group subject
         self.policy = policy_from_settings(self.settings)
         self.clock, self.wall = clock, wall
-        self.dedupe: Deduper[CoordinationResult] = Deduper(self.settings.dedupe_capacity, self.settings.dedupe_ttl_s,
-                                                           clock)
-        self.traces = TracePublisher(nc.jetstream(), capacity=self.settings.trace_buffer,
-                                     publish_timeout_s=self.settings.trace_publish_timeout_s,
-                                     enabled=self.settings.trace_enabled)
+        s = self.settings
+        self.dedupe: Deduper[CoordinationResult] = Deduper(
+            s.dedupe_capacity, s.dedupe_ttl_s, clock, max_bytes=s.dedupe_max_bytes, size=encoded_size,
+            max_entry_bytes=max(s.result_max_bytes, s.dedupe_max_bytes // 16))
+        js = nc.jetstream()
+        buckets = [(BUCKET, lambda: open_bucket(js, replicas=s.stream_replicas, ttl_s=s.results_max_age_s))] \
+            if s.jobs_enabled and s.jobs_durable else []
+        self.storage = StorageKeeper(js, "coordinator", *storage_specs(s), check_every_s=s.storage_check_s,
+                                     buckets=buckets)
+        self.traces = TracePublisher(nc.jetstream(), capacity=s.trace_buffer,
+                                     publish_timeout_s=s.trace_publish_timeout_s,
+                                     enabled=s.trace_enabled, on_stream_missing=self.storage.poke)
         self.traces.spans = provider_installed()  # this process records its runs' spans (see .spans)
         self.service = ActorService(
             nc, name=self.settings.service_name, version="0.1.0",
@@ -161,20 +194,47 @@ class CoordinatorActor:
             if self.settings.jobs_enabled else None)
         self.jobs = JobIntake(nc, self.settings, run=self._run_job, emit=self._emit, wall=wall)
         self.deferred_runs = 0  # runs that waited for a runtime to join (route_deferred)
+        self._jobs_starter: asyncio.Task[None] | None = None
+        self.jobs_started = False
 
     async def start(self) -> None:
-        """Ensure the trace stream (if configured), start tracing, then start serving."""
-        if self.settings.trace_enabled and self.settings.ensure_trace_stream:
-            await ensure_stream(self.nc.jetstream(), trace_stream_spec(replicas=self.settings.stream_replicas))
+        """Ensure the streams and consumer (see :func:`storage_specs`), start tracing, serve request/reply, then
+        take queued jobs. When JetStream storage is unavailable (store too small or full: a typed error is
+        logged), request/reply serves anyway and jobs start once the storage keeper has the streams."""
+        ok = await self.storage.ensure()
         await self.traces.start()
         metrics.track_pending("coordinator", lambda: self.traces.pending)
         await self.service.start()
+        await self.storage.start()
         if self.settings.jobs_enabled:
-            await self.jobs.start()
+            if ok:
+                await self.jobs.start()
+                self.jobs_started = True
+            else:
+                self._jobs_starter = asyncio.create_task(self._start_jobs_when_storage_ready(),
+                                                         name="coordinator.jobs-starter")
         await self.nc.flush()  # the server has our subscriptions before start() returns
+
+    async def _start_jobs_when_storage_ready(self) -> None:
+        while True:
+            await self.storage.ready.wait()
+            try:
+                await self.jobs.start()
+            except (nats.errors.Error, StorageError, TimeoutError, OSError) as e:
+                log.warning("coordinator: job intake could not start yet (%r); retrying", e)
+                await asyncio.sleep(self.settings.storage_check_s)
+                continue
+            self.jobs_started = True
+            log.info("coordinator: JetStream storage available; taking queued jobs")
+            return
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Stop taking requests, finish running ones (up to ``timeout``), flush traces."""
+        if self._jobs_starter is not None:
+            self._jobs_starter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._jobs_starter
+        await self.storage.stop()
         if self.settings.jobs_enabled:
             await asyncio.gather(self.service.drain(timeout=timeout), self.jobs.drain(timeout=timeout))
         else:
@@ -188,11 +248,13 @@ class CoordinatorActor:
         """Service, trace and dedupe counters."""
         return {"service": self.service.stats(), "trace": self.traces.counters.as_dict(),
                 "dedupe": dict(self.dedupe.stats.__dict__), "cached_results": len(self.dedupe),
+                "cached_bytes": self.dedupe.bytes, "storage": self.storage.stats(),
                 "jobs": dataclasses.asdict(self.jobs.counters), "deferred_runs": self.deferred_runs}
 
     def watches(self) -> list[LoopWatch]:
-        """The inner loops the node watches (the job fetch loop, when jobs are enabled)."""
-        return [self.jobs.watch] if self.settings.jobs_enabled else []
+        """The inner loops the node watches: the storage keeper, the trace publisher and (once started) the
+        job fetch loop."""
+        return [self.storage.watch, self.traces.watch, *([self.jobs.watch] if self.settings.jobs_enabled else [])]
 
     async def handle(self, req: CoordinationRequest, ctx: RequestContext) -> CoordinationResult:
         """Endpoint handler: one coordination run per request id (a queued job of that id running on another
@@ -218,9 +280,9 @@ class CoordinatorActor:
     async def _run_job(self, req: CoordinationRequest, base: Provenance,
                        resume: Resume | None = None) -> CoordinationResult:
         """A work-queue job: one run (resumed from its journal), counted and timed as the service's ``jobs``
-        endpoint."""
+        endpoint, its result trimmed to ``result_max_bytes`` before it is stored."""
         async with self.service.job("jobs"):
-            return await self.run_once(req, base, resume)
+            return bound_result(await self.run_once(req, base, resume), self.settings.result_max_bytes)
 
     async def _emit(self, event: TraceEvent, traceparent: str | None = None) -> None:
         """Count ``event`` in the process's metrics, then queue it for the trace stream (``traceparent``: the

@@ -6,6 +6,10 @@ Semantics (per coordinator process):
 - A duplicate arriving **while it runs** waits for the same run and gets the same result.
 - A duplicate arriving **after it finished** gets the cached result, for ``ttl_s`` seconds, among the
   ``capacity`` most recently finished ids (LRU); older ids are forgotten and would run again.
+- Memory is bounded by bytes too: with ``max_bytes`` and ``size`` (bytes of one value), the least recently
+  used results are evicted until the cached values total at most ``max_bytes``; a value larger than
+  ``max_entry_bytes`` is not cached (its id keeps only its fingerprint, so a conflicting reuse is still
+  refused, and a duplicate runs again).
 - A duplicate whose payload differs (another query or budget under a reused id) is refused with
   :class:`~actors.coordinator.errors.DuplicateRequestConflict`, in flight or cached.
 - A run that raised is not cached: every waiter gets the exception and the next duplicate runs afresh.
@@ -45,18 +49,26 @@ class DedupeStats:
     cached: int = 0
     conflicts: int = 0
     evicted: int = 0
+    too_large: int = 0
 
 
 class Deduper(Generic[V]):
     """Run each key once; share in-flight runs; cache finished results (bounded LRU with a TTL)."""
 
-    def __init__(self, capacity: int, ttl_s: float, clock: Callable[[], float]) -> None:
+    def __init__(self, capacity: int, ttl_s: float, clock: Callable[[], float], *, max_bytes: int | None = None,
+                 size: Callable[[V], int] | None = None, max_entry_bytes: int | None = None) -> None:
         if capacity < 0 or ttl_s < 0:
             raise ValueError(f"capacity and ttl_s must be >= 0, got {capacity} and {ttl_s}")
+        if max_bytes is not None and (max_bytes < 0 or size is None):
+            raise ValueError("max_bytes needs a size function and must be >= 0")
         self.capacity, self.ttl_s = capacity, ttl_s
+        self.max_bytes = max_bytes
+        self.max_entry_bytes = max_entry_bytes if max_entry_bytes is not None else max_bytes
+        self._size = size
+        self.bytes = 0  # bytes of the cached values (when a size function is given)
         self._clock = clock
         self._inflight: dict[str, tuple[str, asyncio.Future[V]]] = {}
-        self._done: OrderedDict[str, tuple[str, float, V]] = OrderedDict()
+        self._done: OrderedDict[str, tuple[str, float, V | None, int]] = OrderedDict()
         self._tasks: set[asyncio.Future[V]] = set()
         self.stats = DedupeStats()
 
@@ -72,21 +84,31 @@ class Deduper(Generic[V]):
         entry = self._done.get(key)
         if entry is None:
             return None
-        fingerprint, stored_at, value = entry
+        fingerprint, stored_at, value, nbytes = entry
         if self._clock() - stored_at > self.ttl_s:
             del self._done[key]
+            self.bytes -= nbytes
             self.stats.evicted += 1
             return None
         self._done.move_to_end(key)
-        return fingerprint, value
+        return fingerprint, value  # type: ignore[return-value]
 
     def _store(self, key: str, fingerprint: str, value: V) -> None:
         if self.capacity == 0:
             return
-        self._done[key] = (fingerprint, self._clock(), value)
-        self._done.move_to_end(key)
-        while len(self._done) > self.capacity:
-            self._done.popitem(last=False)
+        nbytes = self._size(value) if self._size is not None else 0
+        kept: V | None = value
+        if self.max_entry_bytes is not None and nbytes > self.max_entry_bytes:
+            kept, nbytes = None, 0  # too large to cache: remember only the fingerprint
+            self.stats.too_large += 1
+        old = self._done.pop(key, None)
+        if old is not None:
+            self.bytes -= old[3]
+        self._done[key] = (fingerprint, self._clock(), kept, nbytes)
+        self.bytes += nbytes
+        while len(self._done) > self.capacity or (self.max_bytes is not None and self.bytes > self.max_bytes):
+            _, (_, _, _, freed) = self._done.popitem(last=False)
+            self.bytes -= freed
             self.stats.evicted += 1
 
     async def run(self, key: str, fingerprint: str, work: Callable[[], Awaitable[V]]) -> V:
@@ -96,8 +118,10 @@ class Deduper(Generic[V]):
             if cached[0] != fingerprint:
                 self.stats.conflicts += 1
                 raise DuplicateRequestConflict(key)
-            self.stats.cached += 1
-            return cached[1]
+            if cached[1] is not None:
+                self.stats.cached += 1
+                return cached[1]
+            del self._done[key]  # only its fingerprint was kept (too large): run it again
         inflight = self._inflight.get(key)
         if inflight is not None:
             if inflight[0] != fingerprint:

@@ -85,6 +85,7 @@ from bus.jetstream import (
 from bus.provenance import DEADLINE_AT, Provenance
 from bus.rpc import error_from_headers, error_headers
 from bus.service import finish_or_cancel
+from bus.storage import AlreadyStored, StreamMissing, storage_error
 from config.coordinator import CoordinatorSettings
 from schemas.coordination import CoordinationRequest, CoordinationResult, TurnRecord
 from schemas.trace import RunFailed, RunRedelivered, TraceEvent
@@ -96,8 +97,6 @@ log = logging.getLogger(__name__)
 RunOnce = Callable[[CoordinationRequest, Provenance, Resume | None], Awaitable[CoordinationResult]]
 Emit = Callable[[TraceEvent], Awaitable[None]]
 
-#: JetStream's error code for "maximum messages per subject exceeded" (the result is already stored).
-_PER_SUBJECT_FULL = 10077
 _FETCH_BATCH = 64
 _STORE_ATTEMPTS = 5
 
@@ -183,7 +182,8 @@ class JobIntake:
         """Ensure the jobs and results streams and the shared consumer, then start fetching."""
         s = self.settings
         await ensure_stream(self._js, jobs_stream_spec(replicas=s.stream_replicas))
-        await ensure_stream(self._js, results_stream_spec(replicas=s.stream_replicas, max_age_s=s.results_max_age_s))
+        await ensure_stream(self._js, results_stream_spec(replicas=s.stream_replicas, max_age_s=s.results_max_age_s,
+                                                          max_bytes=s.results_max_bytes))
         await ensure_consumer(self._js, subjects.JOBS_STREAM,
                               jobs_consumer_spec(ack_wait_s=s.jobs_ack_wait_s, max_deliver=s.jobs_max_deliver,
                                                  max_ack_pending=max(1000, 4 * s.jobs_concurrency)))
@@ -517,13 +517,14 @@ class JobIntake:
             try:
                 ack = await self._js.publish(subjects.coord_result(rid), data, stream=subjects.RESULTS_STREAM,
                                              headers=headers, timeout=5.0)
-            except nats.js.errors.APIError as e:
-                if e.err_code == _PER_SUBJECT_FULL:
+            except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as e:
+                typed = storage_error(e, subject=subjects.coord_result(rid), stream=subjects.RESULTS_STREAM)
+                if isinstance(typed, AlreadyStored):
                     self.counters.already_done += 1
                     return True  # another delivery stored it first: exactly one result stands
-                log.warning("storing the result of %s failed (%s), attempt %d", rid, e, attempt)
-            except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as e:
-                log.warning("storing the result of %s failed (%r), attempt %d", rid, e, attempt)
+                log.warning("storing the result of %s failed (%s), attempt %d", rid, typed or repr(e), attempt)
+                if typed is not None and not isinstance(typed, StreamMissing):
+                    break  # full, too small or refused: retrying now cannot help; the job is handed back
             else:
                 if ack.duplicate:  # the same result id within the dedupe window: already stored
                     self.counters.already_done += 1

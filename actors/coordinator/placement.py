@@ -43,7 +43,15 @@ from nats.aio.client import Client
 
 from actors.coordinator.errors import RouteFailed
 from bus import rpc, subjects
-from bus.errors import MalformedPayload, NoResponders, PayloadTooLarge, RemoteError, RequestTimeout
+from bus.errors import (
+    BusError,
+    MalformedPayload,
+    NoResponders,
+    PayloadTooLarge,
+    RemoteError,
+    RequestTimeout,
+    error_contract,
+)
 from bus.provenance import Provenance
 from bus.singleflight import SingleFlight
 from config.fleet import FleetSettings
@@ -173,19 +181,19 @@ class PlacementClient:
             if direct and e.code is ErrorCode.NOT_FOUND:
                 self.counters.stale_leases += 1
                 raise _Failover(stale=True) from None
-            raise RouteFailed(e.code.value, e.message, retryable=e.retryable) from None
+            raise _route_failed(e, subject) from None
         except RequestTimeout as e:
             if direct:
                 self.counters.failover_timeout += 1
                 raise _Failover(slow=True) from None
-            raise RouteFailed(ErrorCode.DEADLINE.value, str(e), retryable=True) from None
+            raise _route_failed(e, subject) from None
         except NoResponders as e:
             if direct:
                 self.counters.failover_gone += 1
                 raise _Failover(gone=True) from None
-            raise RouteFailed(ErrorCode.UNAVAILABLE.value, str(e), retryable=False) from None
+            raise _route_failed(e, subject) from None
         except (MalformedPayload, PayloadTooLarge) as e:
-            raise RouteFailed(ErrorCode.MALFORMED.value, f"bad reply on {subject}: {e}", retryable=False) from None
+            raise _route_failed(e, subject) from None
         if logits.request_id != req.request_id or logits.turn != req.turn:
             raise RouteFailed(ErrorCode.UPSTREAM.value, f"runtime answered request {logits.request_id!r} turn "
                               f"{logits.turn}, asked {req.request_id!r} turn {req.turn}")
@@ -235,12 +243,9 @@ class PlacementClient:
             return None
         except RemoteError as e:
             self.counters.refused += 1
-            raise RouteFailed(e.code.value, f"placement of {key.describe()}: {e.message}",
-                              retryable=e.retryable) from None
-        except RequestTimeout as e:
-            raise RouteFailed(ErrorCode.DEADLINE.value, f"placement of {key.describe()}: {e}", retryable=True) from None
-        except (MalformedPayload, PayloadTooLarge) as e:
-            raise RouteFailed(ErrorCode.MALFORMED.value, f"bad placement reply: {e}", retryable=False) from None
+            raise _route_failed(e, subjects.FLEET_PLACE, f"placement of {key.describe()}: ") from None
+        except (RequestTimeout, MalformedPayload, PayloadTooLarge) as e:
+            raise _route_failed(e, subjects.FLEET_PLACE, f"placement of {key.describe()}: ") from None
         self._leases[key] = _Cached(lease, self.clock() + lease.ttl_s * (1 - RENEW_AT))
         return lease
 
@@ -279,3 +284,11 @@ class _Failover(Exception):
     def __init__(self, *, gone: bool = False, slow: bool = False, stale: bool = False) -> None:
         super().__init__("failover")
         self.gone, self.slow, self.stale = gone, slow, stale
+
+
+def _route_failed(exc: BusError, subject: str, prefix: str = "") -> RouteFailed:
+    """The bus failure as a :class:`RouteFailed`, through the bus's one error mapping."""
+    reply = error_contract(exc, subject)
+    if reply is None:  # not a bus failure: keep it visible as an internal error
+        return RouteFailed(ErrorCode.INTERNAL.value, f"{prefix}{exc!r}", retryable=False)
+    return RouteFailed(reply.code.value, f"{prefix}{reply.message}", retryable=reply.retryable)

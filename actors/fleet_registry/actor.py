@@ -54,6 +54,7 @@ from schemas.fleet import (
     RuntimeHeartbeat,
 )
 from schemas.wire import ErrorCode
+from supervisors.watch import LoopWatch
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ class FleetRegistryActor:
         self._subs: list[Subscription] = []
         self._sweeper: asyncio.Task[None] | None = None
         s = self.settings
+        self._sweep_period = min(s.heartbeat_timeout_s, s.heartbeat_interval_s) / 2
+        # the expiry sweep ticks every _sweep_period; silence for 10 periods (30 s at least) means it is stuck
+        self.sweep_watch = LoopWatch("fleet registry expiry sweep", stall_after_s=max(30.0, 10 * self._sweep_period))
         self.service = ActorService(
             nc, name=s.service_name, version="0.1.0",
             description="TRINITY runtime fleet: heartbeats, adapter-aware placement, leases",
@@ -93,12 +97,14 @@ class FleetRegistryActor:
         self._subs.append(await self.nc.subscribe(subjects.FLEET_RELEASE, cb=self._on_release))
         await self.service.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="fleet-registry-sweep")
+        self.sweep_watch.attach(self._sweeper)
         await self.nc.publish(subjects.RUNTIME_ANNOUNCE, b"")
         await self.nc.flush()
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Stop placing, stop following heartbeats."""
         await self.service.drain(timeout=timeout)
+        self.sweep_watch.detach()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -150,10 +156,14 @@ class FleetRegistryActor:
         return gone
 
     async def _sweep(self) -> None:
-        period = min(self.settings.heartbeat_timeout_s, self.settings.heartbeat_interval_s) / 2
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(self._sweep_period)
             self.sweep()
+            self.sweep_watch.progress()
+
+    def watches(self) -> list[LoopWatch]:
+        """The inner loops the node watches (the expiry sweep)."""
+        return [self.sweep_watch]
 
     # -- placement ---------------------------------------------------------------------------------------
 

@@ -68,6 +68,7 @@ from schemas.fleet import (
 from schemas.routing import RouteLogits, RouteRequest
 from schemas.sakana import BASE_ADAPTER_TOKEN, RuntimeProfile
 from schemas.wire import ErrorCode
+from supervisors.watch import LoopWatch
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ class ModelRuntimeActor:
         self._usage: dict[str, tuple[float, int]] = {}
         self._control_lock = asyncio.Lock()
         self._heartbeat_task: asyncio.Task[None] | None = None
+        # beats every heartbeat_interval_s; silence for 10 intervals (30 s at least) means the loop is stuck
+        self.heartbeat_watch = LoopWatch(f"runtime heartbeat loop ({self.runtime_id})",
+                                         stall_after_s=max(30.0, 10 * self.fleet.heartbeat_interval_s))
         self._announce_sub: Subscription | None = None
         self._drain_task: asyncio.Task[None] | None = None
 
@@ -164,6 +168,7 @@ class ModelRuntimeActor:
         self._announce_sub = await self.nc.subscribe(subjects.RUNTIME_ANNOUNCE, cb=self._on_announce)
         await self.publish_heartbeat()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat-{self.runtime_id}")
+        self.heartbeat_watch.attach(self._heartbeat_task)
 
     def _route_endpoint(self, adapter: str) -> Endpoint[RouteRequestBody]:
         s = self.settings
@@ -331,7 +336,19 @@ class ModelRuntimeActor:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.fleet.heartbeat_interval_s)
-            await self.publish_heartbeat()
+            try:
+                await self.publish_heartbeat()
+            except (nats.errors.Error, OSError) as e:  # a reconnect: the next beat goes out after it
+                log.warning("runtime %s: heartbeat not published (%r)", self.runtime_id, e)
+                continue
+            self.heartbeat_watch.progress()
+
+    def watches(self) -> list[LoopWatch]:
+        """The inner loops the node watches: the heartbeat loop and the batcher's collecting loop."""
+        out = [self.heartbeat_watch]
+        if self.runtime is not None:
+            out.append(self.runtime.batcher.watch)
+        return out
 
     async def _on_announce(self, _msg: Msg) -> None:
         await self.publish_heartbeat()
@@ -350,6 +367,7 @@ class ModelRuntimeActor:
         The last heartbeat says ``draining`` so registries stop placing work here at once.
         """
         self.draining = True
+        self.heartbeat_watch.detach()
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from actors.model_runtime.errors import Overloaded, RuntimeClosed
+from supervisors.watch import LoopWatch
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -62,7 +63,8 @@ class DynamicBatcher(Generic[T, R]):
     """
 
     def __init__(self, run: Callable[[list[T]], Sequence[R | BaseException]], *, window_ms: float, max_batch: int,
-                 max_queue: int, executor: ThreadPoolExecutor | None = None, keep_sizes: int = 1024) -> None:
+                 max_queue: int, executor: ThreadPoolExecutor | None = None, keep_sizes: int = 1024,
+                 stall_after_s: float = 900.0) -> None:
         self._run = run
         self.window_s = window_ms / 1000.0
         self.max_batch = max_batch
@@ -74,11 +76,17 @@ class DynamicBatcher(Generic[T, R]):
         self._closed = False
         self._stats = BatcherStats()
         self._keep_sizes = keep_sizes
+        # the collecting loop, watched: it died, or ran no batch for stall_after_s while items wait
+        self.watch = LoopWatch("model runtime batcher", stall_after_s=stall_after_s, pending=self._waiting)
+
+    async def _waiting(self) -> int:
+        return self._queue.qsize() + self._stats.in_flight
 
     async def start(self) -> None:
         """Start the collecting loop on the running event loop."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="model-runtime-batcher")
+            self.watch.attach(self._task)
 
     async def submit(self, item: T) -> R:
         """Queue ``item``; return its result once its batch ran. Raises ``Overloaded`` when the queue is full."""
@@ -102,6 +110,7 @@ class DynamicBatcher(Generic[T, R]):
         self._closed = True
         while not self._queue.empty() or self._stats.in_flight:
             await asyncio.sleep(0.001)
+        self.watch.detach()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -167,3 +176,4 @@ class DynamicBatcher(Generic[T, R]):
             self._stats.items += len(batch)
             self._stats.largest_batch = max(self._stats.largest_batch, len(batch))
             self._stats.batch_sizes = [*self._stats.batch_sizes[-(self._keep_sizes - 1):], len(batch)]
+            self.watch.progress()

@@ -51,6 +51,7 @@ class RouterRuntime:
             max_batch=s.max_batch if max_batch is None else max_batch,
             max_queue=s.max_queue if max_queue is None else max_queue,
             executor=self._worker,
+            stall_after_s=s.batcher_stall_after_s,
         )
 
     def _run(self, batch: list[PreparedRoute]) -> list[RouteLogits | ModelRuntimeError]:

@@ -33,15 +33,15 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from actors.trace_sink.sink import TraceSink
 from bus import metrics, subjects
 from bus.codec import decode
 from bus.errors import MalformedPayload, PayloadTooLarge, Rejected
-from bus.jetstream import ConsumerSpec, StreamSpec, ensure_consumer, ensure_stream
+from bus.jetstream import ConsumerSpec, StreamSpec
 from bus.provenance import SPANS, Provenance
 from bus.service import ActorService, WorkEndpoint
+from bus.storage import StorageKeeper
 from config.trace_sink import TraceSinkSettings
 from schemas.trace import TraceEvent
 from schemas.wire import ErrorCode
@@ -68,6 +68,8 @@ class TraceSinkActor:
         self._task: asyncio.Task[None] | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
         self._first_round: asyncio.Event = asyncio.Event()
+        self._binder: asyncio.Task[None] | None = None
+        self.storage: StorageKeeper | None = None  # made by start()
         self.watch = LoopWatch(f"trace sink fetch loop ({settings.durable})", stall_after_s=settings.stall_after_s,
                                pending=self.pending)
         self.service = ActorService(nc, name=SERVICE_NAME, endpoints=[],
@@ -76,23 +78,30 @@ class TraceSinkActor:
                                                        queue_group=settings.durable)])
 
     async def start(self) -> None:
-        """Ensure the stream (if missing) and the durable consumer, start the sink and the fetch loop."""
-        js = self.nc.jetstream()
+        """Ensure the stream (if missing) and the durable consumer, start the sink and the fetch loop.
+
+        A storage keeper (:class:`~bus.storage.StorageKeeper`, never reconfiguring the stream) recreates the
+        stream and the consumer when they are deleted later. When JetStream cannot hold the stream (store too
+        small or full), a typed error is logged, the sink starts without consuming, and the fetch loop starts
+        once the keeper has the stream."""
         s = self.settings
-        try:
-            await js.stream_info(s.stream)
-        except NotFoundError:
-            await ensure_stream(js, StreamSpec(name=s.stream, subjects=[subjects.TRACE_ALL]))
-        await ensure_consumer(js, s.stream, ConsumerSpec(durable=s.durable, filter_subject=s.filter_subject,
-                                                         ack_wait_s=s.ack_wait_s,
-                                                         max_ack_pending=max(1000, 2 * s.fetch_batch)))
-        self._sub = await js.pull_subscribe_bind(durable=s.durable, stream=s.stream)
+        js = self.nc.jetstream()
+        self.storage = StorageKeeper(
+            js, f"trace sink ({s.durable})", [StreamSpec(name=s.stream, subjects=[subjects.TRACE_ALL])],
+            [(s.stream, ConsumerSpec(durable=s.durable, filter_subject=s.filter_subject, ack_wait_s=s.ack_wait_s,
+                                     max_ack_pending=max(1000, 2 * s.fetch_batch)))],
+            check_every_s=s.storage_check_s, update=False)
+        ok = await self.storage.ensure()
+        await self.storage.start()
         await self.sink.start()
         await self.service.start()
         metrics.track_pending("trace_sink", self.queued)
-        self._task = asyncio.create_task(self._loop(), name="trace-sink.consume")
-        self.watch.attach(self._task)  # type: ignore[arg-type]
+        if not ok:
+            self._binder = asyncio.create_task(self._bind_when_storage_ready(), name="trace-sink.bind")
+            return
+        await self._bind()
         first = asyncio.ensure_future(self._first_round.wait())
+        assert self._task is not None
         await asyncio.wait({first, self._task}, timeout=s.fetch_timeout_s + s.start_timeout_s,
                            return_when=asyncio.FIRST_COMPLETED)
         if not first.done():
@@ -101,9 +110,29 @@ class TraceSinkActor:
             raise TimeoutError(f"trace sink: no fetch round trip on {s.stream}/{s.durable} within "
                                f"{s.fetch_timeout_s + s.start_timeout_s:.1f} s")
 
+    async def _bind(self) -> None:
+        s = self.settings
+        self._sub = await self.nc.jetstream().pull_subscribe_bind(durable=s.durable, stream=s.stream)
+        self._task = asyncio.create_task(self._loop(), name="trace-sink.consume")
+        self.watch.attach(self._task)
+
+    async def _bind_when_storage_ready(self) -> None:
+        while True:
+            assert self.storage is not None
+            await self.storage.ready.wait()
+            try:
+                await self._bind()
+            except (nats.errors.Error, TimeoutError, OSError) as e:
+                log.warning("trace sink: could not bind its consumer yet (%r); retrying", e)
+                await asyncio.sleep(self.settings.storage_check_s)
+                continue
+            log.info("trace sink: JetStream storage available; consuming %s", self.settings.stream)
+            return
+
     def watches(self) -> list[LoopWatch]:
-        """The inner loops the node watches (the fetch loop)."""
-        return [self.watch]
+        """The inner loops the node watches: the fetch loop (once bound), the storage keeper and each exporter's
+        loop."""
+        return [self.watch, *([self.storage.watch] if self.storage is not None else []), *self.sink.watches()]
 
     async def pending(self) -> int:
         """Messages the durable consumer has not delivered yet (one JetStream API round trip)."""
@@ -169,7 +198,8 @@ class TraceSinkActor:
         """Consumer counters (``caught_up``: consumed by the drain's catch-up) and the sink's (exported, dropped
         on overflow, unsafe, errors)."""
         return {"consumed": self.consumed, "malformed": self.malformed, "fetch_errors": self.fetch_errors,
-                "caught_up": self.caught_up, **self.sink.stats()}
+                "caught_up": self.caught_up, "storage": self.storage.stats() if self.storage else None,
+                **self.sink.stats()}
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Stop the fetch loop, export what is still pending on the consumer, flush the exporters, close them.
@@ -180,6 +210,8 @@ class TraceSinkActor:
         (its loop died or stalled) does not catch up: its restarted successor consumes what is pending.
         """
         t0 = time.monotonic()
+        if self._binder is not None:
+            self._binder.cancel()  # awaited below, after the fetch loop (no await may come before its cancel)
         # Catch up only when the loop was healthy: a failed incarnation (loop died or stalled) stops at once
         # and leaves the pending events to its restarted successor.
         healthy = (self._task is not None and not self._task.done()
@@ -192,6 +224,12 @@ class TraceSinkActor:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError, nats.errors.Error):
                 await self._task
             self._task = None
+        if self._binder is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._binder
+            self._binder = None
+        if self.storage is not None:
+            await self.storage.stop()
         if self._sub is not None and healthy:
             caught = await self._catch_up(t0 + timeout * self.catchup_share)
             self.caught_up += caught

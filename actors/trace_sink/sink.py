@@ -24,6 +24,7 @@ from actors.trace_sink.otel import OtelSpans
 from actors.trace_sink.redact import Redactor, UnsafeEvent
 from config.trace_sink import JsonlSettings, OtelSettings, TraceSinkSettings
 from schemas.trace import TraceEvent
+from supervisors.watch import LoopWatch
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,12 @@ class _Lane:
         self.task: asyncio.Task[None] | None = None
         self.last_overflow_log = float("-inf")
         self.dropped_since_log = 0
+        self.watch: LoopWatch | None = None
+        self.in_hand = 0  # records of the batch the exporter is working on
+
+    async def waiting(self) -> int:
+        """Records waiting for this exporter, the batch in its hands included."""
+        return self.queue.qsize() + self.in_hand
 
 
 class TraceSink:
@@ -133,6 +140,14 @@ class TraceSink:
         for lane in self._lanes:
             if lane.task is None:
                 lane.task = asyncio.create_task(self._work(lane), name=f"trace-sink.{lane.exporter.name}")
+                lane.watch = LoopWatch(f"trace sink {lane.exporter.name} exporter loop",
+                                       stall_after_s=self.settings.stall_after_s, pending=lane.waiting)
+                lane.watch.attach(lane.task)
+
+    def watches(self) -> list[LoopWatch]:
+        """One watch per exporter loop: it died, or exported nothing for ``stall_after_s`` while records wait
+        (a hung collector or disk)."""
+        return [lane.watch for lane in self._lanes if lane.watch is not None]
 
     def offer(self, event: TraceEvent, *, subject: str = "", stream_seq: int = 0,
               traceparent: str | None = None, actor_spans: bool = False) -> TraceRecord | None:
@@ -173,6 +188,7 @@ class TraceSink:
                     batch.append(lane.queue.get_nowait())
                 except asyncio.QueueEmpty:
                     break
+            lane.in_hand = len(batch)
             try:
                 await lane.exporter.export(batch)
                 lane.stats.exported += len(batch)
@@ -183,8 +199,11 @@ class TraceSink:
                 lane.stats.errors += 1
                 log.exception("trace sink: %s exporter failed on a batch of %d", lane.exporter.name, len(batch))
             finally:
+                lane.in_hand = 0
                 for _ in batch:
                     lane.queue.task_done()
+                if lane.watch is not None:
+                    lane.watch.progress()
 
     async def flush(self, timeout: float = 10.0) -> None:
         """Wait until every queued record has been handed to its exporter."""
@@ -197,6 +216,8 @@ class TraceSink:
         """Flush (up to ``timeout``), stop the workers and close the exporters."""
         await self.flush(timeout)
         for lane in self._lanes:
+            if lane.watch is not None:
+                lane.watch.detach()
             if lane.task is not None:
                 lane.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

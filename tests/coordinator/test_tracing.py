@@ -40,7 +40,8 @@ async def test_events_published_in_order_with_headers() -> None:
     assert [h["Nats-Msg-Id"] for _, h in js.published] == [f"e{i}" for i in range(10)]
     assert js.published[3] == ("trinity.trace.q1.run_started", {"Trinity-Request-Id": "q1",
                                                                 "Trinity-Causation-Id": "e2", "Nats-Msg-Id": "e3"})
-    assert pub.counters.as_dict() == {"emitted": 10, "published": 10, "dropped": 0, "failed": 0}
+    assert pub.counters.as_dict() == {"emitted": 10, "published": 10, "dropped": 0, "failed": 0,
+                                      "refused": 0}
     await pub.close()
 
 

@@ -101,3 +101,22 @@ async def test_concurrent_bus_requests_are_batched(nc: Client, tiny_engine: Engi
         assert hb.runtime_id == "rt-test" and hb.warm_adapters == ["base"] and hb.rss_mb > 0
     finally:
         await actor.drain()
+
+
+async def test_heartbeat_and_batcher_loops_are_watched(nc: Client, tiny_engine: EngineFactory) -> None:
+    from supervisors.watch import LoopDied
+
+    actor = await _actor(nc, tiny_engine)
+    try:
+        watches = actor.watches()
+        assert [w.name for w in watches] == ["runtime heartbeat loop (rt-test)", "model runtime batcher"]
+        for w in watches:
+            await w.check()  # both running
+        assert actor._heartbeat_task is not None
+        actor._heartbeat_task.cancel()
+        await asyncio.sleep(0.05)
+        with pytest.raises(LoopDied, match=r"runtime heartbeat loop \(rt-test\) was cancelled"):
+            await watches[0].check()
+        await watches[1].check()  # the batcher is fine
+    finally:
+        await actor.drain()
