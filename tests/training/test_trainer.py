@@ -133,7 +133,9 @@ async def test_pca_basis_learns_resumes_identically_and_exports_a_pinned_sakana_
     # the tiny backbone's config sizes the Sakana layout; the keyword features are 6 wide, so use a 6-wide stand-in
     backbone = {"kind": "dir", "path": str(tmp_path / "cfg")}
     (tmp_path / "cfg").mkdir()
-    (tmp_path / "cfg" / "config.json").write_text(json.dumps({"hidden_size": 6, "num_hidden_layers": 3}))
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps({"hidden_size": 6, "num_hidden_layers": 3,
+                                                                "num_attention_heads": 2, "intermediate_size": 12,
+                                                                "vocab_size": 32}))
     cfg = _config(project=4, basis="pca", generations=6, limit=10, batch=0, export_layout="sakana",
                   backbone=backbone)
     try:
