@@ -140,6 +140,11 @@ class Rejected(ContractError, BusError):
         """The typed error reply (same as :meth:`to_reply`)."""
         return self.to_reply()
 
+    @classmethod
+    def from_reply(cls, reply: ErrorReply) -> Rejected:
+        """Answer with an error reply received or stored earlier, unchanged (code, flag, message, details)."""
+        return cls(reply.code, reply.message, retryable=reply.retryable, details=reply.details)
+
 
 def error_contract(exc: BaseException, subject: str = "") -> ErrorReply | None:
     """The one mapping from a failed bus call or JetStream write to the error contract (``code``,

@@ -132,6 +132,7 @@ def test_bus_errors_with_a_code_are_contract_errors() -> None:
     assert r.reply == r.to_reply()
     assert (r.reply.code, r.reply.retryable, r.reply.details) == (ErrorCode.INVALID, False, {"field": "transcript"})
     assert str(r) == "invalid: transcript is empty"
+    assert Rejected.from_reply(r.reply).reply == r.reply  # a stored or received reply is passed on unchanged
 
 
 class Raise(msgspec.Struct, frozen=True):
