@@ -1,8 +1,51 @@
-"""Bus errors: one class per kind, each with a message that says what to do."""
+"""Bus errors: one class per kind, each with a message that says what to do.
+
+:class:`ContractError` is the one base of every error that crosses the bus: each actor's error classes derive
+from it and carry an :class:`~schemas.wire.ErrorCode` and a ``retryable`` flag; the service layer
+(:mod:`bus.service`) turns any of them into the typed :class:`~schemas.wire.ErrorReply` in one place.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from schemas.wire import ErrorCode, ErrorReply
+
+
+class ContractError(Exception):
+    """Base of every error that crosses the bus: ``code`` (an :class:`ErrorCode`), ``retryable`` (whether
+    retrying the same call may help), an actionable ``message`` and safe string ``details``.
+
+    Subclasses set ``code``/``retryable`` as class attributes; an instance may override them.
+    :meth:`to_reply` is the wire form; an endpoint handler just raises the error.
+
+    Example:
+        >>> class Full(ContractError):
+        ...     code, retryable = ErrorCode.OVERLOADED, True
+        >>> Full("queue full; retry later").to_reply().code.value
+        'overloaded'
+    """
+
+    code: ErrorCode = ErrorCode.INTERNAL
+    retryable: bool = False
+
+    def __init__(self, message: str, *, code: ErrorCode | str | None = None, retryable: bool | None = None,
+                 details: Mapping[str, str] | None = None, text: str | None = None) -> None:
+        if code is not None:
+            self.code = ErrorCode(code)
+        if retryable is not None:
+            self.retryable = retryable
+        self.message = message
+        self._details: dict[str, str] = dict(details or {})
+        super().__init__(message if text is None else text)
+
+    def details(self) -> dict[str, str]:
+        """Safe details for the error reply (never secrets)."""
+        return dict(self._details)
+
+    def to_reply(self) -> ErrorReply:
+        """The typed error reply this error becomes on the wire."""
+        return ErrorReply(code=self.code, message=self.message, retryable=self.retryable, details=self.details())
 
 
 class BusError(Exception):
@@ -77,8 +120,9 @@ class RemoteError(BusError):
         super().__init__(f"{reply.code.value} from {subject or 'responder'}: {reply.message}")
 
 
-class Rejected(BusError):
-    """Raised by an endpoint handler to answer with a typed error reply instead of a result.
+class Rejected(ContractError, BusError):
+    """Raised by an endpoint handler to answer with a typed error reply instead of a result (for a failure
+    that has no class of its own; an actor's :class:`ContractError` subclasses are raised as they are).
 
     Example:
         >>> raise Rejected(ErrorCode.INVALID, "transcript is empty; send at least the user query")
@@ -89,8 +133,17 @@ class Rejected(BusError):
 
     def __init__(self, code: ErrorCode, message: str, *, retryable: bool = False,
                  details: dict[str, str] | None = None) -> None:
-        self.reply = ErrorReply(code=code, message=message, retryable=retryable, details=details or {})
-        super().__init__(f"{code.value}: {message}")
+        super().__init__(message, code=code, retryable=retryable, details=details, text=f"{code.value}: {message}")
+
+    @property
+    def reply(self) -> ErrorReply:
+        """The typed error reply (same as :meth:`to_reply`)."""
+        return self.to_reply()
+
+    @classmethod
+    def from_reply(cls, reply: ErrorReply) -> Rejected:
+        """Answer with an error reply received or stored earlier, unchanged (code, flag, message, details)."""
+        return cls(reply.code, reply.message, retryable=reply.retryable, details=reply.details)
 
 
 def error_contract(exc: BaseException, subject: str = "") -> ErrorReply | None:
@@ -102,7 +155,8 @@ def error_contract(exc: BaseException, subject: str = "") -> ErrorReply | None:
     - no reply before the deadline is ``deadline`` (retryable);
     - nobody serving the subject is ``unavailable`` (not retryable at once: start a responder);
     - an undecodable or oversized reply is ``malformed``;
-    - a JetStream storage failure (:class:`bus.storage.StorageError`) carries its own code and flag.
+    - any :class:`ContractError` (a JetStream storage failure, :class:`Rejected`, an actor's own error)
+      carries its own code and flag.
 
     Example:
         >>> error_contract(RequestTimeout("trinity.role.inject", 2.0)).code.value
@@ -110,6 +164,8 @@ def error_contract(exc: BaseException, subject: str = "") -> ErrorReply | None:
     """
     if isinstance(exc, RemoteError):
         return exc.reply
+    if isinstance(exc, ContractError):
+        return exc.to_reply()
     if isinstance(exc, RequestTimeout):
         return ErrorReply(code=ErrorCode.DEADLINE, message=str(exc), retryable=True)
     if isinstance(exc, NoResponders):
@@ -117,7 +173,4 @@ def error_contract(exc: BaseException, subject: str = "") -> ErrorReply | None:
     if isinstance(exc, MalformedPayload | PayloadTooLarge):
         where = f" on {subject}" if subject else ""
         return ErrorReply(code=ErrorCode.MALFORMED, message=f"bad reply{where}: {exc}", retryable=False)
-    code, retryable = getattr(exc, "code", None), getattr(exc, "retryable", None)
-    if isinstance(exc, BusError) and isinstance(code, ErrorCode) and isinstance(retryable, bool):
-        return ErrorReply(code=code, message=str(exc), retryable=retryable)
     return None

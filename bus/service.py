@@ -5,7 +5,8 @@ An :class:`ActorService` registers a micro service (discoverable with ``$SRV.PIN
 own task (so one slow request does not hold the subscription), and reply with the encoded result. Bad
 input never stops an endpoint: oversized or malformed payloads, handler rejections and handler crashes
 all become typed :class:`~schemas.wire.ErrorReply` answers (when the message has a reply subject) and are
-counted in the endpoint's stats.
+counted in the endpoint's stats. A handler raises any :class:`~bus.errors.ContractError` (an actor's own error
+class or :class:`~bus.errors.Rejected`); its ``to_reply()`` is what goes back, mapped here and nowhere else.
 
 ``$SRV.STATS`` reports what the handlers did, not what nats.py's dispatch saw: ``num_requests`` counts every
 request received, ``processing_time`` / ``average_processing_time`` (ns) time each request from receipt to its
@@ -39,7 +40,7 @@ from nats.micro.service import EndpointInfo, EndpointStats, Service, ServiceConf
 
 from bus import metrics
 from bus.codec import DEFAULT_MAX_BYTES, decode, encode
-from bus.errors import MalformedPayload, PayloadTooLarge, Rejected
+from bus.errors import ContractError, MalformedPayload, PayloadTooLarge
 from bus.provenance import Provenance
 from bus.rpc import error_headers
 from schemas.wire import ErrorCode, ErrorReply
@@ -282,8 +283,8 @@ class ActorService:
     @contextlib.asynccontextmanager
     async def job(self, name: str) -> AsyncIterator[None]:
         """Count and time one unit of work of the :class:`WorkEndpoint` ``name``: an exception leaving the
-        block counts as ``internal`` (cancellation as ``unavailable``); raise :class:`~bus.errors.Rejected`
-        for an error with its own code.
+        block counts as ``internal`` (cancellation as ``unavailable``); a :class:`~bus.errors.ContractError`
+        (:class:`~bus.errors.Rejected` or an actor's own error) counts as its own code.
 
         Example:
             >>> async with service.job("jobs"):     # doctest: +SKIP
@@ -298,9 +299,9 @@ class ActorService:
         outcome = "ok"
         try:
             yield
-        except Rejected as e:
+        except ContractError as e:
             counters.rejected += 1
-            outcome = e.reply.code.value
+            outcome = e.code.value
             raise
         except asyncio.CancelledError:
             counters.crashed += 1
@@ -379,10 +380,11 @@ class ActorService:
                              received_at=time.time())
         try:
             result = await ep.handler(body, ctx)
-        except Rejected as e:
+        except ContractError as e:  # the one place an error crossing the bus becomes its ErrorReply
             counters.rejected += 1
-            await self._reply_error(counters, req, e.reply)
-            return e.reply.code.value
+            reply = e.to_reply()
+            await self._reply_error(counters, req, reply)
+            return reply.code.value
         except asyncio.CancelledError:
             counters.crashed += 1
             await self._reply_error(counters, req, ErrorReply(code=ErrorCode.UNAVAILABLE, retryable=True,

@@ -46,7 +46,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
 
-from bus.errors import BusError
+from bus.errors import BusError, ContractError
 from bus.jetstream import ConsumerSpec, StreamSpec, ensure_consumer, ensure_stream
 from schemas.wire import ErrorCode
 from supervisors.watch import LoopWatch
@@ -68,7 +68,7 @@ _RESOURCE_CODES = {ERR_INSUFFICIENT_RESOURCES, ERR_MEMORY_EXCEEDED, ERR_STORAGE_
 _BAD_SUBJECT = re.compile(r"[\s]")
 
 
-class StorageError(BusError):
+class StorageError(ContractError, BusError):
     """A JetStream write or create failed for a reason with a name. ``code``/``retryable`` follow the bus's
     error contract (:class:`~schemas.wire.ErrorReply`)."""
 
@@ -77,7 +77,7 @@ class StorageError(BusError):
 
     def __init__(self, message: str, *, stream: str = "", subject: str = "") -> None:
         self.stream, self.subject = stream, subject
-        super().__init__(message)
+        super().__init__(message)  # ContractError: ``code``/``retryable`` from the class
 
 
 class StreamMissing(StorageError):

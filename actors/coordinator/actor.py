@@ -145,7 +145,7 @@ async def _call(nc: Client, subject: str, payload: msgspec.Struct, reply_type: t
         reply = error_contract(e, subject)
         if reply is None:
             raise
-        raise error(reply.code.value, reply.message, retryable=reply.retryable) from None
+        raise error.from_reply(reply) from None
 
 
 class CoordinatorActor:
@@ -275,7 +275,7 @@ class CoordinatorActor:
             result = await self.dedupe.run(req.request_id, fingerprint(req), lambda: self.run(req, base, resume))
             return scrub(result)  # replied and stored: no credential typed in the question or echoed in an error
         except DuplicateRequestConflict as e:
-            raise Rejected(ErrorCode.INVALID, str(e)) from None
+            raise Rejected(e.code, e.message) from None  # jobs read Rejected as "another payload runs this id"
 
     async def _run_job(self, req: CoordinationRequest, base: Provenance,
                        resume: Resume | None = None) -> CoordinationResult:
@@ -309,7 +309,7 @@ class CoordinatorActor:
             logits = await _call(nc, subjects.route(req.backend, req.adapter), req, RouteLogits, ctx, base,
                                  RouteFailed)
             if logits.request_id != req.request_id or logits.turn != req.turn:
-                raise RouteFailed(ErrorCode.UPSTREAM.value, f"runtime answered request {logits.request_id!r} turn "
+                raise RouteFailed(ErrorCode.UPSTREAM, f"runtime answered request {logits.request_id!r} turn "
                                   f"{logits.turn}, asked {req.request_id!r} turn {req.turn}")
             return logits
 
@@ -317,7 +317,7 @@ class CoordinatorActor:
             try:
                 return await route_once(req, ctx)
             except RouteFailed as e:
-                if e.code == ErrorCode.OVERLOADED.value:
+                if e.code is ErrorCode.OVERLOADED:
                     self.jobs.intake.overloaded()  # the runtimes are at capacity: take fewer queued jobs at once
                 raise
 

@@ -424,7 +424,7 @@ class JobIntake:
                 continue
             err = error_from_headers(raw.data or b"", raw.headers)
             if err is not None:
-                raise Rejected(err.code, err.message, retryable=err.retryable)
+                raise Rejected.from_reply(err)
             return decode(raw.data or b"", CoordinationResult, max_bytes=16 * 1_048_576,
                           subject=subjects.coord_result(rid))
         raise Rejected(ErrorCode.DEADLINE, f"request id {rid} runs as a queued job on another coordinator and its "

@@ -126,7 +126,7 @@ class PlacementClient:
         while True:
             remaining = deadline - self.clock()
             if remaining <= 0:
-                raise RouteFailed(ErrorCode.DEADLINE.value, f"no runtime answered {key.describe()} within "
+                raise RouteFailed(ErrorCode.DEADLINE, f"no runtime answered {key.describe()} within "
                                   f"{timeout_s:.3f}s (refused by {refused or 'none'}, slow: {slow or 'none'})",
                                   retryable=True)
             try:
@@ -141,13 +141,13 @@ class PlacementClient:
                     candidates = [r for r in lease.runtimes if r not in refused and r not in slow]
                 last_resort = False
             except RouteFailed as e:
-                if not slow or e.code not in (ErrorCode.OVERLOADED.value, ErrorCode.UNAVAILABLE.value):
+                if not slow or e.code not in (ErrorCode.OVERLOADED, ErrorCode.UNAVAILABLE):
                     raise
                 # Nobody else can take it: wait on a runtime that was only slow, for the rest of the deadline.
                 # (Routing is a pure function: if the first attempt answers too, that reply is simply dropped.)
                 candidates, last_resort = [slow.pop(0)], True
             if not candidates:  # a registry that ignores exclude; do not loop on it
-                raise RouteFailed(ErrorCode.OVERLOADED.value, f"every runtime of {key.describe()} was tried: "
+                raise RouteFailed(ErrorCode.OVERLOADED, f"every runtime of {key.describe()} was tried: "
                                   f"{refused + slow}", retryable=True)
             rid = min(candidates, key=lambda r: self.outstanding.get(r, 0))
             base = lease.base_model if lease is not None and not last_resort else req.base_model
@@ -195,10 +195,10 @@ class PlacementClient:
         except (MalformedPayload, PayloadTooLarge) as e:
             raise _route_failed(e, subject) from None
         if logits.request_id != req.request_id or logits.turn != req.turn:
-            raise RouteFailed(ErrorCode.UPSTREAM.value, f"runtime answered request {logits.request_id!r} turn "
+            raise RouteFailed(ErrorCode.UPSTREAM, f"runtime answered request {logits.request_id!r} turn "
                               f"{logits.turn}, asked {req.request_id!r} turn {req.turn}")
         if direct and logits.adapter != req.adapter:
-            raise RouteFailed(ErrorCode.UPSTREAM.value, f"runtime {logits.runtime_id} answered with adapter "
+            raise RouteFailed(ErrorCode.UPSTREAM, f"runtime {logits.runtime_id} answered with adapter "
                               f"{logits.adapter!r}, asked {req.adapter!r}")
         return logits
 
@@ -290,5 +290,5 @@ def _route_failed(exc: BusError, subject: str, prefix: str = "") -> RouteFailed:
     """The bus failure as a :class:`RouteFailed`, through the bus's one error mapping."""
     reply = error_contract(exc, subject)
     if reply is None:  # not a bus failure: keep it visible as an internal error
-        return RouteFailed(ErrorCode.INTERNAL.value, f"{prefix}{exc!r}", retryable=False)
-    return RouteFailed(reply.code.value, f"{prefix}{reply.message}", retryable=reply.retryable)
+        return RouteFailed(ErrorCode.INTERNAL, f"{prefix}{exc!r}", retryable=False)
+    return RouteFailed.from_reply(reply, prefix)

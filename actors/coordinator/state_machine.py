@@ -311,7 +311,7 @@ class Run:
             if (reason := self.budget.check_deadline()) is not None:
                 if wait_from is not None and last is not None:  # the deadline passed while waiting for a runtime
                     raise _Stop(reason, f"routing turn {turn}: no runtime joined within "
-                                f"{self.ports.clock() - wait_from:.1f}s before the deadline: {last}", last.code)
+                                f"{self.ports.clock() - wait_from:.1f}s before the deadline: {last}", last.code.value)
                 raise _Stop(reason, None)
             attempt += 1
             try:
@@ -320,7 +320,7 @@ class Run:
                 logits = await self.ports.route(req, self._ctx(turn, self.policy.route_timeout_s))
                 break
             except RouteFailed as e:
-                if e.code == ErrorCode.OVERLOADED.value and self.policy.overload_wait_s > 0:
+                if e.code is ErrorCode.OVERLOADED and self.policy.overload_wait_s > 0:
                     # every runtime at capacity: back off with jitter (overload_wait_s = 0: a plain retryable error)
                     overloaded += 1
                     now = self.ports.clock()
@@ -339,14 +339,14 @@ class Run:
                         delay = min(left, max(0.001, cap * self.ports.jitter()))
                         if overloaded == 1 or overloaded % 10 == 0:
                             await self._emit(RouteDeferred(
-                                **self._base(turn), error_code=e.code, message=e.message, attempt=overloaded,
+                                **self._base(turn), error_code=e.code.value, message=e.message, attempt=overloaded,
                                 retry_in_s=round(delay, 3), waited_s=round(waited, 3),
                                 wait_limit_s=round(waited + left, 3), attrs={"waiting_for": "runtime_capacity"}))
                         await self.ports.sleep(delay)
                         continue
                     raise _Stop(StopReason.ROUTE_FAILED, f"routing turn {turn} failed: every runtime stayed "
-                                f"overloaded for {waited:.1f}s: {e}", e.code) from None
-                if e.code == ErrorCode.UNAVAILABLE.value:  # no runtime (yet): wait for one to join
+                                f"overloaded for {waited:.1f}s: {e}", e.code.value) from None
+                if e.code is ErrorCode.UNAVAILABLE:  # no runtime (yet): wait for one to join
                     last = e
                     now = self.ports.clock()
                     wait_from = now if wait_from is None else wait_from
@@ -359,17 +359,17 @@ class Run:
                         delay = min(self.policy.fleet_retry_s, left)
                         if attempt == 1 or attempt % 10 == 0:
                             await self._emit(RouteDeferred(
-                                **self._base(turn), error_code=e.code, message=e.message, attempt=attempt,
+                                **self._base(turn), error_code=e.code.value, message=e.message, attempt=attempt,
                                 retry_in_s=delay, waited_s=round(waited, 3),
                                 wait_limit_s=None if remaining is None and self.policy.fleet_wait_s <= 0
                                 else round(waited + left, 3)))
                         await self.ports.sleep(delay)
                         continue
                     raise _Stop(StopReason.ROUTE_FAILED, f"routing turn {turn} failed: no runtime joined within "
-                                f"{waited:.1f}s: {e}", e.code) from None
+                                f"{waited:.1f}s: {e}", e.code.value) from None
                 failed += 1
                 if not e.retryable or failed >= attempts:
-                    raise _Stop(StopReason.ROUTE_FAILED, f"routing turn {turn} failed: {e}", e.code) from None
+                    raise _Stop(StopReason.ROUTE_FAILED, f"routing turn {turn} failed: {e}", e.code.value) from None
         if logits.routing_profile != self.policy.routing_profile:
             raise _Stop(StopReason.ROUTE_FAILED, f"the runtime routed turn {turn} under routing profile "
                         f"{logits.routing_profile!r}; this coordinator runs {self.policy.routing_profile!r} "
@@ -396,7 +396,7 @@ class Run:
             reply = await self.ports.inject(req, self._ctx(turn, self.policy.role_inject_timeout_s))
         except RoleInjectFailed as e:
             raise _Stop(StopReason.ROLE_INJECT_FAILED, f"role injection for turn {turn} failed: {e}",
-                        e.code) from None
+                        e.code.value) from None
         if reply.turn != turn or reply.role is not role:
             raise _Stop(StopReason.ROLE_INJECT_FAILED,
                         f"role injector answered turn {reply.turn} as {reply.role.label}, "
@@ -438,9 +438,9 @@ class Run:
                                           f"{receipt.request_id!r} turn {receipt.turn} agent {receipt.agent_id}")
             except AgentCallFailed as e:
                 nxt = ranking[i + 1] if i + 1 < len(ranking) else None
-                failures.append(AgentFailure(agent_id=agent_id, error_code=e.code, message=e.message,
+                failures.append(AgentFailure(agent_id=agent_id, error_code=e.code.value, message=e.message,
                                              fallback_agent_id=nxt))
-                await self._emit(AgentCallFailedEvent(**self._base(turn), agent_id=agent_id, error_code=e.code,
+                await self._emit(AgentCallFailedEvent(**self._base(turn), agent_id=agent_id, error_code=e.code.value,
                                                       message=e.message, fallback_agent_id=nxt))
                 continue
             self.budget.record_receipt(receipt)

@@ -25,7 +25,8 @@ from typing import Any
 
 import msgspec
 
-from bus.errors import BusError, NoResponders, RemoteError, RequestTimeout
+from bus import errors as bus_errors
+from bus.errors import BusError, RequestTimeout, error_contract
 from schemas import CoordinationResult, ErrorCode, Role, StopReason, TurnRecord
 from schemas.coordination import MAX_QUERY_CHARS
 from schemas.trace import AgentCallFailed, AgentCallFinished, BudgetRecorded, RoleAssigned, TraceEvent, VerdictRecorded
@@ -117,28 +118,34 @@ def error_body(err: GatewayError) -> dict[str, Any]:
 
 
 def error_of_bus(exc: BusError, *, retry_after_s: int, request_id: str) -> GatewayError:
-    """The HTTP error for a bus error raised while submitting or waiting for a job."""
-    retry = {"Retry-After": str(retry_after_s)}
-    if isinstance(exc, RemoteError):
-        code, msg = exc.code, f"request {request_id}: {exc.message}"
-        if code is ErrorCode.OVERLOADED:
-            return Overloaded(msg, code="overloaded", headers=retry)
-        if code in (ErrorCode.UNAVAILABLE, ErrorCode.DRAINING):
-            return Unavailable(msg, code=code.value, headers=retry)
-        if code is ErrorCode.DEADLINE:
-            return DeadlineExceeded(msg, code="deadline_exceeded")
-        if code in (ErrorCode.MALFORMED, ErrorCode.INVALID, ErrorCode.TOO_LARGE, ErrorCode.NOT_FOUND,
-                    ErrorCode.UNKNOWN_AGENT):
-            return InvalidRequest(msg, code=code.value)
-        if code is ErrorCode.UPSTREAM:
-            return UpstreamFailed(msg, code="upstream")
-        return InternalError(msg, code=code.value)
+    """The HTTP error for a bus error raised while submitting or waiting for a job: the bus's one mapping
+    (:func:`bus.errors.error_contract`) gives the contract's code, and the code picks the HTTP error."""
+    reply = error_contract(exc)
+    if reply is None or isinstance(exc, bus_errors.MalformedPayload | bus_errors.PayloadTooLarge):
+        # not a bus failure, or a reply we could not read: not the client's fault
+        return InternalError(f"request {request_id}: {exc}", code="internal")
+    msg = f"request {request_id}: {reply.message}"
     if isinstance(exc, RequestTimeout):
-        return DeadlineExceeded(f"request {request_id}: no result within {exc.timeout:g}s; the job stays queued "
-                                f"(`run.py result {request_id}` waits for it)", code="deadline_exceeded")
-    if isinstance(exc, NoResponders):
-        return Unavailable(f"request {request_id}: {exc}", code="unavailable", headers=retry)
-    return InternalError(f"request {request_id}: {exc}", code="internal")
+        msg = (f"request {request_id}: no result within {exc.timeout:g}s; the job stays queued "
+               f"(`run.py result {request_id}` waits for it)")
+    return error_of_code(reply.code, msg, retry_after_s=retry_after_s)
+
+
+def error_of_code(code: ErrorCode, msg: str, *, retry_after_s: int) -> GatewayError:
+    """The HTTP error for an error-contract ``code`` (``Retry-After`` on the ones worth retrying)."""
+    retry = {"Retry-After": str(retry_after_s)}
+    if code is ErrorCode.OVERLOADED:
+        return Overloaded(msg, code="overloaded", headers=retry)
+    if code in (ErrorCode.UNAVAILABLE, ErrorCode.DRAINING):
+        return Unavailable(msg, code=code.value, headers=retry)
+    if code is ErrorCode.DEADLINE:
+        return DeadlineExceeded(msg, code="deadline_exceeded")
+    if code in (ErrorCode.MALFORMED, ErrorCode.INVALID, ErrorCode.TOO_LARGE, ErrorCode.NOT_FOUND,
+                ErrorCode.UNKNOWN_AGENT):
+        return InvalidRequest(msg, code=code.value)
+    if code is ErrorCode.UPSTREAM:
+        return UpstreamFailed(msg, code="upstream")
+    return InternalError(msg, code=code.value)
 
 
 _DEADLINE_STOPS = {StopReason.DEADLINE}

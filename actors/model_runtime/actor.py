@@ -49,7 +49,7 @@ from actors.model_runtime.errors import ModelRuntimeError
 from actors.model_runtime.identity import base_model_identity
 from actors.model_runtime.runtime import RouterRuntime, RuntimeStats
 from bus import metrics, rpc, subjects
-from bus.errors import Rejected
+from bus.errors import ContractError, Rejected
 from bus.service import ActorService, Endpoint, RequestContext
 from bus.spans import set_error, span
 from config.fleet import FleetSettings
@@ -186,8 +186,8 @@ class ModelRuntimeActor:
                                                                        "trinity.adapter": body.adapter}) as sp:
             try:
                 result, batch_size, waited_s = await self._route(body)
-            except Rejected as e:
-                set_error(sp, e.reply.code.value, e.reply.message)
+            except ContractError as e:  # the service layer sends it as the typed error reply
+                set_error(sp, e.code.value, e.message)
                 raise
             if sp.is_recording():
                 sp.set_attributes({"trinity.batch_size": batch_size, "trinity.queued_ms": round(waited_s * 1e3, 3),
@@ -207,10 +207,7 @@ class ModelRuntimeActor:
             raise Rejected(ErrorCode.NOT_FOUND, f"runtime {self.runtime_id} serves base model {self.base_model}, "
                            f"not {request.base_model}; ask the fleet registry for a placement",
                            details={"base_model": self.base_model})
-        try:
-            result, batch_size, waited_s = await self.runtime.route_sized(request)
-        except ModelRuntimeError as e:
-            raise Rejected(e.code, str(e), retryable=e.retryable) from None
+        result, batch_size, waited_s = await self.runtime.route_sized(request)  # ModelRuntimeError goes as it is
         _, served = self._usage.get(result.adapter, (0.0, 0))
         self._usage[result.adapter] = (time.time(), served + 1)
         return msgspec.structs.replace(result, runtime_id=self.runtime_id), batch_size, waited_s
@@ -258,7 +255,8 @@ class ModelRuntimeActor:
             info = await self.runtime.load_adapter(ctl.source)
         except ModelRuntimeError as e:
             metrics.ADAPTER_LOADS.labels(outcome=e.code.value).inc()
-            raise Rejected(e.code, f"loading {ctl.source}: {e}", retryable=e.retryable) from None
+            e.message = f"loading {ctl.source}: {e.message}"  # same code and flag, with what was being loaded
+            raise
         if info.token != ctl.adapter:  # e.g. a vector of another base model: its token here is another one
             if info.token not in before:  # never unload an adapter that was already serving
                 with contextlib.suppress(ModelRuntimeError):

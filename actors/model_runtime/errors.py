@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+from bus.errors import ContractError
 from schemas.wire import ErrorCode
 
 
-class ModelRuntimeError(Exception):
+class ModelRuntimeError(ContractError):
     """Base class: ``code`` is the typed error reply the actor sends; ``retryable`` whether retrying may help."""
-
-    code: ErrorCode = ErrorCode.INTERNAL
-    retryable: bool = False
 
 
 class TranscriptTooShort(ModelRuntimeError):

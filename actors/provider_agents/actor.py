@@ -2,8 +2,8 @@
 
 A thin bus-facing shell over :class:`~actors.provider_agents.pool.AgentPool`: an
 :class:`~schemas.coordination.AgentCallIntent` comes in, an :class:`~schemas.coordination.AgentCallReceipt`
-goes back; every provider failure becomes a typed error reply (``bus.errors.Rejected`` with the failure's
-:class:`~schemas.wire.ErrorCode`, ``retryable`` flag and safe details). Replicas share the queue group, so
+goes back; every provider failure is a :class:`~bus.errors.ContractError` that the service layer sends as a typed
+error reply (the failure's :class:`~schemas.wire.ErrorCode`, ``retryable`` flag and safe details). Replicas share the queue group, so
 agents scale by starting more actors.
 
 Example:
@@ -19,11 +19,11 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from actors.provider_agents.errors import ProviderError, UnknownAgent
+from actors.provider_agents.errors import ProviderError
 from actors.provider_agents.idempotency import CallCache
 from actors.provider_agents.pool import AgentPool
 from bus import subjects
-from bus.errors import Rejected
+from bus.errors import ContractError, Rejected
 from bus.service import ActorService, Endpoint, RequestContext
 from bus.spans import set_error, span
 from config.provider_agents import ProviderAgentsSettings, ProviderKind
@@ -88,8 +88,8 @@ class ProviderAgentsActor:
                                                                     "trinity.role": intent.role.label}) as sp:
             try:
                 receipt = await self._handle(intent, ctx)
-            except Rejected as e:
-                set_error(sp, e.reply.code.value, e.reply.message)
+            except ContractError as e:  # the service layer sends it as the typed error reply
+                set_error(sp, e.code.value, e.message)
                 raise
             if sp.is_recording():
                 sp.set_attributes({"trinity.provider": receipt.provider, "trinity.model": receipt.model,
@@ -101,10 +101,7 @@ class ProviderAgentsActor:
 
     async def _handle(self, intent: AgentCallIntent, ctx: RequestContext) -> AgentCallReceipt:
         subject_agent = _agent_of(ctx.subject)
-        try:
-            self.pool.spec(intent.agent_id)
-        except UnknownAgent as err:
-            raise Rejected(err.code, err.message, retryable=False, details=err.details()) from err
+        self.pool.spec(intent.agent_id)  # raises UnknownAgent (a ContractError: sent as it is)
         if subject_agent is not None and subject_agent != intent.agent_id:
             raise Rejected(ErrorCode.INVALID, f"intent for agent {intent.agent_id} was sent to {ctx.subject}; send it "
                                               f"to {subjects.agent_call(intent.agent_id)}")
@@ -113,7 +110,7 @@ class ProviderAgentsActor:
         except ProviderError as err:
             log.info("agent %d call for %s turn %d failed: %s", intent.agent_id, intent.request_id, intent.turn,
                      type(err).__name__)
-            raise Rejected(err.code, err.message, retryable=err.retryable, details=err.details()) from err
+            raise
 
     def stats(self) -> dict[str, Any]:
         """Endpoint counters and per-agent usage/cost/failure counters."""

@@ -8,25 +8,23 @@ Example:
 
 from __future__ import annotations
 
-from typing import ClassVar
-
+from bus.errors import ContractError
 from schemas.wire import ErrorCode
 
 
-class ProviderError(Exception):
+class ProviderError(ContractError):
     """Base of every provider failure: ``code`` for the error reply, ``retryable`` for callers.
 
     ``attempts`` is how many HTTP attempts were made before giving up; ``status`` the last HTTP status;
     ``retry_after_s`` the server's ``Retry-After`` (429 and 5xx), already capped.
     """
 
-    code: ClassVar[ErrorCode] = ErrorCode.UPSTREAM
-    retryable: ClassVar[bool] = False
+    code = ErrorCode.UPSTREAM
+    retryable = False
 
     def __init__(self, message: str, *, provider: str = "", attempts: int = 1, status: int | None = None,
                  retry_after_s: float | None = None) -> None:
         super().__init__(message)
-        self.message = message
         self.provider = provider
         self.attempts = attempts
         self.status = status

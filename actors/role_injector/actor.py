@@ -18,12 +18,10 @@ from actors.role_injector.builder import build
 from actors.role_injector.errors import UnknownRolePack
 from actors.role_injector.packs import BUILTIN_PACKS, PackRegistry, load_pack
 from bus import subjects
-from bus.errors import Rejected
 from bus.service import ActorService, Endpoint, RequestContext
 from bus.spans import set_error, span
 from config.coordinator import RoleInjectorSettings
 from schemas.roles import RoleInjectReply, RoleInjectRequest
-from schemas.wire import ErrorCode
 
 
 def registry_from_settings(settings: RoleInjectorSettings) -> PackRegistry:
@@ -66,8 +64,8 @@ class RoleInjectorActor:
             try:
                 pack = self.registry.resolve(req.role_pack)
             except UnknownRolePack as e:
-                set_error(sp, ErrorCode.NOT_FOUND.value, str(e))
-                raise Rejected(ErrorCode.NOT_FOUND, str(e)) from None
+                set_error(sp, e.code.value, e.message)
+                raise  # a ContractError (not_found): the service layer sends it as the typed error reply
             sp.set_attribute("trinity.role_pack", pack.pack_id)
             return build(pack, req)
 

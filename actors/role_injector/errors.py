@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bus.errors import ContractError
+from schemas.wire import ErrorCode
 
-class RoleInjectorError(Exception):
-    """Base class of the role injector's errors."""
+
+class RoleInjectorError(ContractError):
+    """Base class of the role injector's errors (a bad pack is ``invalid``, not retryable)."""
+
+    code = ErrorCode.INVALID
 
 
 class RolePackInvalid(RoleInjectorError):
@@ -28,6 +33,8 @@ class RolePackFileError(RoleInjectorError):
 
 class UnknownRolePack(RoleInjectorError):
     """A request named a role pack this injector does not hold."""
+
+    code = ErrorCode.NOT_FOUND
 
     def __init__(self, pack_id: str, known: list[str]) -> None:
         self.pack_id, self.known = pack_id, known

@@ -42,6 +42,7 @@ from schemas.coordination import AgentCallIntent, AgentCallReceipt, Budget, Coor
 from schemas.roles import RoleInjectReply, RoleInjectRequest
 from schemas.routing import RouteLogits, RouteRequest
 from schemas.trace import TraceEvent
+from schemas.wire import ErrorCode
 
 _ZERO_HASH = "0" * 64
 AgentCall = Callable[[AgentCallIntent], Awaitable[AgentCallReceipt]]
@@ -99,7 +100,7 @@ class HiddenMemo:
             for t in chunk:
                 ids = self.engine.tokenizer.encode(t)
                 if len(ids) < 2:
-                    raise RouteFailed("invalid", f"router text of {len(ids)} tokens; needs at least 2")
+                    raise RouteFailed(ErrorCode.INVALID, f"router text of {len(ids)} tokens; needs at least 2")
                 ids = ids[-self.engine.max_context_tokens:]
                 prepared.append(_Prepared(ids))
             if self.share_prefix:
@@ -109,7 +110,7 @@ class HiddenMemo:
                 results = self.engine._hidden(prepared)  # package-internal hook: the final-norm state at -2
             for t, r in zip(chunk, results, strict=True):
                 if isinstance(r, ModelRuntimeError):
-                    raise RouteFailed("invalid", str(r))
+                    raise RouteFailed(ErrorCode.INVALID, str(r))
                 state = r if isinstance(r, torch.Tensor) else r.hidden
                 self._memo[t] = state.detach().to(torch.float64).cpu().numpy()
         self.forward_s += time.perf_counter() - start
@@ -347,7 +348,7 @@ class EpisodeRunner:
             try:
                 return await self.replies(intent)
             except ProviderError as e:  # the coordinator's typed failure: it falls back to the next agent
-                raise AgentCallFailed("upstream", f"{type(e).__name__}: {e}", retryable=False) from None
+                raise AgentCallFailed(ErrorCode.UPSTREAM, f"{type(e).__name__}: {e}", retryable=False) from None
 
         async def emit(event: TraceEvent) -> None:
             return None

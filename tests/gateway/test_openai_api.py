@@ -87,6 +87,21 @@ def test_bus_errors_map_to_http_statuses() -> None:
     assert isinstance(late, DeadlineExceeded) and late.status == 504 and "q-1" in late.message
 
 
+def test_gateway_maps_every_bus_failure_through_the_one_contract() -> None:
+    """Not only typed replies: no responders, a storage error and a bug go through ``error_contract``."""
+    from bus.errors import ConnectFailed, MalformedPayload, NoResponders
+    from bus.storage import StoreFull
+
+    gone = error_of_bus(NoResponders("trinity.coord.request"), retry_after_s=2, request_id="q-1")
+    assert gone.status == 503 and gone.code == "unavailable" and gone.headers == {"Retry-After": "2"}
+    assert "q-1" in gone.message and "no actor is serving" in gone.message
+    full = error_of_bus(StoreFull("store full", stream="TRINITY_RESULTS"), retry_after_s=2, request_id="q-1")
+    assert (full.status, full.code) == (503, "unavailable")
+    assert error_of_bus(MalformedPayload("CoordinationResult", "bad"), retry_after_s=2, request_id="q-1").status \
+        == 500
+    assert error_of_bus(ConnectFailed("no server"), retry_after_s=2, request_id="q-1").status == 500
+
+
 @pytest.mark.parametrize(("stop", "kind", "status"), [
     (StopReason.DEADLINE, DeadlineExceeded, 504), (StopReason.NO_AGENT_AVAILABLE, UpstreamFailed, 502),
     (StopReason.MAX_TURNS, NoAnswer, 422), (StopReason.CANCELLED, Unavailable, 503)])
