@@ -3,8 +3,8 @@
 A thin bus-facing shell over :class:`~actors.provider_agents.pool.AgentPool`: an
 :class:`~schemas.coordination.AgentCallIntent` comes in, an :class:`~schemas.coordination.AgentCallReceipt`
 goes back; every provider failure is a :class:`~bus.errors.ContractError` that the service layer sends as a typed
-error reply (the failure's :class:`~schemas.wire.ErrorCode`, ``retryable`` flag and safe details). Replicas share the queue group, so
-agents scale by starting more actors.
+error reply (the failure's :class:`~schemas.wire.ErrorCode`, ``retryable`` flag and safe details). Replicas
+share the queue group, so agents scale by starting more actors.
 
 Example:
     >>> actor = ProviderAgentsActor(nc, ProviderAgentsSettings.offline())   # doctest: +SKIP
