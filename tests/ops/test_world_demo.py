@@ -23,7 +23,9 @@ def test_the_committed_bundle_verifies_and_fits_the_runtime() -> None:
 
     bundle = load_bundle(REPO)
     m = bundle.manifest
-    assert m["exported_layout"]["name"] == "sakana" and m["routing_profile"] == "sakana"
+    # exported in the Sakana layout; trained (and so served) under the elixir-port routing profile: see the bundle
+    # README for why (on this 135M backbone the sakana router text's fixed suffix left the head at ~77% test)
+    assert m["exported_layout"]["name"] == "sakana" and m["routing_profile"] == "elixir-port"
     assert m["layout"]["hidden"] == 576 and bundle.vector.stat().st_size < 1_000_000
     vec = np.load(bundle.vector)
     assert vec.shape == (m["exported_layout"]["size"],) and not vec[:m["exported_layout"]["size"] - 10 * 576].any()

@@ -1,9 +1,11 @@
 """The trained router's own gate fixture: ``run.py gate`` passes on the committed bundle (real SmolLM2 backbone,
-routing profile sakana, float32) and fails when the head is altered."""
+routing profile and dtype from its manifest) and fails when the head is altered."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import json
 
 import numpy as np
 import pytest
@@ -16,7 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "gate" / "trained"
 CASES = FIXTURE / "world_cases.json"
 LOGITS = FIXTURE / "world_logits.json"
-PROFILE = ["--set", "model_runtime.routing_profile=sakana", "--set", "model_runtime.dtype=float32"]
+MANIFEST = json.loads((REPO / BUNDLE_DIR / "manifest.json").read_text())
+PROFILE = ["--set", f"model_runtime.routing_profile={MANIFEST['routing_profile']}",
+           "--set", f"model_runtime.dtype={MANIFEST['dtype']}"]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +38,8 @@ def smollm2_dir() -> Path:
 
 def test_the_trained_router_passes_its_own_gate(smollm2_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     snap = load_snapshot(LOGITS)
-    assert snap.routing_profile == "sakana" and snap.profile is not None and snap.profile.dtype == "float32"
+    assert snap.routing_profile == MANIFEST["routing_profile"] and snap.profile is not None
+    assert snap.profile.dtype == MANIFEST["dtype"] == "float32"
     code = run.main(["gate", "--checkpoint", str(smollm2_dir), "--head", str(REPO / BUNDLE_DIR / "vector.npy"),
                      "--cases", str(CASES), "--snapshot", str(LOGITS), *PROFILE])
     out = capsys.readouterr().out
