@@ -46,6 +46,7 @@ from config.registry import RegistrySettings, registry_env_doc
 from config.secrets import Secret, secret_dec_hook, secret_enc_hook
 from config.trace_sink import TraceSinkSettings, trace_sink_env_doc
 from config.tracing import TracingSettings, tracing_env_doc
+from schemas.profiles import trained_profile
 
 ENV_PREFIX = "TRINITY__"
 SECTIONS: dict[str, type[msgspec.Struct]] = {
@@ -188,7 +189,24 @@ def load_settings(*, environ: Mapping[str, str] | None = None, config_file: str 
         for name in layer:
             sources.setdefault(name, []).append(source)
         doc = merge_docs(doc, layer)
-    return with_redaction_secrets(_build(doc, sources))
+    return with_redaction_secrets(_build(profile_follows_head(doc), sources))
+
+
+def profile_follows_head(doc: dict[str, Any]) -> dict[str, Any]:
+    """A released vector given as ``model_runtime.head_path`` (``sakana_model_iter_60.npy``) routes under the
+    profile it was trained under (:data:`schemas.profiles.TRAINED_UNDER`): ``routing_profile`` is filled in for
+    the model runtime and the coordinator where no source set it. A profile set for the runtime is kept (and
+    the coordinator then keeps its own setting too)."""
+    rt = doc.get("model_runtime") or {}
+    trained = trained_profile(rt.get("head_path")) if isinstance(rt, dict) else None
+    if trained is None or "routing_profile" in rt:
+        return doc
+    out = dict(doc)
+    for section in ("model_runtime", "coordinator"):
+        fields = dict(out.get(section) or {})
+        fields.setdefault("routing_profile", trained)
+        out[section] = fields
+    return out
 
 
 def _build(doc: dict[str, Any], sources: Mapping[str, list[str]]) -> Settings:

@@ -37,6 +37,7 @@ from ops.embedded_nats import ensure_nats
 from ops.node import Node
 from ops.world_demo import Bundle, BundleError, bundle_settings, grade_answer, load_bundle, world_questions
 from schemas.common import Role
+from schemas.profiles import DEFAULT_ROUTING_PROFILE, trained_profile
 from schemas.redaction import scrub_text
 from supervisors.signals import HardExit
 
@@ -67,9 +68,19 @@ def demo_settings(settings: Settings, vector: Path | None) -> tuple[Settings, st
     synthetic = rt.checkpoint_dir is None
     backbone = (f"synthetic random-weight {rt.checkpoint_preset} backbone (seed {rt.checkpoint_seed})" if synthetic
                 else f"checkpoint {rt.checkpoint_dir}")
+    co = settings.coordinator
     if rt.head_path is None and vector is not None:
         rt = msgspec.structs.replace(rt, head_path=str(vector))
         head = f"the real TRINITY head from {vector}"
+        trained = trained_profile(str(vector))
+        if trained is not None and rt.routing_profile == co.routing_profile == DEFAULT_ROUTING_PROFILE:
+            # routed under the profile it was trained under (its dtype and tied-embedding defaults with it)
+            from config.model_runtime import ModelRuntimeSettings
+
+            rt = ModelRuntimeSettings(**{**msgspec.structs.asdict(rt), "routing_profile": trained, "dtype": None,
+                                         "tied_embedding": None})
+            co = msgspec.structs.replace(co, routing_profile=trained)
+            head += f" (routing profile {trained}, the one it was trained under)"
     elif rt.head_path is not None:
         head = f"the head from {rt.head_path}"
     else:
@@ -77,7 +88,7 @@ def demo_settings(settings: Settings, vector: Path | None) -> tuple[Settings, st
     label = f"router: {backbone} + {head}"
     if synthetic:
         label += " — decisions are deterministic but not meaningful on random weights"
-    return msgspec.structs.replace(settings, model_runtime=rt), label
+    return msgspec.structs.replace(settings, model_runtime=rt, coordinator=co), label
 
 
 async def local_model_checkpoint(settings: Settings, out: TextIO) -> Path:

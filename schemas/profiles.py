@@ -91,13 +91,27 @@ def routing_profile(name: str) -> RoutingProfileSpec:
     return _SPECS[check_routing_profile(name)]
 
 
+#: Released vectors by file name, and the routing profile each was trained under: a runtime given one as its head
+#: routes under that profile unless a profile is set (Sakana's ``sakana_model_iter_60.npy``: fugu's trainer).
+TRAINED_UNDER: dict[str, str] = {"sakana_model_iter_60.npy": SAKANA}
+
+
+def trained_profile(vector_path: str | None) -> str | None:
+    """The profile a released vector (by file name) was trained under, else ``None`` (no opinion)."""
+    if not vector_path:
+        return None
+    return TRAINED_UNDER.get(vector_path.replace("\\", "/").rsplit("/", 1)[-1])
+
+
 __all__ = [
     "DEFAULT_ROUTING_PROFILE",
     "ELIXIR_PORT",
     "ROUTING_PROFILES",
     "SAKANA",
     "TIED_EMBEDDINGS",
+    "TRAINED_UNDER",
     "RoutingProfileSpec",
     "check_routing_profile",
     "routing_profile",
+    "trained_profile",
 ]

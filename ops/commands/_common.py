@@ -113,14 +113,12 @@ def check_router_flags(args: argparse.Namespace) -> None:
     existing_file(args.head, "--head")
 
 
-#: The released TRINITY vector's file name: routed under ``sakana``, the profile it was trained under, unless
-#: a command says otherwise.
-REAL_VECTOR = "sakana_model_iter_60.npy"
-
-
 def vector_routing_profile(vector: str | None) -> str | None:
-    """``sakana`` for the released vector (by file name), else ``None`` (no opinion)."""
-    return "sakana" if vector and Path(vector).name == REAL_VECTOR else None
+    """The profile a released vector (by file name) was trained under (``sakana`` for Sakana's), else ``None``
+    (no opinion); a command's own flag wins."""
+    from schemas.profiles import trained_profile
+
+    return trained_profile(vector)
 
 
 def with_routing_profile(settings: Any, routing: str) -> Any:
