@@ -3,9 +3,8 @@ routing profile and dtype from its manifest) and fails when the head is altered.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
