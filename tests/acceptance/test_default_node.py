@@ -121,7 +121,11 @@ def test_node_started_by_hand_serves_early_questions_and_stops_on_ctrl_c(
     env = env_with(mark)
     jsonl = tmp_path / "trace.jsonl"
     vector = ANCHORS / "sakana_model_iter_60.npy"
-    node_args = ["run.py", "node", *_common_args(url, jsonl), "--set", f"model_runtime.head_path={vector}"]
+    # The real vector would route under `sakana`, the profile it was trained under; on this random-weight
+    # backbone that profile's rule often ends a run at turn 0 (a Verifier before any Worker), and this test is
+    # about the node's mechanics (readiness, hand-back), which need runs with turns: pin the anchors' profile.
+    node_args = ["run.py", "node", *_common_args(url, jsonl), "--set", f"model_runtime.head_path={vector}",
+                 "--set", "model_runtime.routing_profile=elixir-port"]
     node = start("node-1", node_args, tmp_path, env)
     submits = []
     try:
