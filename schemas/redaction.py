@@ -70,10 +70,14 @@ def _spans(text: str, patterns: Iterable[re.Pattern[str]], secrets: Iterable[str
 def scrub_text(text: str, secrets: Iterable[str] = (), marker: str = MARKER) -> str:
     """``text`` with every :data:`SECRET_PATTERNS` match and every value in ``secrets`` replaced by ``marker``."""
     secrets = tuple(s for s in secrets if s)
-    spans = _spans(text, _COMPILED, secrets)
+    return replace_spans(text, _spans(text, _COMPILED, secrets), marker)
+
+
+def replace_spans(text: str, spans: list[tuple[int, int]], marker: str = MARKER) -> str:
+    """``text`` with each ``(start, end)`` span (overlapping or touching ones merged) replaced by ``marker``."""
     if not spans:
         return text
-    spans.sort()
+    spans = sorted(spans)
     out: list[str] = []
     pos = 0
     cur_start, cur_end = spans[0]

@@ -28,7 +28,7 @@ import msgspec
 
 from config.trace_sink import RedactionSettings
 from schemas.fingerprint import sha256_text
-from schemas.redaction import SECRET_PATTERNS
+from schemas.redaction import SECRET_PATTERNS, replace_spans
 from schemas.trace import TraceEvent
 
 #: Built-in secret shapes, shared with every other process (:mod:`schemas.redaction`): URL userinfo, API and
@@ -91,22 +91,7 @@ class Redactor:
             spans = self._spans(text)
             if not spans:
                 return text
-            spans.sort()
-            out: list[str] = []
-            pos = 0
-            cur_start, cur_end = spans[0]
-            for start, end in spans[1:]:
-                if start <= cur_end:
-                    cur_end = max(cur_end, end)
-                    continue
-                out.append(text[pos:cur_start])
-                out.append(self.marker)
-                pos = cur_end
-                cur_start, cur_end = start, end
-            out.append(text[pos:cur_start])
-            out.append(self.marker)
-            out.append(text[cur_end:])
-            text = "".join(out)
+            text = replace_spans(text, spans, self.marker)
         return self.marker if self._leaks(text) or self._spans(text) else text
 
     def content(self, text: str) -> str:
