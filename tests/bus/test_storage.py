@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import nats
 import nats.errors
@@ -25,16 +24,13 @@ from bus.storage import (
     storage_error,
 )
 from schemas.wire import ErrorCode
+from tests.waiting import until as wait_until
 
 GUARD_S = 30.0  # hang guard only
 
 
 async def until(pred, what: str) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + GUARD_S
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"not reached within the hang guard: {what}")
-        await asyncio.sleep(0.05)
+    await wait_until(pred, what, guard_s=GUARD_S, poll_s=0.05)
 
 
 async def refused(coro) -> BaseException:  # type: ignore[no-untyped-def]

@@ -30,6 +30,7 @@ from schemas import CoordinationRequest, CoordinationResult, Role, RunStatus
 from schemas.trace import RunStarted
 from supervisors.watch import LoopDied, LoopStalled
 from tests.coordinator.fakes import BusFakes, FakeWorld, plan_of, reply_by_role
+from tests.waiting import until as wait_until
 
 W, V = Role.WORKER, Role.VERIFIER
 GUARD_S = 60.0  # hang guard only
@@ -46,11 +47,7 @@ def world() -> FakeWorld:
 
 
 async def until(pred, what: str) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + GUARD_S
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"not reached within the hang guard: {what}")
-        await asyncio.sleep(0.05)
+    await wait_until(pred, what, guard_s=GUARD_S, poll_s=0.05)
 
 
 async def start_node(nc: nats.NATS, settings: CoordinatorSettings) -> tuple[CoordinatorActor, BusFakes]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from pathlib import Path
 
 import msgspec
@@ -24,16 +23,13 @@ from config.trace_sink import JsonlSettings, OtelExporterKind, OtelSettings, Tra
 from ops.node import Node
 from supervisors.watch import LoopDied, LoopStalled
 from tests.trace_sink.events import run_events
+from tests.waiting import until as wait_until
 
 GUARD_S = 60.0  # hang guard only
 
 
 async def until(pred, what: str) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + GUARD_S
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"not reached within the hang guard: {what}")
-        await asyncio.sleep(0.02)
+    await wait_until(pred, what, guard_s=GUARD_S)
 
 
 async def test_batcher_loop_death_and_stall_are_seen() -> None:

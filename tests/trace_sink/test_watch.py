@@ -27,6 +27,7 @@ from config.settings import load_settings
 from config.trace_sink import JsonlSettings, OtelExporterKind, OtelSettings, TraceSinkSettings
 from ops.node import Node
 from tests.trace_sink.events import run_events
+from tests.waiting import until as wait_until
 
 GUARD_S = 60.0  # hang guard only
 
@@ -45,11 +46,7 @@ async def publish_run(js: nats.js.JetStreamContext, rid: str) -> int:
 
 
 async def until(pred, what: str) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + GUARD_S
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"not reached within the hang guard: {what}")
-        await asyncio.sleep(0.02)
+    await wait_until(pred, what, guard_s=GUARD_S)
 
 
 async def test_fetch_loop_survives_a_busy_event_loop(fresh_nats_server: NatsServerProcess, tmp_path: Path) -> None:
