@@ -60,6 +60,16 @@ def _turns(text: str) -> int:
     return n
 
 
+def _per_family(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of questions >= 1, got {text!r}")
+    return n
+
+
 def _seconds(minimum: float, rule: str) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
@@ -128,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "split, graded; with --trinity-vector: three built-in ones)")
     demo.add_argument("--max-turns", type=_turns, default=None,
                       help=f"turn budget K, 1..{MAX_TURNS} (default: the trained router's, else 5)")
-    demo.add_argument("--per-family", type=int, default=5, metavar="N",
+    demo.add_argument("--per-family", type=_per_family, default=5, metavar="N",
                       help="world questions per task family (default 5: 20 questions)")
     demo.add_argument("--seed", type=int, default=0, help="seed drawing the world questions (default 0)")
     demo.add_argument("--trinity-vector", action="store_true",
