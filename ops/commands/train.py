@@ -138,6 +138,13 @@ async def run(args: argparse.Namespace, settings: Any) -> int:
 
     if bool(args.run_dir) == bool(args.resume):
         raise UsageError("give exactly one of --run-dir (a new run) or --resume RUN_DIR")
+    # flags checked before anything loads (the backbone, the agents)
+    if args.evaluators < 0 or args.job_tasks < 1 or not args.ack_wait > 0 or not args.stall_timeout > 0:
+        raise UsageError("need --evaluators >= 0, --job-tasks >= 1, --ack-wait > 0, --stall-timeout > 0")
+    if args.generations is not None and args.generations < 1:
+        raise UsageError(f"--generations: must be >= 1, got {args.generations}")
+    if args.budget_usd is not None and not args.budget_usd >= 0:
+        raise UsageError(f"--budget-usd: must be >= 0 USD, got {args.budget_usd}")
     run_dir = Path(args.resume or args.run_dir).expanduser()
     try:
         if args.resume:
@@ -157,9 +164,6 @@ async def run(args: argparse.Namespace, settings: Any) -> int:
     nc = None
     bus_eval = None
     children: list[Any] = []
-    if args.evaluators < 0 or args.job_tasks < 1 or not args.ack_wait > 0 or not args.stall_timeout > 0:
-        await built.close()
-        raise UsageError("need --evaluators >= 0, --job-tasks >= 1, --ack-wait > 0, --stall-timeout > 0")
     if args.publish or args.evaluators or args.external_evaluators:
         from bus.connection import connect
 

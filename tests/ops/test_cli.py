@@ -141,6 +141,8 @@ BAD = [
     (["submit", "x", "--max-turns", "65"], "--max-turns: must be a whole number of turns in 1..64"),
     (["submit", "x", "--max-turns", "two"], "--max-turns: must be a whole number"),
     (["submit", "x", "--deadline", "-1"], "--deadline: must be a number of seconds >= 0.001"),
+    (["train", "--run-dir", "/nonexistent/t", "--generations", "0"], "--generations: must be >= 1, got 0"),
+    (["train", "--run-dir", "/nonexistent/t", "--budget-usd", "-1"], "--budget-usd: must be >= 0 USD, got -1.0"),
     (["demo", "--per-family", "-1"], "--per-family: must be a whole number of questions >= 1, got '-1'"),
     (["demo", "--per-family", "0"], "--per-family: must be a whole number of questions >= 1, got '0'"),
     (["submit", "x", "--deadline", "nan"], "--deadline: must be a number of seconds"),
