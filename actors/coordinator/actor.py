@@ -228,21 +228,31 @@ class CoordinatorActor:
             log.info("coordinator: JetStream storage available; taking queued jobs")
             return
 
+    #: Share of the drain budget kept for flushing the trace publisher after the runs: a run that ends just
+    #: before the budget runs out still gets its ``run_finished`` onto the stream before the node abandons this
+    #: actor (the runs used to take the whole budget and the flush another one, past the node's deadline).
+    TRACE_FLUSH_SHARE = 0.2
+
     async def drain(self, timeout: float = 10.0) -> None:
-        """Stop taking requests, finish running ones (up to ``timeout``), flush traces."""
+        """Stop taking requests, finish running ones, flush traces: all within ``timeout`` seconds. Runs get
+        the budget less :attr:`TRACE_FLUSH_SHARE` of it (runs still going then are cancelled: their jobs go back
+        to the queue); the trace flush gets what is left."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        runs_budget = timeout * (1.0 - self.TRACE_FLUSH_SHARE)
         if self._jobs_starter is not None:
             self._jobs_starter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._jobs_starter
         await self.storage.stop()
         if self.settings.jobs_enabled:
-            await asyncio.gather(self.service.drain(timeout=timeout), self.jobs.drain(timeout=timeout))
+            await asyncio.gather(self.service.drain(timeout=runs_budget), self.jobs.drain(timeout=runs_budget))
         else:
-            await self.service.drain(timeout=timeout)
+            await self.service.drain(timeout=runs_budget)
         if cancelled := self.dedupe.cancel_all():  # past the timeout: their jobs went back to the queue
-            log.warning("drain: cancelled %d coordination runs still going after %.1fs", cancelled, timeout)
+            log.warning("drain: cancelled %d coordination runs still going after %.1fs", cancelled, runs_budget)
             await asyncio.sleep(0)
-        await self.traces.close(timeout=timeout)
+        await self.traces.close(timeout=max(0.05, until - loop.time()))
 
     def stats(self) -> dict[str, Any]:
         """Service, trace and dedupe counters."""

@@ -65,6 +65,7 @@ class TraceSinkActor:
         self.fetch_errors = 0
         self.caught_up = 0
         self._stopping = False
+        self._consuming = False  # the fetch loop is consuming a batch it fetched (the drain lets it finish)
         self._task: asyncio.Task[None] | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
         self._first_round: asyncio.Event = asyncio.Event()
@@ -162,8 +163,12 @@ class TraceSinkActor:
                 await asyncio.sleep(min(5.0, 0.2 * self.fetch_errors))
                 continue
             self._first_round.set()
-            for msg in msgs:
-                await self._consume(msg)
+            self._consuming = True
+            try:
+                for msg in msgs:
+                    await self._consume(msg)
+            finally:
+                self._consuming = False
             self.watch.progress()
 
     def queued(self) -> int:
@@ -219,6 +224,11 @@ class TraceSinkActor:
         self.watch.detach()
         self._stopping = True
         if self._task is not None:
+            if healthy and self._consuming:
+                # Let the batch being consumed finish: it is in the loop's hands (delivered, not yet acked);
+                # cancelled, the rest of it would be handed out again only after the ack wait, at the next start,
+                # missing from this run's exports. (A fetch still waiting holds nothing: it is cancelled at once.)
+                await asyncio.wait({self._task}, timeout=timeout * self.catchup_share)
             self._task.cancel()
             # nats-py's pull fetch can turn the cancellation into a TimeoutError or a nats error on its way out
             with contextlib.suppress(asyncio.CancelledError, TimeoutError, nats.errors.Error):

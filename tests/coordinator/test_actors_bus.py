@@ -246,3 +246,45 @@ async def test_sakana_run_gets_fugu_prompts_from_the_injector(nc: Client, make_n
     assert "<reference_thought_0>20 + 10 + 12</reference_thought_0>\n</query>" in verifier[1].content
     assert "<response>\n<idea>20 + 10 + 12</idea> 42\n</response>" in verifier[1].content
     assert "<suggestion>" not in verifier[1].content.split("Be critical")[-1]  # the Worker used the suggestion
+
+
+async def test_drain_keeps_time_to_flush_the_trace_of_a_run_that_ends_during_it(
+        nc: Client, make_node) -> None:  # type: ignore[no-untyped-def]
+    # A run that ends while the coordinator drains gets its run_finished onto the stream, and the runs and the
+    # trace flush share one budget: the node abandons an actor at its drain budget, so a flush granted a whole
+    # second budget after the runs took theirs could be cut off, losing the run's end from the trace.
+    world = FakeWorld(plan_of([(1, W), (2, V)]), reply_by_role(worker="42", verifier="ACCEPT"))
+    node = await make_node(world, slow_agents={1: 0.5})
+    coordinator: CoordinatorActor = node.coordinator
+    loop = asyncio.get_running_loop()
+    granted: dict[str, tuple[float, float]] = {}  # what each step was given: (when it began, its timeout)
+
+    def recording(name: str, method):  # type: ignore[no-untyped-def]
+        async def wrapped(*, timeout: float) -> object:
+            granted[name] = (loop.time(), timeout)
+            return await method(timeout=timeout)
+        return wrapped
+
+    coordinator.service.drain = recording("runs", coordinator.service.drain)  # type: ignore[method-assign]
+    coordinator.traces.close = recording("flush", coordinator.traces.close)  # type: ignore[method-assign]
+    r = rid()
+    running = asyncio.create_task(submit(nc, CoordinationRequest(request_id=r, query="What is 17 + 25?")))
+    for _ in range(500):
+        if world.calls:
+            break
+        await asyncio.sleep(0.01)
+    assert world.calls, "the Worker call never started"
+    began = loop.time()
+    await coordinator.drain(timeout=4.0)
+    res = await running
+    assert (res.status, res.answer) == (RunStatus.OK, "42")
+    runs_began, runs_timeout = granted["runs"]
+    flush_began, flush_timeout = granted["flush"]
+    assert runs_timeout == pytest.approx(4.0 * (1 - CoordinatorActor.TRACE_FLUSH_SHARE))
+    # the flush may run only to the end of the drain's own budget, and always has at least its share of it
+    assert flush_began + flush_timeout <= began + 4.0 + 1e-3
+    assert flush_timeout >= 4.0 * CoordinatorActor.TRACE_FLUSH_SHARE - 1e-3
+    counters = coordinator.stats()["trace"]
+    assert counters["published"] == counters["emitted"] and counters["dropped"] == 0
+    kinds = [ev.kind for _, ev, _ in await read_trace(nc, r, counters["emitted"])]
+    assert kinds[-1] == "run_finished"
