@@ -186,7 +186,10 @@ class ProviderAgentsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=
 
     ``call_cache_ttl_s`` / ``call_cache_max_bytes``: a repeated intent (a resumed job asking again for a call
     whose receipt its killed coordinator never got) joins the running call or gets its kept receipt for this
-    long, within this many bytes of receipts (``0`` s: every intent calls the provider).
+    long, within this many bytes of receipts (``0`` s: every intent calls the provider). ``call_cache_shared``:
+    receipts are also kept in the JetStream key-value bucket ``TRINITY_RECEIPTS`` (same TTL and byte cap), so a
+    repeat that reaches another replica of the agent is answered from there (needs JetStream; without it calls
+    go on with the per-process cache).
     """
 
     providers: list[ProviderSettings] = msgspec.field(
@@ -197,6 +200,7 @@ class ProviderAgentsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=
     max_payload_bytes: int = 4 * 1024 * 1024
     call_cache_ttl_s: float = 600.0
     call_cache_max_bytes: int = 64 * 1024 * 1024
+    call_cache_shared: bool = True
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.providers]

@@ -4,7 +4,9 @@ A thin bus-facing shell over :class:`~actors.provider_agents.pool.AgentPool`: an
 :class:`~schemas.coordination.AgentCallIntent` comes in, an :class:`~schemas.coordination.AgentCallReceipt`
 goes back; every provider failure is a :class:`~bus.errors.ContractError` that the service layer sends as a typed
 error reply (the failure's :class:`~schemas.wire.ErrorCode`, ``retryable`` flag and safe details). Replicas
-share the queue group, so agents scale by starting more actors.
+share the queue group, so agents scale by starting more actors; a repeated intent is answered once across them
+(:mod:`.idempotency`, with the receipts shared through JetStream by :mod:`.shared_receipts` when
+``call_cache_shared`` is on).
 
 Example:
     >>> actor = ProviderAgentsActor(nc, ProviderAgentsSettings.offline())   # doctest: +SKIP
@@ -22,6 +24,7 @@ from nats.aio.client import Client
 from actors.provider_agents.errors import ProviderError
 from actors.provider_agents.idempotency import CallCache
 from actors.provider_agents.pool import AgentPool
+from actors.provider_agents.shared_receipts import SharedReceipts
 from bus import subjects
 from bus.errors import ContractError, Rejected
 from bus.service import ActorService, Endpoint, RequestContext
@@ -29,6 +32,7 @@ from bus.spans import set_error, span
 from config.provider_agents import ProviderAgentsSettings, ProviderKind
 from schemas.coordination import AgentCallIntent, AgentCallReceipt
 from schemas.wire import ErrorCode
+from supervisors.watch import LoopWatch
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,12 @@ class ProviderAgentsActor:
         self.pool = pool if pool is not None else AgentPool.from_settings(settings)
         self.name = name
         self._service: ActorService | None = None
-        self.calls = CallCache(ttl_s=settings.call_cache_ttl_s, max_bytes=settings.call_cache_max_bytes)
+        self.receipts: SharedReceipts | None = None
+        if settings.call_cache_shared and settings.call_cache_ttl_s > 0 and nc is not None:
+            self.receipts = SharedReceipts(nc.jetstream(), ttl_s=settings.call_cache_ttl_s,
+                                           max_bytes=settings.call_cache_max_bytes, group=settings.queue_group)
+        self.calls = CallCache(ttl_s=settings.call_cache_ttl_s, max_bytes=settings.call_cache_max_bytes,
+                               shared=self.receipts)
 
     @property
     def service(self) -> ActorService:
@@ -75,6 +84,8 @@ class ProviderAgentsActor:
                 max_concurrency=spec.max_concurrency + spec.max_waiting,
                 metadata={"agent_id": str(agent_id), "provider": spec.provider, "model": spec.model},
             ))
+        if self.receipts is not None:
+            await self.receipts.start()
         self._service = ActorService(self.nc, name=self.name, endpoints=endpoints,
                                      description="TRINITY provider agents: LLM calls per agent id",
                                      metadata={"agents": ",".join(str(a) for a in self.pool.agent_ids)})
@@ -115,7 +126,12 @@ class ProviderAgentsActor:
     def stats(self) -> dict[str, Any]:
         """Endpoint counters and per-agent usage/cost/failure counters."""
         return {"endpoints": self._service.stats() if self._service else {}, "agents": self.pool.stats(),
-                "calls": dict(self.calls.stats.__dict__), "kept_receipt_bytes": self.calls.kept_bytes}
+                "calls": dict(self.calls.stats.__dict__), "kept_receipt_bytes": self.calls.kept_bytes,
+                "shared_receipts": dict(self.receipts.stats.__dict__) if self.receipts is not None else None}
+
+    def watches(self) -> list[LoopWatch]:
+        """The inner loops the node watches: the shared receipt store's storage keeper (when on)."""
+        return [self.receipts.keeper.watch] if self.receipts is not None else []
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Stop taking calls, let in-flight calls finish, close providers, all within ``timeout`` seconds.
@@ -133,6 +149,8 @@ class ProviderAgentsActor:
             if self._service is not None:
                 await self._service.drain(timeout=max(timeout - reserve, 0.0))
         finally:
+            if self.receipts is not None:
+                await self.receipts.stop()
             try:
                 await asyncio.wait_for(self.pool.aclose(), max(end - loop.time(), 0.1))
             except TimeoutError:

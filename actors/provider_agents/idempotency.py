@@ -5,7 +5,9 @@ job (from its run journal) asks again with the same intent. The agent keys every
 request id, turn, agent, role, messages and completion parameters (not ``deadline_ms``, which shrinks on every
 retry), and answers a repeat from the call still running (joined) or from its receipt, kept ``ttl_s`` seconds
 within ``max_bytes`` of receipts (least recently used evicted first). Failures are not kept: a repeat of a
-failed call calls the provider again.
+failed call calls the provider again. With a ``shared`` store (:class:`~.shared_receipts.SharedReceipts`), a
+repeat this process has no receipt for is looked up there before the provider is called, and every receipt made
+here is written there: a repeat that reaches another replica of the agent is answered once too.
 
 Example:
     >>> import asyncio
@@ -31,6 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import msgspec
 
@@ -42,13 +45,23 @@ def call_key(intent: AgentCallIntent) -> str:
     return hashlib.sha256(msgspec.json.encode(msgspec.structs.replace(intent, deadline_ms=None))).hexdigest()
 
 
+class ReceiptStore(Protocol):
+    """Receipts kept beyond this process (:class:`~.shared_receipts.SharedReceipts`); neither method raises."""
+
+    async def get(self, intent: AgentCallIntent, call_id: str) -> AgentCallReceipt | None: ...
+
+    async def put(self, intent: AgentCallIntent, call_id: str, receipt: AgentCallReceipt) -> None: ...
+
+
 @dataclass
 class CallCacheStats:
-    """Provider calls made, repeats joined while running, repeats answered from a kept receipt, evictions."""
+    """Provider calls made, repeats joined while running, repeats answered from a kept receipt (``shared``: from
+    the store shared with other replicas), evictions."""
 
     calls: int = 0
     joined: int = 0
     cached: int = 0
+    shared: int = 0
     evicted: int = 0
 
 
@@ -56,8 +69,9 @@ class CallCache:
     """In-flight joins and kept receipts by call id (see the module docstring); ``ttl_s = 0`` keeps none."""
 
     def __init__(self, ttl_s: float = 600.0, max_bytes: int = 64 * 1024 * 1024,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, shared: ReceiptStore | None = None) -> None:
         self.ttl_s, self.max_bytes = ttl_s, max_bytes
+        self.shared = shared if ttl_s > 0 else None
         self._clock = clock
         self._running: dict[str, asyncio.Future[AgentCallReceipt]] = {}
         self._done: OrderedDict[str, tuple[float, int, AgentCallReceipt]] = OrderedDict()
@@ -108,9 +122,15 @@ class CallCache:
             return await asyncio.shield(running)
         future: asyncio.Future[AgentCallReceipt] = asyncio.get_running_loop().create_future()
         self._running[key] = future
-        self.stats.calls += 1
         try:
-            receipt = await work()
+            receipt = await self.shared.get(intent, key) if self.shared is not None else None
+            if receipt is not None:  # made by another replica
+                self.stats.shared += 1
+            else:
+                self.stats.calls += 1
+                receipt = await work()
+                if self.shared is not None:
+                    await self.shared.put(intent, key, receipt)
         except BaseException as e:
             if isinstance(e, Exception):
                 future.set_exception(e)

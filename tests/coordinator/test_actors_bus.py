@@ -278,7 +278,7 @@ async def test_drain_keeps_time_to_flush_the_trace_of_a_run_that_ends_during_it(
     await coordinator.drain(timeout=4.0)
     res = await running
     assert (res.status, res.answer) == (RunStatus.OK, "42")
-    runs_began, runs_timeout = granted["runs"]
+    _, runs_timeout = granted["runs"]
     flush_began, flush_timeout = granted["flush"]
     assert runs_timeout == pytest.approx(4.0 * (1 - CoordinatorActor.TRACE_FLUSH_SHARE))
     # the flush may run only to the end of the drain's own budget, and always has at least its share of it
