@@ -27,6 +27,7 @@ from bus.service import RequestContext
 from config.coordinator import CoordinatorSettings
 from ops.client import build_request, stored_result, submit, submit_job
 from schemas import AgentCallIntent, CoordinationRequest, CoordinationResult, ErrorCode, RunStatus, StopReason
+from tests.coordinator.fakes import FakeWorld
 from tests.e2e.support import results_stored
 from tests.e2e.test_jobs import Scripted, scripted  # noqa: F401  (the fixture)
 from tests.waiting import until
@@ -132,22 +133,36 @@ async def test_another_payload_under_a_running_or_stored_id_is_invalid(
     assert agents_called(world.calls) == {1: 1, 2: 1}
 
 
-async def test_a_coordinator_that_dies_mid_run_leaves_the_run_to_the_waiting_one(
-        scripted: Scripted, pair: StartPair, client: Client) -> None:  # noqa: F811
-    # the Verifier (agent 2) is slow: A journals turn 0, then dies (its connection cut) during turn 1's call
-    world = await scripted(slow_agents={2: 3.0})
-    a, b = await pair(msgspec.structs.replace(FAST, jobs_ack_wait_s=1.0))
+MidRun = tuple[FakeWorld, CoordinatorActor, CoordinatorActor, CoordinationRequest,
+               "asyncio.Task[CoordinationResult]", "asyncio.Task[CoordinationResult]"]
+
+
+async def a_runs_b_waits(start: Scripted, pair: StartPair, lease_s: float, verifier_s: float) -> MidRun:
+    """A runs a request whose Verifier (agent 2) takes ``verifier_s``: it has journaled turn 0 and calls the
+    Verifier when B is handed the same request; B waits on A's live claim (leases of ``lease_s``)."""
+    world = await start(slow_agents={2: verifier_s})
+    a, b = await pair(msgspec.structs.replace(FAST, jobs_ack_wait_s=lease_s))
     req = build_request("survives", request_id=f"rd-{uuid.uuid4().hex[:8]}")
     first = asyncio.create_task(a.handle(req, ctx(req)))
     await until(lambda: agents_called(world.calls).get(2) == 1, "A calls the Verifier")
     waiting = asyncio.create_task(b.handle(req, ctx(req)))
     await asyncio.sleep(0.3)
     assert not waiting.done() and b.jobs.replies.claimed == 0  # waits on A's live claim
-    await a.nc.close()  # A is gone: no more lease renewals
-    res = await waiting
+    return world, a, b, req, first, waiting
+
+
+def taken_over_and_resumed(world: FakeWorld, b: CoordinatorActor, res: CoordinationResult) -> None:
     assert (res.status, res.answer, len(res.turns)) == (RunStatus.OK, "42", 2)
-    assert (b.jobs.replies.claimed, b.jobs.replies.resumed) == (1, 1)  # taken over after the lease ran out
+    assert (b.jobs.replies.claimed, b.jobs.replies.resumed) == (1, 1)
     assert agents_called(world.calls) == {1: 1, 2: 2}  # turn 0 not called again; turn 1's in-flight call was
+
+
+async def test_a_coordinator_that_dies_mid_run_leaves_the_run_to_the_waiting_one(
+        scripted: Scripted, pair: StartPair, client: Client) -> None:  # noqa: F811
+    world, a, b, req, first, waiting = await a_runs_b_waits(scripted, pair, lease_s=1.0, verifier_s=3.0)
+    await a.nc.close()  # A is gone (its connection cut): no more lease renewals
+    res = await waiting  # B takes the claim over once the 1 s lease has run out
+    taken_over_and_resumed(world, b, res)
     assert same(await stored_result(client, req.request_id), res)  # type: ignore[arg-type]
     first.cancel()
 
@@ -155,19 +170,10 @@ async def test_a_coordinator_that_dies_mid_run_leaves_the_run_to_the_waiting_one
 async def test_a_draining_coordinator_hands_the_run_to_the_waiting_one_at_once(
         scripted: Scripted, pair: StartPair, client: Client) -> None:  # noqa: F811
     # a lease of 60 s: only the explicit hand-back (lease ended on cancel) lets B take over within the test
-    world = await scripted(slow_agents={2: 2.0})
-    a, b = await pair(msgspec.structs.replace(FAST, jobs_ack_wait_s=60.0))
-    req = build_request("handed over", request_id=f"rh-{uuid.uuid4().hex[:8]}")
-    first = asyncio.create_task(a.handle(req, ctx(req)))
-    await until(lambda: agents_called(world.calls).get(2) == 1, "A calls the Verifier")
-    waiting = asyncio.create_task(b.handle(req, ctx(req)))
-    await asyncio.sleep(0.3)
-    assert not waiting.done()
+    world, a, b, req, first, waiting = await a_runs_b_waits(scripted, pair, lease_s=60.0, verifier_s=2.0)
     await a.drain(timeout=0.1)  # the run cannot finish in 0.1 s: cancelled, its claim handed back
     with pytest.raises(asyncio.CancelledError):
         await first
     res = await asyncio.wait_for(waiting, timeout=30.0)  # hang guard, far under the 60 s lease
-    assert (res.status, res.answer, len(res.turns)) == (RunStatus.OK, "42", 2)
-    assert (b.jobs.replies.claimed, b.jobs.replies.resumed) == (1, 1)
-    assert agents_called(world.calls) == {1: 1, 2: 2}
+    taken_over_and_resumed(world, b, res)
     assert await results_stored(client, req.request_id) == 1
