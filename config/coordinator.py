@@ -63,6 +63,9 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
       ``overloaded`` this long goes back to the queue (nak, after ``jobs_requeue_delay_s`` with jitter) while
       deliveries are left; ``jobs_adaptive_intake``: the jobs taken at once follow the runtimes' capacity
       (halved when a route is ``overloaded``, +1 per finished job, at most ``jobs_concurrency``).
+      ``reply_claims`` (with ``jobs_enabled`` and ``jobs_durable``): a request/reply run claims its id in
+      ``TRINITY_RUNS`` too and stores its result like a job, so one id runs once across the cluster (a second
+      coordinator asked for it waits for that result; ``false``: request/reply dedupe is per process).
     Idempotency: ``dedupe_capacity`` finished results kept for ``dedupe_ttl_s`` seconds (0 disables caching),
       at most ``dedupe_max_bytes`` of them in all (least recently used evicted first).
     Storage bounds and healing: ``result_max_bytes``: a stored result is trimmed to this size (intents' message
@@ -124,6 +127,7 @@ class CoordinatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     result_max_bytes: int = 262_144
     results_max_bytes: int = 1024 * 1_048_576
     storage_check_s: float = 2.0
+    reply_claims: bool = True
 
     def __post_init__(self) -> None:
         if self.routing_profile not in ("elixir-port", "sakana"):

@@ -12,7 +12,10 @@
   ``retryable`` flag; a timeout is ``deadline`` (retryable); nobody serving the subject is
   ``unavailable``; an undecodable reply is ``malformed``.
 - Idempotency (:mod:`.dedupe`): a duplicate request id joins the running run or gets the cached result;
-  the same id with a different payload gets an ``invalid`` error reply.
+  the same id with a different payload gets an ``invalid`` error reply. Across the cluster
+  (``reply_claims``, :meth:`.jobs.JobIntake.run_claimed`): a request/reply run claims its id in the run journal
+  and stores its result like a job, so a duplicate on another coordinator (or a job queued under the id) waits
+  for that result instead of running again, and a claim whose coordinator died is taken over and resumed.
 - Traces go through :class:`~.tracing.TracePublisher` (bounded buffer, never blocks coordination).
 - Durable intake (:mod:`.jobs`, ``jobs_enabled``): jobs from the JetStream work queue ``trinity.coord.jobs``
   run through the same dedupe and state machine; each stores exactly one result on
@@ -255,11 +258,12 @@ class CoordinatorActor:
         await self.traces.close(timeout=max(0.05, until - loop.time()))
 
     def stats(self) -> dict[str, Any]:
-        """Service, trace and dedupe counters."""
+        """Service, trace, dedupe, job and request/reply claim counters."""
         return {"service": self.service.stats(), "trace": self.traces.counters.as_dict(),
                 "dedupe": dict(self.dedupe.stats.__dict__), "cached_results": len(self.dedupe),
                 "cached_bytes": self.dedupe.bytes, "storage": self.storage.stats(),
-                "jobs": dataclasses.asdict(self.jobs.counters), "deferred_runs": self.deferred_runs}
+                "jobs": dataclasses.asdict(self.jobs.counters), "deferred_runs": self.deferred_runs,
+                "reply_claims": dataclasses.asdict(self.jobs.replies)}
 
     def watches(self) -> list[LoopWatch]:
         """The inner loops the node watches: the storage keeper, the trace publisher and (once started) the
@@ -267,22 +271,27 @@ class CoordinatorActor:
         return [self.storage.watch, self.traces.watch, *([self.jobs.watch] if self.settings.jobs_enabled else [])]
 
     async def handle(self, req: CoordinationRequest, ctx: RequestContext) -> CoordinationResult:
-        """Endpoint handler: one coordination run per request id (a queued job of that id running on another
-        coordinator is joined: its stored result answers)."""
-        if self.settings.jobs_enabled:
-            joined = await self.jobs.join_elsewhere(req, fingerprint(req))
-            if joined is not None:
-                return joined
-        return await self.run_once(req, ctx.provenance)
+        """Endpoint handler: one coordination run per request id across the cluster (a run of that id on
+        another coordinator, queued job or request/reply, is waited on: its stored result answers)."""
+        return await self.run_once(req, ctx.provenance, claimed=True)
 
-    async def run_once(self, req: CoordinationRequest, base: Provenance,
-                       resume: Resume | None = None) -> CoordinationResult:
+    async def run_once(self, req: CoordinationRequest, base: Provenance, resume: Resume | None = None, *,
+                       claimed: bool = False) -> CoordinationResult:
         """One coordination run per request id (joined or cached for duplicates); a reused id with another
-        payload is rejected ``invalid``. Shared by the request/reply endpoint and the work queue (which passes
-        ``resume``: the job's journal and absolute deadline). The result is scrubbed of credentials
+        payload is rejected ``invalid``. Shared by the request/reply endpoint (``claimed``: the run claims its
+        id cluster-wide and stores its result, :meth:`.jobs.JobIntake.run_claimed`) and the work queue (which
+        passes ``resume``: the job's journal and absolute deadline). The result is scrubbed of credentials
         (:func:`schemas.redaction.scrub`) before anyone sees or stores it."""
+        fp = fingerprint(req)
+
+        async def scrubbed(resume: Resume | None) -> CoordinationResult:
+            return scrub(await self.run(req, base, resume))
+
+        def work() -> Awaitable[CoordinationResult]:
+            return self.jobs.run_claimed(req, fp, base, scrubbed) if claimed else self.run(req, base, resume)
+
         try:
-            result = await self.dedupe.run(req.request_id, fingerprint(req), lambda: self.run(req, base, resume))
+            result = await self.dedupe.run(req.request_id, fp, work)
             return scrub(result)  # replied and stored: no credential typed in the question or echoed in an error
         except DuplicateRequestConflict as e:
             raise Rejected(e.code, e.message) from None  # jobs read Rejected as "another payload runs this id"

@@ -16,8 +16,9 @@ Semantics (per coordinator process):
 - A waiter that is cancelled (its caller went away) does not cancel the shared run.
 
 Scope: the cache lives in one coordinator process. Coordinators in a queue group each see a share of
-the requests, so a duplicate sent to another node runs again there; cluster-wide idempotency would need a
-shared store (e.g. a JetStream key-value bucket) and is not provided.
+the requests; across them, request/reply runs claim their id in the run journal and store their result
+(:meth:`~actors.coordinator.jobs.JobIntake.run_claimed`, setting ``reply_claims``), so a duplicate sent to
+another node waits for that run's stored result there instead of running again.
 
 Example:
     >>> import asyncio

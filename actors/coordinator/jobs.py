@@ -28,6 +28,9 @@ waits on ``trinity.coord.result.<request_id>``. Every coordinator binds the shar
    with a jittered delay (nak) while deliveries are left (its completed turns stay journaled); otherwise it
    keeps backing off within its deadline. The jobs taken at once follow the runtimes' capacity
    (:class:`~.intake.IntakeLimit`).
+4c. Request/reply runs (:meth:`JobIntake.run_claimed`) claim their id in the same journal (owner
+   ``<owner>-rr``) and store their result on the same subject, so a job queued under an id that a
+   request/reply run holds waits for (and then acknowledges) that result, and the other way round.
 5. A job that ran out of deliveries (``jobs_max_deliver``; JetStream's max-deliveries advisory, taken by
    one coordinator of the queue group) gets an explicit ``unavailable`` error result and a ``run_failed``
    trace event (``deliveries_exhausted``), and is removed from the queue: no request is lost silently.
@@ -60,11 +63,11 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from actors.coordinator.bounds import bound_result
 from actors.coordinator.intake import IntakeLimit
 from actors.coordinator.journal import (
     JournalHandle,
     LeaseHeld,
-    RunJournal,
     Superseded,
     claim,
     node_owner,
@@ -95,10 +98,15 @@ from supervisors.watch import LoopWatch
 log = logging.getLogger(__name__)
 
 RunOnce = Callable[[CoordinationRequest, Provenance, Resume | None], Awaitable[CoordinationResult]]
+RunResumed = Callable[[Resume | None], Awaitable[CoordinationResult]]
 Emit = Callable[[TraceEvent], Awaitable[None]]
 
 _FETCH_BATCH = 64
 _STORE_ATTEMPTS = 5
+_REPLY_STORE_ATTEMPTS = 2  # a caller is waiting: a result that cannot be stored soon is replied unstored
+REPLY_POLL_S = 0.2  # how often a request/reply caller waiting on another coordinator's run looks for its result
+#: header of a stored result: the sha256 fingerprint of the request it answers (another payload: ``invalid``)
+FINGERPRINT_HEADER = "Trinity-Request-Fingerprint"
 
 
 @dataclass
@@ -126,6 +134,24 @@ class JobCounters:
     superseded: int = 0
     lease_waits: int = 0
     deferred: int = 0
+
+
+@dataclass
+class ReplyCounters:
+    """Request/reply runs under a cluster-wide claim (:meth:`JobIntake.run_claimed`): runs claimed here, of them
+    resumed from journaled turns, answered with a result another coordinator stored (after waiting on its live
+    claim, or stored before), refused for another payload under a live or stored id, runs stopped here because
+    another coordinator took the claim over, results stored, results not stored (replied anyway), and runs made
+    without a claim (no journal: JetStream storage unavailable)."""
+
+    claimed: int = 0
+    resumed: int = 0
+    joined: int = 0
+    conflicts: int = 0
+    superseded: int = 0
+    stored: int = 0
+    store_failed: int = 0
+    local: int = 0
 
 
 def job_deadline(headers: dict[str, str], queued_at: float, req: CoordinationRequest) -> float | None:
@@ -171,6 +197,9 @@ class JobIntake:
         self._stopping = False
         self._first_round = asyncio.Event()
         self.owner = node_owner()
+        self.reply_owner = f"{self.owner}-rr"  # request/reply runs: never taken for one of this node's jobs
+        self.replies = ReplyCounters()
+        self._claims_down = False  # a "running without a claim" warning was logged; cleared once claims work
         self._kv: KeyValue | None = None
         # runs owned here: their claim (a handle once claimed) and how many deliveries use it
         self._held: dict[str, tuple[asyncio.Future[JournalHandle | None], int]] = {}
@@ -374,7 +403,7 @@ class JobIntake:
                 self.counters.superseded += 1
                 log.warning("job #%d: %s", seq, e)
                 return
-            if await self._store(rid, outcome, prov):
+            if await self._store(rid, outcome, prov, fingerprint=handle.state.fingerprint):
                 await self._settle(msg)
                 await handle.release()
             else:
@@ -389,72 +418,159 @@ class JobIntake:
                 else:
                     self._held[rid] = (claimed, users - 1)
 
-    async def join_elsewhere(self, req: CoordinationRequest, fingerprint: str) -> CoordinationResult | None:
-        """For a request/reply run: when a queued job with this id is running on another coordinator (a live
-        journal entry), wait for that job's stored result instead of running it again (cluster-wide dedupe of
-        running ids); ``None`` when there is none. Raises :class:`~bus.errors.Rejected` ``invalid`` for another
-        payload under the id, the stored error for an error result, ``deadline`` when none came in time."""
-        if self._kv is None:
-            return None
-        rid = req.request_id
-        try:
-            entry = await self._kv.get(rid)
-            state = msgspec.json.decode(entry.value or b"", type=RunJournal)
-        except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError, msgspec.DecodeError,
-                msgspec.ValidationError):
-            return None  # none (or unreadable): run it here
-        if state.owner == self.owner or state.lease_until <= self.wall():
-            return None
-        if state.fingerprint != fingerprint:
-            raise Rejected(ErrorCode.INVALID, f"request id {rid} is running as a queued job with another payload; "
-                           "use a new request id")
-        wait_s = (state.deadline_at - self.wall() + 5.0) if state.deadline_at is not None else \
-            (req.budget.deadline_ms or 120_000) / 1000.0
-        loop = asyncio.get_running_loop()
-        end = loop.time() + max(0.5, wait_s)
-        while loop.time() < end:
-            try:
-                raw = await self._js.get_last_msg(subjects.RESULTS_STREAM, subjects.coord_result(rid))
-            except nats.js.errors.NotFoundError:
-                await asyncio.sleep(0.2)
-                continue
-            except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
-                log.warning("could not read the stored result of %s (%r); retrying", rid, e)
-                await asyncio.sleep(0.5)
-                continue
-            err = error_from_headers(raw.data or b"", raw.headers)
-            if err is not None:
-                raise Rejected.from_reply(err)
-            return decode(raw.data or b"", CoordinationResult, max_bytes=16 * 1_048_576,
-                          subject=subjects.coord_result(rid))
-        raise Rejected(ErrorCode.DEADLINE, f"request id {rid} runs as a queued job on another coordinator and its "
-                       f"result was not stored within {wait_s:.0f}s", retryable=True)
+    async def run_claimed(self, req: CoordinationRequest, fingerprint: str, prov: Provenance,
+                          run: RunResumed) -> CoordinationResult:
+        """A request/reply run of ``req`` under a cluster-wide claim of its id (the run journal):
 
-    async def _claim(self, req: CoordinationRequest, deadline_at: float | None) -> JournalHandle | None:
+        - a result stored for the id (a finished job or request/reply run) answers at once;
+        - a live claim of another coordinator (a job or a request/reply run) with the same fingerprint is waited
+          on (its stored result answers), for at most the request's ``deadline_ms`` (else 120 s; then
+          ``deadline``, retryable); another payload under the live id is refused ``invalid``;
+        - otherwise this coordinator claims the id (a lease of ``jobs_ack_wait_s``, renewed every third of it)
+          and runs it, journaling each completed turn; a claim whose lease ran out (its coordinator died) is
+          taken over and the run resumes after its last journaled turn;
+        - the result (scrubbed by ``run``) is stored trimmed to ``result_max_bytes`` on
+          ``trinity.coord.result.<request_id>``, then the claim is deleted; a run that raised (or was cancelled)
+          ends its lease at once, so a waiting coordinator takes it over.
+
+        Without the journal (jobs or ``reply_claims`` off, JetStream storage not ready, the bucket failing) the
+        run goes on here without a claim, as before (one warning per outage; counted in ``replies.local``)."""
+        s = self.settings
+        rid = req.request_id
+        if self._kv is None or not (s.jobs_durable and s.reply_claims):
+            if s.jobs_enabled and s.jobs_durable and s.reply_claims:
+                self._run_unclaimed(rid, "the run journal is not open: JetStream storage is not ready")
+            return await run(None)
+        prov = Provenance(request_id=rid, turn=prov.turn, causation_id=prov.causation_id or rid,
+                          traceparent=prov.traceparent, tracestate=prov.tracestate)
+        loop = asyncio.get_running_loop()
+        wait_s = (req.budget.deadline_ms or 120_000) / 1000.0
+        until = loop.time() + wait_s
+        deadline_at = self.wall() + wait_s if req.budget.deadline_ms is not None else None
+        while True:
+            handle = await self._claim(req, deadline_at, fp=fingerprint, owner=self.reply_owner, until=until,
+                                       poll_s=REPLY_POLL_S)
+            stored = await self._stored_result(rid, fingerprint)  # also after a claim: it may have just finished
+            if stored is not None:
+                if handle is not None:
+                    await handle.release()
+                self.replies.joined += 1
+                return stored
+            if handle is None:  # seen stored, then not readable: look again (bounded by the deadline)
+                if loop.time() >= until:
+                    raise Rejected(ErrorCode.DEADLINE, f"the stored result of request id {rid} could not be read "
+                                   f"within {wait_s:.0f}s", retryable=True)
+                await asyncio.sleep(REPLY_POLL_S)
+                continue
+            if not handle.durable:
+                self._run_unclaimed(rid, "the run journal could not be written")
+                return await run(None)
+            self._claims_down = False
+            self.replies.claimed += 1
+            if handle.state.turns:
+                self.replies.resumed += 1
+                log.info("request %s resumes after %d journaled turns (its claim's lease had run out)", rid,
+                         len(handle.state.turns))
+            keepalive = asyncio.create_task(self._keep_in_progress(None, handle))
+            try:
+                try:
+                    result = await run(self._resume(handle, None))
+                except Superseded as e:  # this run's lease lapsed and another coordinator took the id over
+                    self.replies.superseded += 1
+                    log.warning("request %s: %s; waiting for its result", rid, e)
+                    continue
+                except BaseException:
+                    await handle.hand_back()  # a waiting coordinator takes it over (and resumes) at once
+                    raise
+                try:
+                    await handle.confirm()
+                except Superseded as e:  # the new owner stores its own result; this caller gets this one
+                    self.replies.superseded += 1
+                    log.warning("request %s: %s; replying with this run's result, unstored", rid, e)
+                    return result
+                if await self._store(rid, bound_result(result, s.result_max_bytes), prov, fingerprint=fingerprint,
+                                     attempts=_REPLY_STORE_ATTEMPTS, job=False):
+                    self.replies.stored += 1
+                    await handle.release()
+                else:
+                    self.replies.store_failed += 1
+                    await handle.hand_back()  # a duplicate takes the claim and replays the journaled turns
+                return result
+            finally:
+                keepalive.cancel()
+
+    def _run_unclaimed(self, rid: str, why: str) -> None:
+        self.replies.local += 1
+        if not self._claims_down:
+            self._claims_down = True
+            log.warning("request %s runs here without a cluster-wide claim (%s); until claims work again, the same "
+                        "id sent to another coordinator may run there too", rid, why)
+
+    async def _stored_result(self, rid: str, fingerprint: str) -> CoordinationResult | None:
+        """The result stored for ``rid`` (``None``: none, or unreadable now). Raises :class:`~bus.errors.Rejected`:
+        ``invalid`` when it answers another payload, the stored error for an error result."""
+        try:
+            raw = await self._js.get_last_msg(subjects.RESULTS_STREAM, subjects.coord_result(rid))
+        except nats.js.errors.NotFoundError:
+            return None
+        except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
+            log.warning("could not read the stored result of %s (%r)", rid, e)
+            return None
+        stored_fp = (raw.headers or {}).get(FINGERPRINT_HEADER)
+        if stored_fp is not None and stored_fp != fingerprint:
+            self.replies.conflicts += 1
+            raise Rejected(ErrorCode.INVALID, f"request id {rid} already has a stored result for another payload; "
+                           "use a new request id")
+        err = error_from_headers(raw.data or b"", raw.headers)
+        if err is not None:
+            raise Rejected.from_reply(err)
+        return decode(raw.data or b"", CoordinationResult, max_bytes=16 * 1_048_576,
+                      subject=subjects.coord_result(rid))
+
+    async def _claim(self, req: CoordinationRequest, deadline_at: float | None, *, fp: str | None = None,
+                     owner: str | None = None, until: float | None = None,
+                     poll_s: float | None = None) -> JournalHandle | None:
         """Own the run of ``req`` in the journal (resume point, lease); ``None`` when its result got stored
         while waiting. Another owner's live lease is waited out (the job kept with in-progress acks): while
         that owner renews it, until its result is stored; once the entry stops changing for two ack waits
-        (its owner stopped, whatever the clocks say) the run is taken over."""
+        (its owner stopped, whatever the clocks say) the run is taken over.
+
+        A request/reply caller passes ``until`` (loop time): it waits no longer (then ``deadline``), is refused
+        ``invalid`` at once when the live claim is for another payload, and looks every ``poll_s``."""
         s = self.settings
         kv = self._kv if s.jobs_durable else None
-        fp = hashlib.sha256(msgspec.json.encode(req)).hexdigest()
+        fp = fp or hashlib.sha256(msgspec.json.encode(req)).hexdigest()
+        rid = req.request_id
         loop = asyncio.get_running_loop()
         seen_rev, seen_at, force = -1, loop.time(), False
         while True:
             try:
-                return await claim(kv, request_id=req.request_id, fingerprint=fp, owner=self.owner,
+                return await claim(kv, request_id=rid, fingerprint=fp, owner=owner or self.owner,
                                    now=self.wall(), lease_s=s.jobs_ack_wait_s, deadline_at=deadline_at, force=force)
             except LeaseHeld as e:
-                self.counters.lease_waits += 1
+                if until is not None:
+                    if e.fingerprint != fp:
+                        self.replies.conflicts += 1
+                        raise Rejected(ErrorCode.INVALID, f"request id {rid} is running on another coordinator with "
+                                       "another payload; use a new request id") from None
+                    if loop.time() >= until:
+                        raise Rejected(ErrorCode.DEADLINE, f"request id {rid} runs on another coordinator ({e.owner}) "
+                                       "and its result was not stored before this request's deadline",
+                                       retryable=True) from None
+                else:
+                    self.counters.lease_waits += 1
                 if e.revision != seen_rev:
                     seen_rev, seen_at = e.revision, loop.time()
                 force = loop.time() - seen_at > 2 * s.jobs_ack_wait_s
                 if not force:
-                    await asyncio.sleep(min(max(e.left_s, 0.0) + 0.05, s.jobs_ack_wait_s / 3.0))
-                if await self._stored(req.request_id):
+                    await asyncio.sleep(min(max(e.left_s, 0.0) + 0.05, s.jobs_ack_wait_s / 3.0,
+                                            poll_s if poll_s is not None else float("inf")))
+                if await self._stored(rid):
                     return None
 
-    def _resume(self, handle: JournalHandle, delivery: int) -> Resume:
+    def _resume(self, handle: JournalHandle, delivery: int | None) -> Resume:
+        """The run's :class:`~.state_machine.Resume` over ``handle`` (``delivery``: the job's; ``None`` for a
+        request/reply run, which waits out an overload instead of going back to a queue)."""
         s = self.settings
         lease_s = s.jobs_ack_wait_s
 
@@ -470,14 +586,16 @@ class JobIntake:
         state = handle.state
         return Resume(turns=list(state.turns), rng_state=state.rng_state, cause=state.cause,
                       deadline_at=state.deadline_at, record=record, guard=guard,
-                      requeue_after_s=s.jobs_requeue_after_s if delivery + 1 < s.jobs_max_deliver else None)
+                      requeue_after_s=s.jobs_requeue_after_s
+                      if delivery is not None and delivery + 1 < s.jobs_max_deliver else None)
 
-    async def _keep_in_progress(self, msg: Msg, handle: JournalHandle | None = None) -> None:
+    async def _keep_in_progress(self, msg: Msg | None, handle: JournalHandle | None = None) -> None:
         period = self.settings.jobs_ack_wait_s / 3.0
         while True:
             await asyncio.sleep(period)
-            with contextlib.suppress(nats.errors.Error, OSError):
-                await msg.in_progress()
+            if msg is not None:
+                with contextlib.suppress(nats.errors.Error, OSError):
+                    await msg.in_progress()
             if handle is not None:
                 try:
                     await handle.renew(self.wall() + self.settings.jobs_ack_wait_s)
@@ -506,35 +624,41 @@ class JobIntake:
             return False
         return True
 
-    async def _store(self, rid: str, outcome: CoordinationResult | ErrorReply, prov: Provenance) -> bool:
-        """Store the one result of ``rid``. True when it is stored (now or before)."""
+    async def _store(self, rid: str, outcome: CoordinationResult | ErrorReply, prov: Provenance, *,
+                     fingerprint: str | None = None, attempts: int = _STORE_ATTEMPTS, job: bool = True) -> bool:
+        """Store the one result of ``rid`` (``fingerprint``: of the request it answers, in a header). True when it
+        is stored (now or before). ``job=False`` (a request/reply result) leaves the job counters alone."""
         headers = prov.to_headers()
         headers[MSG_ID_HEADER] = rid
+        if fingerprint is not None:
+            headers[FINGERPRINT_HEADER] = fingerprint
         if isinstance(outcome, ErrorReply):
             headers.update(error_headers(outcome))
         data = encode(outcome)
-        for attempt in range(1, _STORE_ATTEMPTS + 1):
+        counters = self.counters if job else JobCounters()  # a request/reply store counts in ReplyCounters
+        for attempt in range(1, attempts + 1):
             try:
                 ack = await self._js.publish(subjects.coord_result(rid), data, stream=subjects.RESULTS_STREAM,
                                              headers=headers, timeout=5.0)
             except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as e:
                 typed = storage_error(e, subject=subjects.coord_result(rid), stream=subjects.RESULTS_STREAM)
                 if isinstance(typed, AlreadyStored):
-                    self.counters.already_done += 1
+                    counters.already_done += 1
                     return True  # another delivery stored it first: exactly one result stands
                 log.warning("storing the result of %s failed (%s), attempt %d", rid, typed or repr(e), attempt)
                 if typed is not None and not isinstance(typed, StreamMissing):
                     break  # full, too small or refused: retrying now cannot help; the job is handed back
             else:
                 if ack.duplicate:  # the same result id within the dedupe window: already stored
-                    self.counters.already_done += 1
+                    counters.already_done += 1
                 elif isinstance(outcome, ErrorReply):
-                    self.counters.errors += 1
+                    counters.errors += 1
                 else:
-                    self.counters.results += 1
+                    counters.results += 1
                 return True
-            await asyncio.sleep(min(2.0, 0.25 * 2 ** attempt))
-        self.counters.store_failed += 1
+            if attempt < attempts:
+                await asyncio.sleep(min(2.0, 0.25 * 2 ** attempt))
+        counters.store_failed += 1
         return False
 
     async def _on_exhausted(self, msg: Msg) -> None:

@@ -1,4 +1,6 @@
-"""Run journal: each completed turn of a queued job recorded in JetStream before the run goes on.
+"""Run journal: each completed turn of a running request id recorded in JetStream before the run goes on.
+
+Queued jobs and request/reply runs (:meth:`~.jobs.JobIntake.run_claimed`) claim their id here alike.
 
 One key per running request id in the KV bucket ``TRINITY_RUNS`` (history 1). The value is a
 :class:`RunJournal`: who owns the run now (``owner``, ``term``), until when (``lease_until``, renewed with
@@ -83,9 +85,10 @@ class Superseded(Exception):
 class LeaseHeld(Exception):
     """The run is held by a live lease of another coordinator: do not run it now."""
 
-    def __init__(self, request_id: str, owner: str, left_s: float, revision: int = 0) -> None:
+    def __init__(self, request_id: str, owner: str, left_s: float, revision: int = 0, fingerprint: str = "") -> None:
         super().__init__(f"run {request_id} is held by {owner} for another {left_s:.1f}s")
         self.request_id, self.owner, self.left_s, self.revision = request_id, owner, left_s, revision
+        self.fingerprint = fingerprint  # the held run's request fingerprint (another payload: a conflict)
 
 
 _enc = msgspec.json.Encoder()
@@ -214,7 +217,8 @@ async def claim(kv: KeyValue | None, *, request_id: str, fingerprint: str, owner
                 log.warning("unreadable run journal of %s (%s); starting it again", request_id, e)
                 old = None
             if old is not None and old.owner != owner and old.lease_until > now and not force:
-                raise LeaseHeld(request_id, old.owner, old.lease_until - now, entry.revision)
+                raise LeaseHeld(request_id, old.owner, old.lease_until - now, entry.revision or 0,
+                                old.fingerprint)
             if old is None or old.fingerprint != fingerprint:
                 new = msgspec.structs.replace(fresh, term=(old.term + 1) if old else 1)
             else:

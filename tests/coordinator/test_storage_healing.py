@@ -121,6 +121,10 @@ async def test_store_too_small_is_typed_and_request_reply_keeps_answering(caplog
                 res = await rpc.request(nc, subjects.coord_request(), CoordinationRequest(request_id=rid(), query="q"),
                                         CoordinationResult, timeout=GUARD_S)
                 assert res.status is RunStatus.OK and res.answer == "42", i
+            # no run journal: each request ran here without a cluster-wide claim, said once in the log
+            assert coord.jobs.replies.local == 3 and coord.jobs.replies.claimed == 0
+            unclaimed = [r for r in caplog.records if "without a cluster-wide claim" in r.getMessage()]
+            assert len(unclaimed) == 1 and unclaimed[0].levelno == logging.WARNING
             for w in coord.watches():
                 await w.check()
             assert coord.stats()["storage"]["error"].startswith("StoreTooSmall")

@@ -278,10 +278,15 @@ async def test_a_request_for_an_id_running_as_a_job_elsewhere_gets_that_jobs_res
         fresh_nats_server: NatsServerProcess, tmp_path: Path) -> None:
     """Cluster-wide dedupe for request/reply: coordinator B, asked (request/reply) for an id that runs as a queued
     job on A, answers with the job's stored result instead of running it again; another payload under the id is
-    refused ``invalid``."""
-    from actors.coordinator.actor import fingerprint
+    refused ``invalid``. (B's handler is called directly: over the bus the queue group may pick A.)"""
     from actors.role_injector.actor import RoleInjectorActor
     from bus.errors import Rejected
+    from bus.provenance import Provenance
+    from bus.service import RequestContext
+
+    def ctx(rid: str) -> RequestContext:
+        return RequestContext(subject=subjects.coord_request(), headers={}, provenance=Provenance(request_id=rid),
+                              received_at=0.0)
 
     log = tmp_path / "calls.log"
     nc = await nats.connect(fresh_nats_server.url)
@@ -301,17 +306,16 @@ async def test_a_request_for_an_id_running_as_a_job_elsewhere_gets_that_jobs_res
                 break
             await asyncio.sleep(0.02)
         await b.start()
-        assert await b.jobs.join_elsewhere(build_request("free", request_id="jr-none"), "x") is None
         other = build_request("another payload", request_id=req.request_id)
         with pytest.raises(Rejected) as refused:
-            await b.jobs.join_elsewhere(other, fingerprint(other))
+            await b.handle(other, ctx(req.request_id))
         assert refused.value.reply.code.value == "invalid"
-        joined = await b.jobs.join_elsewhere(req, fingerprint(req))
+        joined = await b.handle(req, ctx(req.request_id))
         res = await waiting
-        assert joined is not None and msgspec.json.encode(joined) == msgspec.json.encode(res)
+        assert msgspec.json.encode(joined) == msgspec.json.encode(res)
         _, calls = calls_of(log)
         assert sorted(calls.values()) == [1, 1], calls  # one run, on A
-        assert b.dedupe.stats.started == 0
+        assert (b.jobs.replies.claimed, b.jobs.replies.joined, b.jobs.replies.conflicts) == (0, 1, 1)
     finally:
         for c in (b, a):
             await c.drain(timeout=2.0)

@@ -41,15 +41,17 @@ async def _shrink_dedupe_window(js: JetStreamContext, seconds: float = 0.2) -> N
 @pytest.fixture
 async def scripted(fresh_nats_server: NatsServerProcess) -> AsyncIterator[Scripted]:
     """Starts the scripted fake runtime and agents (agent 1 answers ``42`` as Worker, agent 2 ``ACCEPT``, agent 1
-    taking ``slow_agent_s``) and a role injector on the test's own server; drains them afterwards."""
+    taking ``slow_agent_s``, or each agent in ``slow_agents`` its seconds) and a role injector on the test's own
+    server; drains them afterwards."""
     from actors.role_injector.actor import RoleInjectorActor
 
     nc = await nats.connect(fresh_nats_server.url)
     running: list[BusFakes | RoleInjectorActor] = []
 
-    async def start(slow_agent_s: float = 0.0) -> FakeWorld:
+    async def start(slow_agent_s: float = 0.0, slow_agents: dict[int, float] | None = None) -> FakeWorld:
         w = world()
-        fakes = BusFakes(nc, w, slow_agents={1: slow_agent_s} if slow_agent_s else None)
+        slow = slow_agents if slow_agents is not None else ({1: slow_agent_s} if slow_agent_s else None)
+        fakes = BusFakes(nc, w, slow_agents=slow)
         injector = RoleInjectorActor(nc)
         for actor in (fakes, injector):
             await actor.start()
@@ -103,9 +105,10 @@ async def test_job_runs_once_and_its_result_is_stored_for_late_clients(
 
         assert coordinator.stats()["jobs"]["results"] == 2  # one stored result per request id
 
-        # the request/reply path still works beside the queue (nothing stored for it)
+        # the request/reply path works beside the queue, and stores its result like a job (cluster-wide dedupe)
         rr = await submit(client, build_request("direct", request_id="rr-1"), timeout=10.0)
-        assert rr.answer == "42" and await stored_result(client, "rr-1") is None
+        assert rr.answer == "42"
+        assert msgspec.json.encode(await stored_result(client, "rr-1")) == msgspec.json.encode(rr)
     finally:
         await coordinator.drain(timeout=2.0)
         await nc.close()
