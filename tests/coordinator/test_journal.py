@@ -115,7 +115,7 @@ async def test_provider_agents_answer_a_repeated_intent_with_one_provider_call(c
         kept = await rpc.request(client, subject, intent, AgentCallReceipt, timeout=5.0)
         assert first.content == joined.content == kept.content == "reply 1" and len(made) == 1
         assert (await rpc.request(client, subject, other, AgentCallReceipt, timeout=5.0)).content == "reply 2"
-        assert actor.stats()["calls"] == {"calls": 2, "joined": 1, "cached": 1, "evicted": 0}
+        assert actor.stats()["calls"] == {"calls": 2, "joined": 1, "cached": 1, "shared": 0, "evicted": 0}
     finally:
         await actor.drain(timeout=2.0)
 
