@@ -24,10 +24,21 @@ What holds, each checked by an attack run as that user in ``tests/e2e/test_permi
 - **Node readiness** ``trinity.node.status.<id>`` is answerable only by the user that runs node ``<id>``
   (``nats-auth --node <id>=<user>``); without it no actor user may answer any.
 
-Limits: trust is per user, not per process. Whoever holds ``provider_agents``' password is an agent replica (it
-gets its share of every agent id's calls); a ``model_runtime`` holder may serve ``trinity.runtime.route.<id>`` of
-any runtime id; every actor user may answer ``$SRV`` discovery. Give hosts separate users where they must not
-vouch for each other. Durable consumer names are fixed here (``coordinators``, ``trace-sink``).
+- **Per-host scoped users** (``nats-auth --agents-user NAME=0,1 --runtime-user ID``). ``agents-<name>`` may
+  subscribe ``trinity.agent.<id>.call`` (in the ``agents`` queue group) only for its listed agent ids; the host
+  running as it lists only those agents in ``provider_agents.agents``. ``runtime-<id>`` may publish only
+  ``trinity.runtime.heartbeat.<id>`` and subscribe only its own ``trinity.runtime.route.<id>`` and
+  ``trinity.runtime.control.<id>`` (besides the shared ``trinity.route.*.*`` in the ``runtimes`` queue group); its
+  settings file sets ``model_runtime.runtime_id = "<id>"``. The fleet registry takes a heartbeat only when its
+  ``runtime_id`` is the subject's, so no holder can report another runtime's liveness or capacity. (Attacks as
+  ``agents-a`` and ``runtime-r1``, and the real actors running as them: ``tests/e2e/test_scoped_users.py``.)
+
+Limits: trust is per user, not per process. Whoever holds the unscoped ``provider_agents`` password is an agent
+replica of every agent id, and a ``model_runtime`` holder may heartbeat, be placed and serve
+``trinity.runtime.route.<id>`` as any runtime id: give each host a scoped user where hosts must not vouch for each
+other. A scoped holder still takes its share of its own agent ids' calls and of the shared ``trinity.route.*.*``
+routes in the ``runtimes`` queue group (a runtime may serve any adapter a registry asks it to load). Every actor
+user may answer ``$SRV`` discovery. Durable consumer names are fixed here (``coordinators``, ``trace-sink``).
 
 Example:
     >>> users = generate_users(["coordinator", "provider_agents"], password=lambda name: "pw-" + name)
@@ -37,13 +48,19 @@ Example:
     True
     >>> "trinity.coord.result.>" in users[1].permissions.publish
     False
+    >>> host = generate_users(["agents-gpu-a", "runtime-r1"], agents={"agents-gpu-a": [0, 1]})
+    >>> [s for s in host[0].permissions.subscribe if s.startswith("trinity.")]
+    ['trinity.agent.0.call agents', 'trinity.agent.1.call agents']
+    >>> host[1].permissions.publish
+    ('trinity.runtime.heartbeat.r1',)
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,17 +124,88 @@ class Permissions:
     subscribe_deny: tuple[str, ...] = ()
 
 
-def actor_permissions(name: str, nodes: Iterable[str] = ()) -> Permissions:
-    """Permissions of user ``name`` (an actor, ``client``, ``node`` or ``tenant-<x>``), with its own inbox
-    prefix and, for each id in ``nodes``, the right to answer ``trinity.node.status.<id>``.
+#: prefix of a per-host agents user (``agents-<name>``), limited to the agent ids it is generated for
+AGENTS_USER_PREFIX = "agents-"
+#: prefix of a per-host runtime user (``runtime-<runtime_id>``), limited to that one runtime id
+RUNTIME_USER_PREFIX = "runtime-"
+_TENANT_PREFIX = "tenant-"
 
-    Raises ``KeyError`` naming the known users for an unknown name."""
-    if name.startswith("tenant-"):
+
+def agents_user(name: str) -> str:
+    """The user name of agents host ``name`` (``agents-<name>``); ``InvalidSubjectToken`` (a ``ValueError``)
+    unless the whole user name is one subject token."""
+    subjects.token("agents user name", name)
+    return subjects.token("user", AGENTS_USER_PREFIX + name)
+
+
+def runtime_user(runtime_id: str) -> str:
+    """The user name of runtime ``runtime_id`` (``runtime-<runtime_id>``); ``InvalidSubjectToken`` (a
+    ``ValueError``) unless the id and the whole user name are subject tokens."""
+    subjects.token("runtime_id", runtime_id)
+    return subjects.token("user", RUNTIME_USER_PREFIX + runtime_id)
+
+
+def runtime_id_of(user: str) -> str | None:
+    """The runtime id a ``runtime-<id>`` user is limited to; ``None`` for any other user."""
+    return user[len(RUNTIME_USER_PREFIX):] if user.startswith(RUNTIME_USER_PREFIX) else None
+
+
+_AGENT_ID = re.compile(r"[0-9]{1,18}")
+
+
+def agent_ids(values: Iterable[int | str]) -> tuple[int, ...]:
+    """Agent ids as :class:`~config.provider_agents.AgentSpec` has them (whole numbers >= 0), sorted, once each.
+
+    Raises ``ValueError`` naming the first bad value, or for none at all."""
+    out: set[int] = set()
+    for v in values:
+        text = "" if isinstance(v, bool) else subjects.token("agent_id", v)
+        if _AGENT_ID.fullmatch(text) is None:
+            raise ValueError(f"agent id {v!r}: agent ids are whole numbers >= 0 (as provider_agents.agents has them)")
+        out.add(int(text))
+    if not out:
+        raise ValueError("an agents user needs at least one agent id")
+    return tuple(sorted(out))
+
+
+def _agents_permissions(ids: Iterable[int]) -> Permissions:
+    """An agents host serving only ``ids``: each one's call subject in the ``agents`` queue group, no publish."""
+    return Permissions(publish=(),
+                       subscribe=(*(f"{subjects.agent_call(i)} {subjects.QUEUE_AGENTS}" for i in ids), _SERVICE))
+
+
+def _runtime_permissions(runtime_id: str) -> Permissions:
+    """A runtime that is only ``runtime_id``: its heartbeat, its own direct route and control subjects, and the
+    shared per-adapter route subjects in the ``runtimes`` queue group."""
+    return Permissions(
+        publish=(subjects.runtime_heartbeat(runtime_id),),
+        subscribe=(f"{subjects.route_all()} {subjects.QUEUE_RUNTIMES}", subjects.runtime_route(runtime_id),
+                   subjects.runtime_control(runtime_id), subjects.RUNTIME_ANNOUNCE, _SERVICE))
+
+
+def actor_permissions(name: str, nodes: Iterable[str] = (), agents: Iterable[int] | None = None) -> Permissions:
+    """Permissions of user ``name`` (an actor, ``client``, ``node``, ``tenant-<x>``, ``runtime-<id>`` or
+    ``agents-<x>``), with its own inbox prefix and, for each id in ``nodes``, the right to answer
+    ``trinity.node.status.<id>``. ``agents``: the agent ids an ``agents-<x>`` user serves (required for it).
+
+    Raises ``KeyError`` naming the known users for an unknown name (or an ``agents-<x>`` without ids), and
+    ``ValueError`` for a runtime id or agent id that cannot be a subject token."""
+    if name.startswith(_TENANT_PREFIX):
         base = _TENANT
+    elif name.startswith(RUNTIME_USER_PREFIX):
+        runtime_id = name[len(RUNTIME_USER_PREFIX):]
+        runtime_user(runtime_id)  # the id and the whole user name must be subject tokens
+        base = _runtime_permissions(runtime_id)
+    elif name.startswith(AGENTS_USER_PREFIX):
+        if agents is None:
+            raise KeyError(f"user {name!r} needs the agent ids it may serve (nats-auth --agents-user "
+                           f"{name[len(AGENTS_USER_PREFIX):]}=0,1)")
+        base = _agents_permissions(agent_ids(agents))
     elif name in ACTOR_PERMISSIONS:
         base = ACTOR_PERMISSIONS[name]
     else:
-        raise KeyError(f"no permissions defined for {name!r}; known: {', '.join(ACTOR_PERMISSIONS)}, tenant-<name>")
+        raise KeyError(f"no permissions defined for {name!r}; known: {', '.join(ACTOR_PERMISSIONS)}, tenant-<name>, "
+                       "agents-<name>, runtime-<id>")
     if name == "node":
         return base
     own = (f"{inbox_prefix(name)}.>", *(subjects.node_status(n) for n in nodes))
@@ -181,21 +269,27 @@ _TENANT = Permissions(publish=(subjects.COORD_REQUEST,), subscribe=(), allow_res
 
 @dataclass(frozen=True)
 class NatsUser:
-    """One NATS user: name, password (a :class:`Secret`) and permissions."""
+    """One NATS user: name, password (a :class:`Secret`), permissions and, for an ``agents-<x>`` user, the agent
+    ids it may serve."""
 
     user: str
     password: Secret
     permissions: Permissions = field(repr=False)
+    agent_ids: tuple[int, ...] = ()
 
 
 def generate_users(names: Iterable[str], password: Callable[[str], str] | None = None,
-                   nodes: dict[str, str] | None = None) -> list[NatsUser]:
-    """One user per name (keys of :data:`ACTOR_PERMISSIONS` or ``tenant-<x>``), each with a fresh random password.
+                   nodes: dict[str, str] | None = None,
+                   agents: Mapping[str, Iterable[int | str]] | None = None) -> list[NatsUser]:
+    """One user per name (keys of :data:`ACTOR_PERMISSIONS`, ``tenant-<x>``, ``runtime-<id>`` or ``agents-<x>``),
+    each with a fresh random password.
 
     ``nodes`` maps a node id to the user that runs it: only that user may answer ``trinity.node.status.<id>``
-    (readiness); a user with no node answers none.
+    (readiness); a user with no node answers none. ``agents`` maps each ``agents-<x>`` user to the agent ids it
+    may serve.
 
-    Raises ``KeyError`` naming the known users for an unknown name."""
+    Raises ``KeyError`` naming the known users for an unknown name (or a node or agents entry naming a user
+    not among ``names``), ``ValueError`` for an id that cannot be a subject token."""
     make = password or (lambda _name: secrets.token_urlsafe(24))
     nodes = nodes or {}
     names = list(names)
@@ -203,10 +297,17 @@ def generate_users(names: Iterable[str], password: Callable[[str], str] | None =
         subjects.token("node_id", node_id)
         if owner not in names:
             raise KeyError(f"node {node_id!r} runs as {owner!r}, which is not among the users {', '.join(names)}")
+    served = {user: agent_ids(ids) for user, ids in (agents or {}).items()}
+    for user in served:
+        if user not in names or not user.startswith(AGENTS_USER_PREFIX):
+            raise KeyError(f"agent ids are given for {user!r}, which is not an {AGENTS_USER_PREFIX}<name> user among "
+                           f"the users {', '.join(names)}")
     out = []
     for name in names:
         mine = [n for n, owner in nodes.items() if owner == name]
-        out.append(NatsUser(user=name, password=Secret(make(name)), permissions=actor_permissions(name, mine)))
+        out.append(NatsUser(user=name, password=Secret(make(name)),
+                            permissions=actor_permissions(name, mine, served.get(name)),
+                            agent_ids=served.get(name, ())))
     return out
 
 
@@ -235,11 +336,21 @@ def render_authorization(users: Iterable[NatsUser]) -> str:
 
 
 def settings_snippet(user: NatsUser, servers: list[str]) -> str:
-    """A TOML ``[nats]`` section for the process that runs as ``user``."""
+    """A TOML ``[nats]`` section for the process that runs as ``user``; for ``runtime-<id>`` also
+    ``[model_runtime] runtime_id = "<id>"`` (the only id it may heartbeat and be routed to as), for
+    ``agents-<x>`` a comment naming the agent ids it may serve."""
     text = (f"[nats]\nservers = {_list(servers)}\nuser = {json.dumps(user.user)}\n"
             f"password = {json.dumps(user.password.reveal())}\n")
     if user.user != "node":
         text += f"inbox_prefix = {json.dumps(inbox_prefix(user.user))}\n"
+    runtime_id = runtime_id_of(user.user)
+    if runtime_id is not None:
+        text += (f"\n# {user.user} may heartbeat, be placed and be routed to only as runtime {runtime_id}\n"
+                 f"[model_runtime]\nruntime_id = {json.dumps(runtime_id)}\n")
+    if user.agent_ids:
+        ids = ", ".join(str(i) for i in user.agent_ids)
+        text += (f"\n# {user.user} may serve only agent ids {ids}: list only these in [[provider_agents.agents]]\n"
+                 f"# (the server refuses the subscription of any other agent id)\n")
     return text
 
 

@@ -4,7 +4,8 @@ Two runs of the same attack code (``tests/e2e/attacks.py``), each on its own nat
 system running (scripted fake runtime and agents, real role injector, coordinator and trace sink):
 
 - **protected**: the per-actor users and permissions of ``run.py nats-auth`` (private inboxes, queue-group-only
-  request subjects, JetStream API by owner, tenants, node status per node) and the secret scrubber;
+  request subjects, JetStream API by owner, tenants, node status per node, per-host ``agents-<name>`` and
+  ``runtime-<id>`` users) and the secret scrubber;
 - **control**: an open server (anonymous connections, nats-py's shared ``_INBOX``) and the scrubber's patterns
   switched off (configured secret values are still redacted by the trace sink), which shows each attack working.
 
@@ -55,6 +56,8 @@ async def _run(secure: bool, tmp: Path) -> dict[str, Outcome]:
                                sum(o.seen for o in snoops))
         out["forge_agents"] = await attacks.forge_agents(lab, client)
         out["forge_routes"] = await attacks.forge_routes(lab, client)
+        out["host_agents"] = await attacks.forge_other_hosts_agents(lab, client)
+        out["runtimes"] = await attacks.forge_other_runtimes(lab)
         out["others_results"] = await attacks.read_others_results(lab, client)
         out["status"] = await attacks.forge_status(lab, client)
     finally:
@@ -88,6 +91,8 @@ async def _run(secure: bool, tmp: Path) -> dict[str, Outcome]:
 ROWS = [
     ("forged agent answers (runs answered by the forger)", "forge_agents"),
     ("forged route logits (runs routed by the forger)", "forge_routes"),
+    ("another host's agents (agents-a; runs it answered)", "host_agents"),
+    ("another runtime's heartbeat/route (runtime-r1; taken)", "runtimes"),
     ("hijacked jobs (+TERM on deliveries, of 4 queued)", "hijack"),
     ("reply-inbox snooping (subscriptions that read anything)", "snoop"),
     ("JetStream API abuse (purge/delete/redefine not owned)", "api"),
@@ -113,12 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:58} {f'{p_.succeeded}/{p_.attempts}':>16} {f'{c.succeeded}/{c.attempts}':>16}")
     api = protected["api"]
     print(f"\nJetStream API abuse refused: {api.refused}/{api.attempts}; forged answers: "
-          f"{protected['forge_agents'].succeeded + protected['forge_routes'].succeeded}; hijacked jobs: "
+          f"{sum(protected[k].succeeded for k in ('forge_agents', 'forge_routes', 'host_agents', 'runtimes'))}; "
+          f"hijacked jobs: "
           f"{protected['hijack'].succeeded}; secret leaks: {protected['secrets'].succeeded}")
     print(f"reply-inbox snoopers read {protected['snoop'].seen} messages protected, "
           f"{control['snoop'].seen} in the control")
     if args.verbose:
-        for key in ("api", "secrets"):
+        for key in ("api", "runtimes", "secrets"):
             print(f"control {key}: " + "; ".join(control[key].notes))
     return 1 if any(o.succeeded for o in protected.values()) else 0
 

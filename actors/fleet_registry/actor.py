@@ -2,6 +2,8 @@
 
 - Subscribes to ``trinity.runtime.heartbeat.*`` (every registry replica sees every heartbeat) and, on start,
   publishes ``trinity.runtime.announce`` so running runtimes heartbeat at once instead of at their next tick.
+  A heartbeat counts only on its own runtime's subject (``runtime_id`` = the subject's last token), and a control
+  reply's heartbeat only for the runtime asked: a ``runtime-<id>`` NATS user vouches for that id alone.
 - Serves ``trinity.fleet.place`` (:class:`~schemas.fleet.PlacementRequest` -> :class:`~schemas.fleet.Lease`)
   and ``trinity.fleet.status`` in the ``fleet-registries`` queue group, as the micro service
   ``trinity-fleet-registry``; ``trinity.fleet.release`` gives leases back.
@@ -124,6 +126,13 @@ class FleetRegistryActor:
             self.bad_heartbeats += 1
             log.warning("ignored a bad heartbeat on %s: %s", msg.subject, e)
             return
+        if msg.subject != subjects.runtime_heartbeat(hb.runtime_id):
+            # a runtime user may publish only its own heartbeat subject (``nats-auth --runtime-user``): the subject
+            # vouches for the id, so a heartbeat naming another runtime would forge that runtime's liveness
+            self.bad_heartbeats += 1
+            log.warning("ignored a heartbeat of runtime %s sent on %s: a runtime heartbeats on its own subject",
+                        hb.runtime_id, msg.subject)
+            return
         self.observe(hb)
 
     def observe(self, hb: RuntimeHeartbeat) -> Membership:
@@ -221,5 +230,5 @@ class FleetRegistryActor:
                                   timeout=self.settings.ensure_timeout_s)
         self.ensures += int(reply.loaded)
         self.evictions += len(reply.evicted)
-        if reply.heartbeat is not None:
+        if reply.heartbeat is not None and reply.heartbeat.runtime_id == load.runtime_id:  # only its own
             self.fleet.mark_loaded(reply.heartbeat, self.clock())

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import io
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
 from actors.coordinator.actor import CoordinatorActor
+from actors.fleet_registry.actor import FleetRegistryActor
 from actors.provider_agents.actor import ProviderAgentsActor
 from actors.role_injector.actor import RoleInjectorActor
 from actors.trace_sink.actor import TraceSinkActor
@@ -48,6 +50,7 @@ from bus.jetstream import (
 )
 from bus.service import ActorService, Endpoint, RequestContext
 from config.coordinator import CoordinatorSettings
+from config.fleet import FleetSettings
 from config.nats import NatsSettings
 from config.provider_agents import AgentSpec, ProviderAgentsSettings, ProviderKind, ProviderSettings, RetrySettings
 from config.trace_sink import JsonlSettings, TraceSinkSettings
@@ -55,12 +58,16 @@ from ops.client import build_request, stored_result, submit, submit_job, tail
 from ops.nats_auth import TRACE_SINK_DURABLE, NatsUser, generate_users, inbox_prefix, render_authorization
 from schemas import AgentCallIntent, AgentCallReceipt, Message, Role, RouteLogits, RouteRequest
 from schemas.coordination import CoordinationResult
+from schemas.fleet import FleetStatus, FleetStatusRequest
 from tests.coordinator.fakes import make_logits
 from tests.e2e.fake_services import fake_services
+from tests.fleet.support import heartbeat
 from tests.provider_agents.loopback import LoopbackServer, Reply
 
 USERS = ["coordinator", "model_runtime", "provider_agents", "role_injector", "trace_sink", "client",
-         "tenant-alice", "tenant-bob", "gateway"]
+         "tenant-alice", "tenant-bob", "gateway", "fleet_registry", "agents-a", "agents-b", "runtime-r1", "runtime-r2"]
+#: the per-host agents users (``nats-auth --agents-user a=0,1 --agents-user b=2,3,4,5,6``)
+SCOPED_AGENTS = {"agents-a": (0, 1), "agents-b": (2, 3, 4, 5, 6)}
 #: the node whose readiness the coordinator user may answer
 NODE = "node-a"
 #: how long a refused request is given before it counts as refused (a permission violation drops it silently)
@@ -109,7 +116,7 @@ class Lab:
         self.users: dict[str, NatsUser] = {}
         config = ""
         if secure:
-            self.users = {u.user: u for u in generate_users(USERS, nodes={NODE: "coordinator"})}
+            self.users = {u.user: u for u in generate_users(USERS, nodes={NODE: "coordinator"}, agents=SCOPED_AGENTS)}
             config = render_authorization(self.users.values())
         self.server = NatsServerProcess.start(name="trinity-attacks", config_text=config)
         self.conns: list[Client] = []
@@ -195,10 +202,8 @@ async def snoop(lab: Lab, client: Client, attacker: str) -> Outcome:
     return out
 
 
-async def forge_agents(lab: Lab, client: Client) -> Outcome:
-    """As ``provider_agents``: take every agent call (no queue group) and answer ``FORGED`` first."""
-    out = Outcome("forged agent answers as provider_agents")
-    conn = await lab.connect("provider_agents")
+def _agent_forger(out: Outcome) -> Any:
+    """A callback answering every agent call it sees with a ``FORGED`` receipt (counted in ``out.seen``)."""
 
     async def answer(msg: Msg) -> None:
         intent = decode(msg.data, AgentCallIntent)
@@ -208,14 +213,42 @@ async def forge_agents(lab: Lab, client: Client) -> Outcome:
         with contextlib.suppress(Exception):
             await msg.respond(encode(receipt))
 
-    await conn.nc.subscribe("trinity.agent.*.call", cb=answer)
-    await conn.nc.flush()
-    for i in range(3):
-        res = await submit(client, build_request("What is 17 + 25?", request_id=f"forge-agent-{i}"), timeout=20.0)
+    return answer
+
+
+async def _forged_runs(client: Client, out: Outcome, prefix: str, runs: int = 3) -> None:
+    """``runs`` scripted runs (agent 1 as Worker, agent 2 as Verifier); a run with a ``FORGED`` receipt succeeded."""
+    for i in range(runs):
+        res = await submit(client, build_request("What is 17 + 25?", request_id=f"{prefix}-{i}"), timeout=20.0)
         out.attempts += 1
         if any(t.receipt is not None and FORGED in t.receipt.content for t in res.turns):
             out.succeeded += 1
         out.notes.append(f"answer={res.answer!r}")
+
+
+async def forge_agents(lab: Lab, client: Client) -> Outcome:
+    """As ``provider_agents``: take every agent call (no queue group) and answer ``FORGED`` first."""
+    out = Outcome("forged agent answers as provider_agents")
+    conn = await lab.connect("provider_agents")
+    await conn.nc.subscribe("trinity.agent.*.call", cb=_agent_forger(out))
+    await conn.nc.flush()
+    await _forged_runs(client, out, "forge-agent")
+    await lab.retire(conn, out)
+    return out
+
+
+async def forge_other_hosts_agents(lab: Lab, client: Client) -> Outcome:
+    """As ``agents-a`` (agent ids 0 and 1 only): take agent 2's calls, another host's, in the ``agents`` queue
+    group and outside it, and watch its own ids' calls outside the queue group; answer ``FORGED`` first. The
+    scripted runs call agent 1 (Worker) and agent 2 (Verifier)."""
+    out = Outcome("answering another host's agents as agents-a")
+    conn = await lab.connect("agents-a")
+    answer = _agent_forger(out)
+    await conn.nc.subscribe(subjects.agent_call(2), queue=subjects.QUEUE_AGENTS, cb=answer)
+    for agent_id in (2, 0, 1):
+        await conn.nc.subscribe(subjects.agent_call(agent_id), cb=answer)
+    await conn.nc.flush()
+    await _forged_runs(client, out, "forge-host-agent")
     await lab.retire(conn, out)
     return out
 
@@ -239,6 +272,82 @@ async def forge_routes(lab: Lab, client: Client) -> Outcome:
         if any(t.decision.agent_id == 6 for t in res.turns):
             out.succeeded += 1
     await lab.retire(conn, out)
+    return out
+
+
+#: marks the forged heartbeats: a registry that took one shows runtime r2 with this queue depth (+ attempt)
+FORGED_QUEUE = 1000
+
+
+async def _fleet_view(status_nc: Client, beat: Any, n: int) -> FleetStatus:
+    """Have the forger publish its own (allowed) heartbeat number ``n`` and wait until the registry shows it: the
+    registry then took, or dropped, everything the forger published before (one connection, in order)."""
+    await beat(subjects.runtime_heartbeat("r1"), "r1", n)
+    for _ in range(250):
+        st = await rpc.request(status_nc, subjects.FLEET_STATUS, FleetStatusRequest(), FleetStatus, timeout=5.0)
+        mine = st.runtime("r1")
+        if mine is not None and mine.queue_depth == n:
+            return st
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the registry never showed runtime r1's heartbeat {n}")
+
+
+async def forge_other_runtimes(lab: Lab) -> Outcome:
+    """As ``runtime-r1``, against a fleet registry (``fleet_registry``) and runtime r2's direct route (served as
+    ``runtime-r2``): heartbeat as r2 on r2's subject; heartbeat on its own subject naming r2 in the payload (each
+    would make a registry place work on r2, a runtime that is not there); take r2's direct route subject (and its
+    control subject) and answer forged logits before r2 does. A heartbeat attempt succeeded when the registry
+    lists r2 with the forged queue depth; the route attempt when the forger's logits came back."""
+    out = Outcome("another runtime's heartbeats and route as runtime-r1")
+    registry = FleetRegistryActor((await lab.connect("fleet_registry")).nc, FleetSettings(), registry_id="reg-attacks")
+    await registry.start()
+    lab.actors.append(registry)
+    client = await lab.connect("client")
+    rogue = await lab.connect("runtime-r1")
+
+    async def beat(subject: str, runtime_id: str, queue: int) -> None:
+        hb = heartbeat(runtime_id, queue=queue, max_queue=10_000, ts=time.time())
+        await rogue.nc.publish(subject, encode(hb))
+
+    n = 1
+    await _fleet_view(client.nc, beat, n)
+    for i, subject in enumerate((subjects.runtime_heartbeat("r2"), subjects.runtime_heartbeat("r1")), 1):
+        await beat(subject, "r2", FORGED_QUEUE + i)
+        n += 1
+        view = (await _fleet_view(client.nc, beat, n)).runtime("r2")
+        out.attempts += 1
+        if view is not None and view.queue_depth == FORGED_QUEUE + i:
+            out.succeeded += 1
+            out.notes.append(f"heartbeat on {subject} listed r2")
+
+    async def legit(req: RouteRequest, ctx: RequestContext) -> RouteLogits:
+        await asyncio.sleep(0.3)  # slower than the forger, which would win any race it is let into
+        return msgspec.structs.replace(make_logits(req.request_id, req.turn, 1, Role.WORKER), runtime_id="r2")
+
+    r2 = ActorService((await lab.connect("runtime-r2")).nc, name="runtime-r2", endpoints=[
+        Endpoint("route-direct", subjects.runtime_route("r2"), RouteRequest, legit)])
+    await r2.start()
+    lab.actors.append(r2)
+
+    async def forge(msg: Msg) -> None:
+        req = decode(msg.data, RouteRequest)
+        out.seen += 1
+        with contextlib.suppress(Exception):
+            await msg.respond(encode(msgspec.structs.replace(make_logits(req.request_id, req.turn, 6, Role.WORKER),
+                                                             runtime_id="forger")))
+
+    await rogue.nc.subscribe(subjects.runtime_route("r2"), cb=forge)
+    await rogue.nc.subscribe(subjects.runtime_control("r2"), cb=forge)
+    await rogue.nc.flush()
+    coordinator = await lab.connect("coordinator")
+    reply = await rpc.request(coordinator.nc, subjects.runtime_route("r2"),
+                              RouteRequest("forge-direct", 0, [Message(role="user", content="q")]), RouteLogits,
+                              timeout=5.0)
+    out.attempts += 1
+    if reply.runtime_id != "r2":
+        out.succeeded += 1
+        out.notes.append(f"route to r2 answered by {reply.runtime_id}")
+    await lab.retire(rogue, out)
     return out
 
 
