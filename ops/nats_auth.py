@@ -14,7 +14,8 @@ What holds, each checked by an attack run as that user in ``tests/e2e/test_permi
   job delivery (``allow_responses`` lets a user answer only what it received).
 - **Answer only your own subjects.** Runtimes, agents, the role injector and coordinators subscribe their request
   subjects only inside their queue group, so a process holding those credentials takes its share of requests but
-  cannot watch or answer every one; they publish nothing but replies (and heartbeats, for runtimes).
+  cannot watch or answer every one; they publish nothing but replies (and heartbeats, for runtimes; the agents'
+  shared receipts, for agents: only their own agents' keys for a scoped ``agents-<x>`` user).
 - **JetStream API by owner.** The coordinator manages the jobs and results streams and its ``coordinators``
   consumer, the trace sink the trace stream's ``trace-sink`` consumer; no generated user may delete or purge a
   stream or delete a consumer, and the client's ephemeral trace readers may never touch ``trace-sink``.
@@ -96,6 +97,9 @@ def _own_consumer(stream: str, durable: str) -> tuple[str, ...]:
 
 #: the coordinators' run journal (a JetStream KV bucket is the stream ``KV_<bucket>``)
 _RUNS_KV = "KV_TRINITY_RUNS"
+#: the agents' shared receipts (:mod:`actors.provider_agents.shared_receipts`)
+_RECEIPTS_BUCKET = "TRINITY_RECEIPTS"
+_RECEIPTS_KV = f"KV_{_RECEIPTS_BUCKET}"
 
 
 def _own_stream(stream: str) -> tuple[str, ...]:
@@ -168,9 +172,20 @@ def agent_ids(values: Iterable[int | str]) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+def _receipts(agent: str = "*") -> tuple[str, ...]:
+    """The shared agent receipts (KV bucket ``TRINITY_RECEIPTS``, keys ``<queue group>.a<agent id>.<call id>``) of
+    agent ``agent`` (``*``: every agent): create and look up the bucket (never update, purge or delete it), write
+    and read (direct get, by subject) those keys only."""
+    keys = f"$KV.{_RECEIPTS_BUCKET}.*.a{agent}.*" if agent != "*" else f"$KV.{_RECEIPTS_BUCKET}.>"
+    return (f"{_API}.STREAM.CREATE.{_RECEIPTS_KV}", f"{_API}.STREAM.INFO.{_RECEIPTS_KV}", keys,
+            f"{_API}.DIRECT.GET.{_RECEIPTS_KV}.{keys}")
+
+
 def _agents_permissions(ids: Iterable[int]) -> Permissions:
-    """An agents host serving only ``ids``: each one's call subject in the ``agents`` queue group, no publish."""
-    return Permissions(publish=(),
+    """An agents host serving only ``ids``: each one's call subject in the ``agents`` queue group, and the shared
+    receipts of those agents only; nothing else published."""
+    ids = tuple(ids)
+    return Permissions(publish=tuple(p for i in ids for p in _receipts(str(i))),
                        subscribe=(*(f"{subjects.agent_call(i)} {subjects.QUEUE_AGENTS}" for i in ids), _SERVICE))
 
 
@@ -234,7 +249,7 @@ ACTOR_PERMISSIONS: dict[str, Permissions] = {
         subscribe=(f"trinity.route.*.* {subjects.QUEUE_RUNTIMES}", "trinity.runtime.route.*",
                    "trinity.runtime.control.*", subjects.RUNTIME_ANNOUNCE, _SERVICE)),
     "provider_agents": Permissions(
-        publish=(),
+        publish=_receipts(),
         subscribe=(f"trinity.agent.*.call {subjects.QUEUE_AGENTS}", _SERVICE)),
     "role_injector": Permissions(
         publish=(),

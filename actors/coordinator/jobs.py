@@ -223,7 +223,7 @@ class JobIntake:
                                                    queue=subjects.QUEUE_COORDINATORS, cb=self._on_exhausted)
         metrics.JOBS_RUNNING.set_function(lambda: len(self._tasks))
         self._loop_task = asyncio.create_task(self._fetch_loop(), name="coordinator.jobs")
-        self.watch.attach(self._loop_task)  # type: ignore[arg-type]
+        self.watch.attach(self._loop_task)
         first = asyncio.ensure_future(self._first_round.wait())
         await asyncio.wait({first, self._loop_task}, timeout=30.0, return_when=asyncio.FIRST_COMPLETED)
         if not first.done():  # serving means consuming: the first fetch round trip must come back

@@ -178,7 +178,7 @@ class GatewayActor:
         app = HttpMetrics(self.app, self.service, work_routes={"/v1/chat/completions": "chat_completions"})
         config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, ws="none",
                                 http="h11", backlog=s.backlog,
-                                timeout_keep_alive=s.keep_alive_s)
+                                timeout_keep_alive=s.keep_alive_s)  # type: ignore[arg-type]  # a float works
         self._server = _EmbeddedServer(config)
         self._serve_task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway-http")
         while not self._server.started:

@@ -297,7 +297,8 @@ class ModelRuntimeActor:
             spec=InstanceSpec(
                 backend_id=s.backend, base_model=self.base_model or "unidentified", adapter=s.adapter,
                 profile=RuntimeProfile(name=s.profile, backend=s.backend,
-                                       device=str(self.engine.device) if self.engine else s.device, dtype=s.dtype),
+                                       device=str(self.engine.device) if self.engine else s.device,
+                                       dtype=s.dtype or "float32"),  # resolved by the settings already
                 limits=InstanceLimits(max_queue=s.max_queue, max_batch=s.max_batch, batch_window_ms=s.batch_window_ms,
                                       max_context_tokens=s.max_context_tokens,
                                       adapter_memory_budget_mb=float(s.adapter_memory_budget_mb)),

@@ -164,7 +164,7 @@ class RouterEngine:
                                              f"{', '.join(SUPPORTED_MODEL_TYPES)} (causal LMs)")
         model = AutoModel.from_pretrained(str(path), dtype=_DTYPES[s.dtype or "float32"],
                                           attn_implementation=ATTN_IMPLEMENTATION)
-        model.to(pick_device(s.device))  # type: ignore[arg-type]  # transformers' stub misses devices
+        model.to(pick_device(s.device))
         tok = tokenizer or RouterTokenizer.load(s.tokenizer_path, path)
         spec = HeadSpec(cols=int(model.config.hidden_size))
         if head is None:

@@ -497,8 +497,10 @@ async def forge_status(lab: Lab, client: Client) -> Outcome:
             reply = await client.request(subjects.node_status(node), b"", timeout=5.0)
             if b"forged" in reply.data:
                 out.succeeded += 1
-        except (TimeoutError, nats.errors.Error):
-            pass
+            else:
+                out.notes.append(f"{attacker} for {node}: answered {reply.data[:60]!r}")
+        except (TimeoutError, nats.errors.Error) as e:
+            out.notes.append(f"{attacker} for {node}: {type(e).__name__}")
         await sub.unsubscribe()
         await lab.retire(rogue, out)
     return out

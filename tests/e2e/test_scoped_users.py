@@ -23,6 +23,7 @@ from actors.model_runtime.checkpoints import build_checkpoint, qwen3_tiny_config
 from actors.model_runtime.engine import RouterEngine
 from actors.model_runtime.tokenizer import RouterTokenizer
 from actors.provider_agents.actor import ProviderAgentsActor
+from actors.provider_agents.shared_receipts import BUCKET
 from bus import rpc, subjects
 from bus.connection import connect_options
 from bus.errors import NoResponders
@@ -30,6 +31,7 @@ from config.fleet import FleetSettings
 from config.model_runtime import ModelRuntimeSettings
 from config.provider_agents import AgentSpec, ProviderAgentsSettings, ProviderKind, ProviderSettings
 from config.settings import Settings, load_settings
+from ops import nats_auth
 from ops.nats_auth import write_auth_files
 from schemas import AgentCallIntent, AgentCallReceipt, Message, Role, RouteLogits, RouteRequest
 from schemas.fleet import (
@@ -147,9 +149,13 @@ async def test_an_agents_host_serves_only_the_agents_its_user_lists(lab: Lab) ->
     actor = ProviderAgentsActor(host.nc, _tool_agents((0, 1)))
     await actor.start()
     lab.actors.append(actor)
+    assert actor.receipts is not None
+    await until(actor.receipts.keeper.ready.is_set, what="the receipts bucket")
     coordinator = (await lab.connect("coordinator")).nc
     receipts = [await _call(coordinator, i, f"own-{i}") for i in (0, 1)]
     assert [(r.agent_id, r.content.split()[-1]) for r in receipts] == [(0, "42"), (1, "42")]
+    # its receipts are shared with its replicas (the KV bucket, its own agents' keys)
+    assert actor.stats()["shared_receipts"]["written"] == 2
     assert host.violations == []
     await actor.drain(timeout=1.0)
     lab.actors.remove(actor)
@@ -207,7 +213,11 @@ def test_nats_auth_cli_writes_scoped_users_and_refuses_bad_ones(tmp_path: Path,
     conf = (out / "auth.conf").read_text()
     gpu_a = next(line for line in conf.splitlines() if '"agents-gpu-a"' in line)
     assert '"trinity.agent.0.call agents", "trinity.agent.1.call agents", "$SRV.>", "_INBOX_agents-gpu-a.>"' in gpu_a
-    assert 'publish: {deny: [">"]}' in gpu_a and "trinity.agent.2" not in gpu_a
+    # it publishes nothing but replies and its own agents' shared receipts
+    assert ('publish: {allow: ["$JS.API.STREAM.CREATE.KV_TRINITY_RECEIPTS", "$JS.API.STREAM.INFO.KV_TRINITY_RECEIPTS", '
+            '"$KV.TRINITY_RECEIPTS.*.a0.*", "$JS.API.DIRECT.GET.KV_TRINITY_RECEIPTS.$KV.TRINITY_RECEIPTS.*.a0.*", '
+            '"$JS.API.STREAM.CREATE.KV_TRINITY_RECEIPTS"') in gpu_a
+    assert "trinity.agent.2" not in gpu_a and ".a2." not in gpu_a and "trinity." not in gpu_a.split("subscribe")[0]
     r1 = next(line for line in conf.splitlines() if '"runtime-r1"' in line)
     assert 'publish: {allow: ["trinity.runtime.heartbeat.r1"]' in r1
     assert '"trinity.runtime.route.r1", "trinity.runtime.control.r1"' in r1 and '"trinity.node.status.node-r1"' in r1
@@ -226,3 +236,29 @@ def test_nats_auth_cli_writes_scoped_users_and_refuses_bad_ones(tmp_path: Path,
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "bad").exists()
+
+
+async def test_an_agents_host_user_reads_and_writes_only_its_own_agents_receipts(lab: Lab) -> None:
+    """The shared receipts (``TRINITY_RECEIPTS``) are keyed by agent id: ``agents-a`` (ids 0, 1) cannot plant a
+    receipt another host's agent 2 would answer with, nor read one of agent 2's, nor purge or delete the bucket
+    (writing its own agents' keys, a purge of one of them included, is what it does anyway)."""
+    host = await _connect_as(lab, _host_settings(lab, "agents-a"))
+    actor = ProviderAgentsActor(host.nc, _tool_agents((0, 1)))
+    await actor.start()
+    lab.actors.append(actor)
+    assert actor.receipts is not None
+    await until(actor.receipts.keeper.ready.is_set, what="the receipts bucket")
+    kv = await host.nc.jetstream().key_value(BUCKET)
+    await kv.put("agents.a1.0123abcd", b"{}")  # its own agent's key: allowed
+    for key in ("agents.a2.0123abcd", "other.a2.0123abcd"):
+        with pytest.raises(nats.errors.Error):
+            await kv.put(key, b'{"request_id": "x", "turn": 0, "agent_id": 2, "content": "PLANTED"}')
+    with pytest.raises(nats.errors.Error):
+        await kv.get("agents.a2.0123abcd")
+    js = host.nc.jetstream()
+    for destroy in (lambda: js.purge_stream(f"KV_{BUCKET}"), lambda: js.delete_key_value(BUCKET)):
+        with pytest.raises(nats.errors.Error):
+            await destroy()
+    assert await host.violated('publish to "$kv.trinity_receipts.agents.a2.0123abcd"')  # (reported in lower case)
+    assert await host.violated('publish to "$js.api.direct.get.kv_trinity_receipts.$kv.trinity_receipts.agents.a2')
+    assert BUCKET == nats_auth._RECEIPTS_BUCKET  # the permissions are cut for the bucket the agents use
