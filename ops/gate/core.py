@@ -215,6 +215,12 @@ def run_gate(cases: EvalCases, snapshot: Snapshot, router: Router, *, profile: R
             role_margin=d.role_margin, agent_floor=prof.agent_margin_floor, role_floor=prof.role_margin_floor,
             route_hash=d.route_hash, reference_hash=r.route_hash, max_logit_drift=_drift(logits, r),
             token_count=logits.token_count, reference_token_count=r.token_count))
+    drifted = sum(r.hash_drift for r in results)
+    if drifted and prof.dtype == "bfloat16" and prof.device.startswith("cpu"):
+        notes.append(f"note: {drifted} route hash(es) drifted on a bfloat16 CPU lane. bf16 on a CPU depends on the "
+                     "kernel path (oneDNN's native bf16 where the CPU has AVX512-BF16, another path elsewhere), so "
+                     "a fixture recorded on another CPU drifts and small margins may flip; record one on this "
+                     "machine with --record")
     return GateReport(tuple(results), prof, time.perf_counter() - start, tuple(notes), routing)
 
 
