@@ -172,20 +172,20 @@ def agent_ids(values: Iterable[int | str]) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def _receipts(agent: str = "*") -> tuple[str, ...]:
+def _receipts(agents: Iterable[int] | None = None) -> tuple[str, ...]:
     """The shared agent receipts (KV bucket ``TRINITY_RECEIPTS``, keys ``<queue group>.a<agent id>.<call id>``) of
-    agent ``agent`` (``*``: every agent): create and look up the bucket (never update, purge or delete it), write
-    and read (direct get, by subject) those keys only."""
-    keys = f"$KV.{_RECEIPTS_BUCKET}.*.a{agent}.*" if agent != "*" else f"$KV.{_RECEIPTS_BUCKET}.>"
-    return (f"{_API}.STREAM.CREATE.{_RECEIPTS_KV}", f"{_API}.STREAM.INFO.{_RECEIPTS_KV}", keys,
-            f"{_API}.DIRECT.GET.{_RECEIPTS_KV}.{keys}")
+    ``agents`` (``None``: every agent): create and look up the bucket (never update, purge or delete it), write
+    and read (direct get, by subject) those agents' keys only."""
+    keys = [f"$KV.{_RECEIPTS_BUCKET}.>"] if agents is None else [f"$KV.{_RECEIPTS_BUCKET}.*.a{i}.*" for i in agents]
+    return (f"{_API}.STREAM.CREATE.{_RECEIPTS_KV}", f"{_API}.STREAM.INFO.{_RECEIPTS_KV}",
+            *(p for k in keys for p in (k, f"{_API}.DIRECT.GET.{_RECEIPTS_KV}.{k}")))
 
 
 def _agents_permissions(ids: Iterable[int]) -> Permissions:
     """An agents host serving only ``ids``: each one's call subject in the ``agents`` queue group, and the shared
     receipts of those agents only; nothing else published."""
     ids = tuple(ids)
-    return Permissions(publish=tuple(p for i in ids for p in _receipts(str(i))),
+    return Permissions(publish=_receipts(ids),
                        subscribe=(*(f"{subjects.agent_call(i)} {subjects.QUEUE_AGENTS}" for i in ids), _SERVICE))
 
 

@@ -216,7 +216,8 @@ def test_nats_auth_cli_writes_scoped_users_and_refuses_bad_ones(tmp_path: Path,
     # it publishes nothing but replies and its own agents' shared receipts
     assert ('publish: {allow: ["$JS.API.STREAM.CREATE.KV_TRINITY_RECEIPTS", "$JS.API.STREAM.INFO.KV_TRINITY_RECEIPTS", '
             '"$KV.TRINITY_RECEIPTS.*.a0.*", "$JS.API.DIRECT.GET.KV_TRINITY_RECEIPTS.$KV.TRINITY_RECEIPTS.*.a0.*", '
-            '"$JS.API.STREAM.CREATE.KV_TRINITY_RECEIPTS"') in gpu_a
+            '"$KV.TRINITY_RECEIPTS.*.a1.*", "$JS.API.DIRECT.GET.KV_TRINITY_RECEIPTS.$KV.TRINITY_RECEIPTS.*.a1.*"], '
+            'deny: ') in gpu_a
     assert "trinity.agent.2" not in gpu_a and ".a2." not in gpu_a and "trinity." not in gpu_a.split("subscribe")[0]
     r1 = next(line for line in conf.splitlines() if '"runtime-r1"' in line)
     assert 'publish: {allow: ["trinity.runtime.heartbeat.r1"]' in r1
